@@ -1,0 +1,57 @@
+"""Benchmark helpers: a plain min-of-N timer for baselines measured inside a benchmark, and a Markdown summary
+of every benchmark's extra_info printed at the end of the run (what bench/README.md records)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+
+import tcompress
+
+ROWS: List[Dict] = []
+
+
+def best_seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Minimum wall time of ``fn`` over ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@pytest.fixture
+def record():
+    """record(benchmark, **fields): stores fields in extra_info and in the end-of-run table."""
+
+    def _record(benchmark, **fields):
+        benchmark.extra_info.update(fields)
+        ROWS.append(dict(fields))
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not ROWS:
+        return
+    d = tcompress.info()
+    terminalreporter.write_sep("=", "tcompress benchmark summary (Markdown)")
+    terminalreporter.write_line(f"machine: {d['cpu']}, {torch.get_num_threads()} threads, ISA {d['isa']}, "
+                                f"torch {d['torch']}")
+    keys: List[str] = []
+    for row in ROWS:
+        keys += [k for k in row if k not in keys]
+    terminalreporter.write_line("| " + " | ".join(keys) + " |")
+    terminalreporter.write_line("|" + "---|" * len(keys))
+    for row in ROWS:
+        cells = []
+        for k in keys:
+            v = row.get(k, "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        terminalreporter.write_line("| " + " | ".join(cells) + " |")

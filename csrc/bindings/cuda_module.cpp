@@ -1,0 +1,64 @@
+// tcompress._cuda: the CUDA kernels. Compiled by the host compiler and linked against a static library that nvcc
+// built (csrc/cuda), so nvcc never sees pybind11. Imports on a machine without a GPU or driver: device_count()
+// then answers 0 and status() says why.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "tcompress/hadamard.h"
+#include "tcompress/hadamard_cuda.h"
+#include "tcompress/status.h"
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void raise_status(int status, const std::string& context) {
+  std::ostringstream msg;
+  msg << context << ": " << tc_status_message(status) << " (status " << status << ")";
+  if (status == TC_ERR_CUDA) msg << ": " << tc_cuda_last_error();
+  if (status == TC_ERR_NO_DEVICE) msg << ": " << tc_cuda_status_string();
+  if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) throw std::runtime_error(msg.str());
+  throw py::value_error(msg.str());
+}
+
+void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_row_stride, int64_t out_row_stride,
+              int dtype, uintptr_t hk, int64_t k, double scale, int device, uintptr_t stream) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = tc_cuda_hadamard(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), rows, n, x_row_stride,
+                              out_row_stride, dtype, reinterpret_cast<const float*>(hk), k, static_cast<float>(scale),
+                              device, reinterpret_cast<void*>(stream));
+  }
+  if (status != TC_OK) {
+    std::ostringstream ctx;
+    ctx << "tcompress._cuda.hadamard(rows=" << rows << ", n=" << n << ", k=" << k << ", device=" << device
+        << ", dtype=" << dtype << ")";
+    raise_status(status, ctx.str());
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "tcompress CUDA kernels (torch-free: device pointers, sizes, strides, dtype codes, stream handles)";
+  m.attr("FLOAT32") = int(TC_FLOAT32);
+  m.attr("FLOAT16") = int(TC_FLOAT16);
+  m.attr("BFLOAT16") = int(TC_BFLOAT16);
+  m.attr("HADAMARD_MAX_K") = int(TC_HADAMARD_MAX_K);
+  m.def("device_count", &tc_cuda_device_count, "Usable CUDA devices (0 when there is no GPU or no driver)");
+  m.def("status", [] {
+    tc_cuda_device_count();
+    return std::string(tc_cuda_status_string());
+  }, "'ok', or why there is no CUDA device");
+  m.def("runtime_version", &tc_cuda_runtime_version, "CUDA runtime version this module was built with (e.g. 13000)");
+  m.def("hadamard_max_n", &tc_cuda_hadamard_max_n, py::arg("device"), "Longest row the kernel handles on a device");
+  m.def("hadamard", &hadamard, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"), py::arg("x_row_stride"),
+        py::arg("out_row_stride"), py::arg("dtype"), py::arg("hk"), py::arg("k"), py::arg("scale"), py::arg("device"),
+        py::arg("stream"),
+        "out[r] = scale * x[r] @ kron(H_k, H_{n/k}) on `device`, enqueued on `stream` (a cudaStream_t as an int). "
+        "Releases the GIL.");
+}

@@ -1,0 +1,31 @@
+"""tcompress: structural analysis and post-training compression of transformer language models.
+
+Implements the experiments of "Variance Is Not Importance: Structural Analysis of Transformer Compressibility
+Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each usable alone:
+
+- ``tcompress.ops``: ``torch.library`` ops with native kernels (``hadamard_transform`` ...);
+- dense helpers: :func:`hadamard_matrix`, :func:`random_hadamard`;
+- :func:`info` / :func:`cuda_available`: what this install can run.
+"""
+
+__version__ = "0.1.0"
+
+from . import ops
+from ._native import cuda_available, get_isa, set_isa, supported_isas
+from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
+from .hadamard_constructions import SUPPORTED_FACTORS
+from .info import info
+
+__all__ = [
+    "SUPPORTED_FACTORS",
+    "__version__",
+    "cuda_available",
+    "get_isa",
+    "hadamard_matrix",
+    "info",
+    "ops",
+    "random_hadamard",
+    "random_hadamard_signs",
+    "set_isa",
+    "supported_isas",
+]

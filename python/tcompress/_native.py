@@ -1,0 +1,113 @@
+"""Guarded import of the compiled modules, and the capability flags derived from them.
+
+``tcompress._C`` (CPU kernels) is always built; ``tcompress._cuda`` only when the build found a CUDA compiler.
+Either may be missing (an unusual build, a broken install): the ops then fall back to their pure-torch
+references, and :func:`tcompress.info` says why. ``TCOMPRESS_ISA=scalar|avx2|avx512`` forces a CPU kernel
+variant at import; asking for one this build or CPU lacks is an error, never a silent downgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+from typing import Optional
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+_C: Optional[ModuleType]
+_cuda: Optional[ModuleType]
+
+try:
+    from . import _C  # type: ignore[attr-defined,no-redef]
+
+    C_IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # pragma: no cover - only in broken or partial installs
+    _C = None
+    C_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+try:
+    from . import _cuda  # type: ignore[attr-defined,no-redef]
+
+    CUDA_IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:
+    _cuda = None
+    CUDA_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+_warned: set = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Emits ``message`` as a RuntimeWarning the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def cpu_native() -> Optional[ModuleType]:
+    """The CPU extension module, or None (with a one-time warning) when it failed to import."""
+    if _C is None:
+        warn_once("no-_C", f"tcompress._C is not available ({C_IMPORT_ERROR}); using the pure-torch references")
+    return _C
+
+
+def cuda_built() -> bool:
+    """True when this install contains the CUDA extension module."""
+    return _cuda is not None
+
+
+def cuda_available() -> bool:
+    """True when the CUDA module is built *and* a CUDA device is usable from it."""
+    return _cuda is not None and _cuda.device_count() > 0
+
+
+def cuda_status() -> str:
+    """``"ok"``, or why the CUDA kernels cannot run (not built, no device, no driver ...)."""
+    if _cuda is None:
+        return f"not built ({CUDA_IMPORT_ERROR})"
+    return _cuda.status()
+
+
+def built_isas() -> list:
+    """CPU kernel variants compiled into this build, e.g. ``["scalar", "avx2", "avx512"]``."""
+    return list(_C.built_isas()) if _C is not None else []
+
+
+def supported_isas() -> list:
+    """CPU kernel variants this build contains *and* this CPU can run."""
+    return list(_C.supported_isas()) if _C is not None else []
+
+
+def get_isa() -> Optional[str]:
+    """The CPU kernel variant in use, or None when the native module is missing."""
+    return _C.get_isa() if _C is not None else None
+
+
+def set_isa(name: str) -> None:
+    """Uses another CPU kernel variant for every later call (process-wide).
+
+    Args:
+        name: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+
+    Raises:
+        ValueError: ``name`` is not one of those.
+        RuntimeError: the native module is missing, or this build/CPU cannot run that variant.
+    """
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown instruction set {name!r}: expected one of {', '.join(ISA_NAMES)}")
+    if _C is None:
+        raise RuntimeError(f"cannot select ISA {name!r}: tcompress._C is not available ({C_IMPORT_ERROR})")
+    _C.set_isa(name)
+
+
+def _apply_isa_from_environment() -> None:
+    forced = os.environ.get("TCOMPRESS_ISA", "").strip().lower()
+    if not forced:
+        return
+    try:
+        set_isa(forced)
+    except (ValueError, RuntimeError) as exc:
+        raise RuntimeError(f"TCOMPRESS_ISA={forced!r} cannot be honoured: {exc}") from exc
+
+
+_apply_isa_from_environment()

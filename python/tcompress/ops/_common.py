@@ -1,0 +1,116 @@
+"""Checks and layout helpers shared by every op: what Python verifies before native code sees a pointer.
+
+Messages always name the op, the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _native
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Element-type codes of csrc/include/tcompress/status.h (tc_dtype).
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    """The native element-type code of a floating dtype (fp32 0, fp16 1, bf16 2)."""
+    return _DTYPE_CODES[dtype]
+
+
+def check_float(op: str, name: str, t: torch.Tensor) -> None:
+    """Raises TypeError unless ``t`` is a float32/float16/bfloat16 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must have dtype float32, float16 or bfloat16; got {t.dtype}")
+
+
+def check_at_least_1d(op: str, name: str, t: torch.Tensor) -> None:
+    """Raises ValueError for a 0-d tensor (the ops work along the last dimension)."""
+    if t.dim() == 0:
+        raise ValueError(f"{op}: {name} must have at least one dimension (..., n); got a 0-d tensor")
+
+
+def check_like(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Raises unless ``t`` has the same shape, dtype and device as ``ref`` (the rules for ``out=``)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} must be on {ref_name}'s device {ref.device}; got {t.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} must have {ref_name}'s dtype {ref.dtype}; got {t.dtype}")
+    if t.shape != ref.shape:
+        raise ValueError(f"{op}: {name} must have {ref_name}'s shape {tuple(ref.shape)}; got {tuple(t.shape)}")
+
+
+def check_finite_scale(op: str, scale: float) -> float:
+    """Returns ``scale`` as a Python float, or raises ValueError when it is NaN or infinite."""
+    value = float(scale)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{op}: scale must be a finite number; got {scale!r}")
+    return value
+
+
+def row_layout(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """``(rows, row_stride)`` when ``t`` (..., n) is a set of rows with unit inner stride and one row stride.
+
+    That is the layout the native kernels take without a copy: a contiguous tensor, or a slice of rows out of
+    a wider buffer. Returns None for anything else (transposed, expanded, or rows that would overlap).
+    """
+    n = t.shape[-1]
+    rows = t.numel() // n if n else 0
+    if rows <= 1:
+        return rows, n
+    if t.stride(-1) != 1:
+        return None
+    # Collapse the leading dimensions into one: each stride must be the next one times its size.
+    stride = None
+    for size, st in reversed(list(zip(t.shape[:-1], t.stride()[:-1]))):
+        if size == 1:
+            continue
+        if stride is None:
+            stride, expected = st, st * size
+        elif st != expected:
+            return None
+        else:
+            expected = st * size
+    if stride is None or stride < n:
+        return None
+    return rows, stride
+
+
+def byte_span(t: torch.Tensor) -> Tuple[int, int]:
+    """Half-open byte range [first, last) of the memory a tensor with non-negative strides can touch."""
+    first = t.data_ptr()
+    last = first + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    return first, last
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when the memory spans of ``a`` and ``b`` intersect (a conservative test)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    a0, a1 = byte_span(a)
+    b0, b1 = byte_span(b)
+    return a0 < b1 and b0 < a1
+
+
+def cuda_stream_handle(t: torch.Tensor) -> int:
+    """The raw ``cudaStream_t`` of the current stream on ``t``'s device, as an integer."""
+    return int(torch.cuda.current_stream(t.device).cuda_stream)
+
+
+def native_cuda_ready(op: str) -> bool:
+    """True when the CUDA module can run; otherwise warns once that ``op`` uses its pure-torch reference."""
+    if _native.cuda_available():
+        return True
+    _native.warn_once(
+        f"{op}-no-cuda",
+        f"{op}: the tcompress CUDA kernels cannot run ({_native.cuda_status()}); using the pure-torch reference",
+    )
+    return False

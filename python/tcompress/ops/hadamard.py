@@ -1,0 +1,275 @@
+"""The Hadamard transform op: ``x (..., n) -> x @ H_n * scale`` for n = K * 2^m.
+
+H_n = kron(H_K, H_{2^m}) with H_{2^m} the Sylvester matrix and H_K a small Hadamard matrix from
+:mod:`tcompress.hadamard_constructions`. With the default scale 1/sqrt(n) the transform is orthonormal, so its
+inverse is the *transposed* transform (``transpose=True``); H_{2^m} is symmetric, so for powers of two the
+transform is its own inverse.
+
+Registered ops (namespace ``tcompress``), each with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA
+kernel (``_cuda``) and a pure-torch reference, which also serves other devices and builds without native code:
+
+- ``hadamard(Tensor x, float scale, bool transpose) -> Tensor`` (differentiable)
+- ``hadamard_out(Tensor x, float scale, bool transpose, Tensor(a!) out) -> ()``
+- ``hadamard_(Tensor(a!) x, float scale, bool transpose) -> ()``
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _native
+from ..hadamard_constructions import base_hadamard, factor_size
+from . import _common
+
+_OP = "tcompress.ops.hadamard_transform"
+
+
+def _factor(op: str, n: int) -> Tuple[int, int]:
+    try:
+        return factor_size(n)
+    except ValueError as exc:
+        raise ValueError(f"{op}: {exc}") from None
+
+
+def _check_input(op: str, x: torch.Tensor) -> Tuple[int, int]:
+    _common.check_float(op, "x", x)
+    _common.check_at_least_1d(op, "x", x)
+    return _factor(op, x.shape[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _hk_cpu(k: int, transpose: bool) -> torch.Tensor:
+    """The k x k matrix (or its transpose) as a contiguous fp32 CPU tensor, kept alive for native calls."""
+    hk = torch.from_numpy(base_hadamard(k).astype("float32"))
+    return (hk.t() if transpose else hk).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _hk_on(k: int, transpose: bool, device: torch.device) -> torch.Tensor:
+    return _hk_cpu(k, transpose).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure-torch reference: log2(p) butterfly passes written with reshapes (not the O(n^2) matmul), then the K part.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def hadamard_reference(x: torch.Tensor, scale: Optional[float] = None, transpose: bool = False) -> torch.Tensor:
+    """x (..., n) -> (..., n): ``x @ H_n * scale`` (``H_n^T`` with ``transpose``), in fp32, cast back to x's dtype.
+
+    The test oracle and the fallback of the native kernels. Same contract as :func:`hadamard_transform`.
+    """
+    n = x.shape[-1]
+    k, p = _factor("hadamard_reference", n)
+    scale = 1.0 / math.sqrt(n) if scale is None else float(scale)
+    y = x.to(torch.float32).reshape(-1, k, p)
+    h = 1
+    while h < p:
+        # Pairs (j, j + h) inside each block of 2h elements: the Sylvester butterfly at distance h.
+        y = y.reshape(-1, k, p // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = torch.stack((a + b, a - b), dim=-2)
+        h *= 2
+    y = y.reshape(-1, k, p)
+    if k > 1:
+        hk = _hk_on(k, transpose, y.device)
+        # Y[c, b] = sum_a hk[a, c] Z[a, b] (hk already transposed when asked).
+        y = torch.einsum("rap,ac->rcp", y, hk)
+    return (y * scale).reshape(x.shape).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Native launches. x and out are validated tensors of the same shape/dtype/device.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _rows_of(t: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    """(tensor to pass, rows, row_stride): ``t`` itself when the kernel takes its layout, else a contiguous copy."""
+    layout = _common.row_layout(t)
+    if layout is None:
+        t = t.contiguous()
+        layout = (t.numel() // t.shape[-1], t.shape[-1])
+    return t, layout[0], layout[1]
+
+
+def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool) -> None:
+    """Writes ``x @ H * scale`` into ``out`` (same shape; ``out is x`` or disjoint memory; out row-addressable)."""
+    n = x.shape[-1]
+    if x.numel() == 0:
+        return
+    k, _ = factor_size(n)
+    layout = _common.row_layout(out)
+    if layout is None:
+        # out cannot be written row by row (e.g. transposed): compute into a fresh buffer, then copy.
+        tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        _launch(x, tmp, scale, transpose)
+        out.copy_(tmp)
+        return
+    rows, out_stride = layout
+    if x.data_ptr() == out.data_ptr() and x.stride() == out.stride():
+        src, x_stride = out, out_stride
+    else:
+        src, _, x_stride = _rows_of(x)
+    if x.device.type == "cpu":
+        native = _native.cpu_native()
+        if native is None:
+            out.copy_(hadamard_reference(x, scale, transpose))
+            return
+        hk = _hk_cpu(k, transpose) if k > 1 else None
+        native.hadamard(src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
+                        hk.data_ptr() if hk is not None else 0, k, scale, torch.get_num_threads())
+        return
+    # CUDA
+    max_n = _native._cuda.hadamard_max_n(x.device.index) if _common.native_cuda_ready(_OP) else 0
+    if n > max_n:
+        if max_n:
+            _native.warn_once(f"hadamard-n{n}", f"{_OP}: n={n} exceeds the longest row the CUDA kernel holds in "
+                                                f"shared memory on {x.device} ({max_n}); using the pure-torch reference")
+        out.copy_(hadamard_reference(x, scale, transpose))
+        return
+    hk = _hk_on(k, transpose, x.device) if k > 1 else None
+    _native._cuda.hadamard(src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
+                           hk.data_ptr() if hk is not None else 0, k, scale, x.device.index,
+                           _common.cuda_stream_handle(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Op registration.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tcompress::hadamard", mutates_args=())
+def _hadamard(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
+    _check_input("tcompress::hadamard", x)
+    return hadamard_reference(x, scale, transpose).contiguous()
+
+
+@_hadamard.register_fake
+def _(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
+    _check_input("tcompress::hadamard", x)
+    return x.new_empty(x.shape)
+
+
+@_hadamard.register_kernel(("cpu", "cuda"))
+def _(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
+    _check_input("tcompress::hadamard", x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, out, scale, transpose)
+    return out
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, ctx.scale, ctx.transpose = inputs
+
+
+def _backward(ctx, grad: torch.Tensor):
+    # y = x H s  =>  dL/dx = dL/dy H^T s: the same op with the transpose flag flipped.
+    return _hadamard(grad, ctx.scale, not ctx.transpose), None, None
+
+
+_hadamard.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("tcompress::hadamard_out", mutates_args=("out",))
+def _hadamard_out(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
+    _check_input("tcompress::hadamard_out", x)
+    out.copy_(hadamard_reference(x, scale, transpose))
+
+
+@_hadamard_out.register_fake
+def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
+    _check_input("tcompress::hadamard_out", x)
+
+
+@_hadamard_out.register_kernel(("cpu", "cuda"))
+def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
+    _check_input("tcompress::hadamard_out", x)
+    _launch(x, out, scale, transpose)
+
+
+@torch.library.custom_op("tcompress::hadamard_", mutates_args=("x",))
+def _hadamard_inplace(x: torch.Tensor, scale: float, transpose: bool) -> None:
+    _check_input("tcompress::hadamard_", x)
+    x.copy_(hadamard_reference(x, scale, transpose))
+
+
+@_hadamard_inplace.register_fake
+def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
+    _check_input("tcompress::hadamard_", x)
+
+
+@_hadamard_inplace.register_kernel(("cpu", "cuda"))
+def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
+    _check_input("tcompress::hadamard_", x)
+    if _common.row_layout(x) is None:
+        # Overlapping or permuted rows: transform a copy, then write it back element by element.
+        x.copy_(_hadamard(x, scale, transpose))
+        return
+    _launch(x, x, scale, transpose)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_scale(op: str, n: int, scale: Optional[float]) -> float:
+    return 1.0 / math.sqrt(n) if scale is None else _common.check_finite_scale(op, scale)
+
+
+def _check_no_grad(op: str, *tensors: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op}: out= and in-place transforms are not differentiable; call "
+                           "tcompress.ops.hadamard_transform(x) without out= to get gradients")
+
+
+def hadamard_transform(x: torch.Tensor, scale: Optional[float] = None, out: Optional[torch.Tensor] = None, *,
+                       transpose: bool = False) -> torch.Tensor:
+    """x (..., n) -> (..., n): ``x @ H_n * scale``, fp32 arithmetic, result in x's dtype.
+
+    Args:
+        x: float32, float16 or bfloat16 tensor on CPU or CUDA; any layout (a copy is made only when its rows
+            cannot be addressed with one stride). n = x.shape[-1] must be K * 2^m for a supported K
+            (see ``tcompress.hadamard_constructions.SUPPORTED_FACTORS``).
+        scale: multiplies the result; default 1/sqrt(n), which makes the transform orthonormal.
+        out: optional preallocated tensor of x's shape, dtype and device to write into. It may be x itself
+            (then the transform is in place); any other overlap with x is an error.
+        transpose: apply H_n^T instead (the inverse of the orthonormal transform; H_n is symmetric when n is a
+            power of two).
+
+    Returns:
+        A new tensor, or ``out`` when given. Differentiable when ``out`` is None.
+
+    Raises:
+        TypeError: x is not fp32/fp16/bf16, or out has another dtype.
+        ValueError: n has no Hadamard construction (the message lists the supported K), out has another shape
+            or device, out overlaps x partially, or scale is not finite.
+    """
+    _check_input(_OP, x)
+    scale = _resolve_scale(_OP, x.shape[-1], scale)
+    if out is None:
+        return torch.ops.tcompress.hadamard(x, scale, bool(transpose))
+    _common.check_like(_OP, "out", out, "x", x)
+    _check_no_grad(_OP, x, out)
+    if out.data_ptr() == x.data_ptr() and out.stride() == x.stride():
+        torch.ops.tcompress.hadamard_(out, scale, bool(transpose))
+        return out
+    if _common.overlaps(x, out):
+        raise ValueError(f"{_OP}: out overlaps x without being x itself; pass out=x (or use hadamard_transform_) "
+                         "to transform in place, or a separate buffer")
+    torch.ops.tcompress.hadamard_out(x, scale, bool(transpose), out)
+    return out
+
+
+def hadamard_transform_(x: torch.Tensor, scale: Optional[float] = None, *, transpose: bool = False) -> torch.Tensor:
+    """x (..., n) -> x, transformed in place: ``x <- x @ H_n * scale``. Same arguments as :func:`hadamard_transform`."""
+    op = "tcompress.ops.hadamard_transform_"
+    _check_input(op, x)
+    scale = _resolve_scale(op, x.shape[-1], scale)
+    _check_no_grad(op, x)
+    torch.ops.tcompress.hadamard_(x, scale, bool(transpose))
+    return x
