@@ -35,10 +35,13 @@ def _factor(op: str, n: int) -> Tuple[int, int]:
         raise ValueError(f"{op}: {exc}") from None
 
 
-def _check_input(op: str, x: torch.Tensor) -> Tuple[int, int]:
+def _check_input(op: str, x: torch.Tensor) -> None:
     _common.check_float(op, "x", x)
     _common.check_at_least_1d(op, "x", x)
-    return _factor(op, x.shape[-1])
+    n = x.shape[-1]
+    # Under dynamic shapes n is symbolic while tracing; the kernel checks the concrete size when it runs.
+    if isinstance(n, int):
+        _factor(op, n)
 
 
 @functools.lru_cache(maxsize=None)
