@@ -190,7 +190,11 @@ int run_rows(const HadamardArgs& a, const float* hks) {
   int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   if (a.rows * a.n < kParallelMinElements) threads = 1;
   if (threads > a.rows) threads = static_cast<int>(a.rows);
-  const size_t scratch_bytes = static_cast<size_t>((a.n * 4 + 63) / 64 * 64);
+  // One segment (p floats) plus a cache line of slack after the row: GCC 12's vectorizer builds a pair
+  // z[a*p + b], z[a*p + b + 1] in k_part with movq + movhps, and the movhps half reads the *next* segment's
+  // elements (discarded by the following shuffle). On the last segment that read lands up to p floats past
+  // the row; it faulted when it crossed into an unmapped page. The slack keeps it inside our allocation.
+  const size_t scratch_bytes = static_cast<size_t>(((a.n + a.p) * 4 + 64 + 63) / 64 * 64);
   int status = TC_OK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
@@ -221,7 +225,9 @@ int run_dtype(const HadamardArgs& a, const float* hks) {
 int hadamard(const HadamardArgs& a) {
   float* hks = nullptr;
   if (a.k > 1) {
-    hks = static_cast<float*>(malloc(static_cast<size_t>(a.k * a.k) * sizeof(float)));
+    // One spare row plus a vector of slack: the same GCC over-read as for the scratch row (see run_rows) also
+    // reads row a + 1 of hks on the last iteration of k_part's loop over a.
+    hks = static_cast<float*>(malloc(static_cast<size_t>(a.k * a.k + a.k + 16) * sizeof(float)));
     if (hks == nullptr) return TC_ERR_OUT_OF_MEMORY;
     for (int64_t i = 0; i < a.k * a.k; ++i) hks[i] = a.hk[i] * a.scale;  // +-scale: exact
   }

@@ -371,3 +371,26 @@ def test_cuda_strided_and_on_a_side_stream(cuda_device):
     hadamard_transform(x).sum().backward()
     want = torch.ones(4, 768, dtype=torch.float64) @ tcompress.hadamard_matrix(768, torch.float64).t() / math.sqrt(768)
     assert rel_error(x.grad.cpu(), want) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Memory safety: nothing is read or written past the end of the caller's tensors.
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_access_past_the_end_of_input_or_output(isa, dtype):
+    from guarded_memory import guarded_tensor
+
+    for k in (1, 4, 12, 28, 172):
+        for p in (1, 2, 4, 8, 16, 32, 64):
+            for rows in (1, 3):
+                n = k * p
+                x = guarded_tensor((rows, n), dtype)
+                x.copy_(randn(rows, n, dtype=dtype, seed=n))
+                out = guarded_tensor((rows, n), dtype)
+                hadamard_transform(x, out=out)
+                want = hadamard_reference(x)
+                assert rel_error(out, want) <= TOL[dtype], (k, p, rows)
+                hadamard_transform_(x)
+                assert rel_error(x, want) <= TOL[dtype], (k, p, rows)

@@ -1,0 +1,69 @@
+"""The compiled modules, capability flags and CPU kernel-variant selection (TCOMPRESS_ISA)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tcompress
+from tcompress import _native
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "TCOMPRESS_ISA"}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def test_cpu_module_is_built_with_the_scalar_variant():
+    assert _native._C is not None, _native.C_IMPORT_ERROR
+    assert "scalar" in _native.built_isas() and "scalar" in _native.supported_isas()
+    assert _native._C.best_isa() == _native.supported_isas()[-1]
+
+
+def test_cuda_module_reports_its_state_without_failing():
+    status = _native.cuda_status()
+    assert isinstance(status, str) and status
+    if _native.cuda_built() and not _native.cuda_available():
+        assert "no CUDA device" in status or "driver" in status.lower()
+    assert tcompress.cuda_available() == _native.cuda_available()
+
+
+@pytest.mark.parametrize("name", _native.supported_isas())
+def test_forcing_a_supported_isa_through_the_environment(name):
+    result = run_python("import tcompress; print(tcompress.get_isa())", TCOMPRESS_ISA=name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
+def test_forcing_an_unknown_isa_is_a_clear_error():
+    result = run_python("import tcompress", TCOMPRESS_ISA="sse9")
+    assert result.returncode != 0
+    assert "TCOMPRESS_ISA='sse9'" in result.stderr and "scalar, avx2, avx512" in result.stderr
+
+
+def test_forcing_an_unsupported_isa_is_a_clear_error():
+    missing = [name for name in _native.ISA_NAMES if name not in _native.supported_isas()]
+    if not missing:
+        pytest.skip("this machine supports every variant; the unknown-name case is tested above")
+    result = run_python("import tcompress", TCOMPRESS_ISA=missing[0])
+    assert result.returncode != 0 and "is not available" in result.stderr
+
+
+def test_set_isa_rejects_bad_names_and_keeps_the_current_one():
+    before = tcompress.get_isa()
+    with pytest.raises(ValueError, match="expected one of scalar, avx2, avx512"):
+        tcompress.set_isa("neon")
+    assert tcompress.get_isa() == before
+
+
+def test_info_describes_the_install():
+    d = tcompress.info()
+    assert d["version"] == tcompress.__version__
+    assert d["isa"] in d["isas_supported"]
+    assert set(d["isas_supported"]) <= set(d["isas_built"])
+    assert isinstance(d["cuda_built"], bool) and isinstance(d["cuda_available"], bool)
+    assert d["torch"]
