@@ -9,10 +9,9 @@ its fraction of copy bandwidth, all measured in the same process.
 from __future__ import annotations
 
 import pytest
+import tcompress
 import torch
 from conftest import best_seconds
-
-import tcompress
 from tcompress.ops import hadamard_reference, hadamard_transform
 
 ROWS = 4096
@@ -59,10 +58,21 @@ def test_tcompress(benchmark, record, device, dtype, n):
     t_copy = best_seconds(_timed(device, lambda: out.copy_(x)), repeat=20)
     t_fwht = best_seconds(_timed(device, lambda: hadamard_reference(x)), repeat=1, warmup=0)
     nbytes = 2 * x.numel() * x.element_size()
-    record(benchmark, device=device, dtype=dtype, n=n, k=tcompress.hadamard_constructions.factor_size(n)[0],
-           isa=tcompress.get_isa() if device == "cpu" else "cuda", kernel_ms=t_kernel * 1e3,
-           copy_ms=t_copy * 1e3, torch_fwht_ms=t_fwht * 1e3, gb_per_s=nbytes / t_kernel / 1e9,
-           copy_gb_per_s=nbytes / t_copy / 1e9, frac_of_copy=t_copy / t_kernel, speedup_vs_fwht=t_fwht / t_kernel)
+    record(
+        benchmark,
+        device=device,
+        dtype=dtype,
+        n=n,
+        k=tcompress.hadamard_constructions.factor_size(n)[0],
+        isa=tcompress.get_isa() if device == "cpu" else "cuda",
+        kernel_ms=t_kernel * 1e3,
+        copy_ms=t_copy * 1e3,
+        torch_fwht_ms=t_fwht * 1e3,
+        gb_per_s=nbytes / t_kernel / 1e9,
+        copy_gb_per_s=nbytes / t_copy / 1e9,
+        frac_of_copy=t_copy / t_kernel,
+        speedup_vs_fwht=t_fwht / t_kernel,
+    )
 
 
 @pytest.mark.parametrize("device", _devices())

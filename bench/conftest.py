@@ -4,14 +4,13 @@ of every benchmark's extra_info printed at the end of the run (what bench/README
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List
+from typing import Callable
 
 import pytest
+import tcompress
 import torch
 
-import tcompress
-
-ROWS: List[Dict] = []
+ROWS: list[dict] = []
 
 
 def best_seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
@@ -42,9 +41,10 @@ def pytest_terminal_summary(terminalreporter):
         return
     d = tcompress.info()
     terminalreporter.write_sep("=", "tcompress benchmark summary (Markdown)")
-    terminalreporter.write_line(f"machine: {d['cpu']}, {torch.get_num_threads()} threads, ISA {d['isa']}, "
-                                f"torch {d['torch']}")
-    keys: List[str] = []
+    terminalreporter.write_line(
+        f"machine: {d['cpu']}, {torch.get_num_threads()} threads, ISA {d['isa']}, torch {d['torch']}"
+    )
+    keys: list[str] = []
     for row in ROWS:
         keys += [k for k in row if k not in keys]
     terminalreporter.write_line("| " + " | ".join(keys) + " |")

@@ -7,16 +7,17 @@ import os
 import pathlib
 
 import pytest
-import torch
-
 import tcompress
+import torch
 from tcompress import _native
 
 
 def pytest_report_header(config):
     d = tcompress.info()
-    return (f"tcompress {d['version']}: ISA {d['isa']} (supported: {', '.join(d['isas_supported'])}), "
-            f"CUDA {'available' if d['cuda_available'] else 'unavailable: ' + d['cuda_status']}, torch {d['torch']}")
+    return (
+        f"tcompress {d['version']}: ISA {d['isa']} (supported: {', '.join(d['isas_supported'])}), "
+        f"CUDA {'available' if d['cuda_available'] else 'unavailable: ' + d['cuda_status']}, torch {d['torch']}"
+    )
 
 
 @pytest.fixture(params=_native.supported_isas() or ["none"])

@@ -8,7 +8,6 @@ as sum over a of H_K[a, c] * (X[a] @ H_p), with H_p generated in row chunks so t
 from __future__ import annotations
 
 import torch
-
 from tcompress.hadamard_constructions import base_hadamard, factor_size
 
 _POPCOUNT_BYTE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)

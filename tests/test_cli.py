@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tcompress import cli
 
 
@@ -39,8 +38,9 @@ def test_console_script_is_installed():
 
 
 def test_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "tcompress.cli", "info", "--json"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "tcompress.cli", "info", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["version"]
 

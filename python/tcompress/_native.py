@@ -11,17 +11,16 @@ from __future__ import annotations
 import os
 import warnings
 from types import ModuleType
-from typing import Optional
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 
-_C: Optional[ModuleType]
-_cuda: Optional[ModuleType]
+_C: ModuleType | None
+_cuda: ModuleType | None
 
 try:
     from . import _C  # type: ignore[attr-defined,no-redef]
 
-    C_IMPORT_ERROR: Optional[str] = None
+    C_IMPORT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - only in broken or partial installs
     _C = None
     C_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
@@ -29,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - only in broken or partial insta
 try:
     from . import _cuda  # type: ignore[attr-defined,no-redef]
 
-    CUDA_IMPORT_ERROR: Optional[str] = None
+    CUDA_IMPORT_ERROR: str | None = None
 except ImportError as exc:
     _cuda = None
     CUDA_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
@@ -44,7 +43,7 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def cpu_native() -> Optional[ModuleType]:
+def cpu_native() -> ModuleType | None:
     """The CPU extension module, or None (with a one-time warning) when it failed to import."""
     if _C is None:
         warn_once("no-_C", f"tcompress._C is not available ({C_IMPORT_ERROR}); using the pure-torch references")
@@ -78,7 +77,7 @@ def supported_isas() -> list:
     return list(_C.supported_isas()) if _C is not None else []
 
 
-def get_isa() -> Optional[str]:
+def get_isa() -> str | None:
     """The CPU kernel variant in use, or None when the native module is missing."""
     return _C.get_isa() if _C is not None else None
 

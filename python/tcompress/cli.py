@@ -1,8 +1,8 @@
 """The ``tcompress`` command.
 
-    tcompress              info, then the kernel self-check (the default job)
-    tcompress info [--json]
-    tcompress selfcheck [--rows N]
+tcompress              info, then the kernel self-check (the default job)
+tcompress info [--json]
+tcompress selfcheck [--rows N]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -36,8 +35,10 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tcompress", description="Structural analysis and compression of "
-                                     "transformer language models on native CPU/CUDA kernels.")
+    parser = argparse.ArgumentParser(
+        prog="tcompress",
+        description="Structural analysis and compression of transformer language models on native CPU/CUDA kernels.",
+    )
     parser.set_defaults(func=_cmd_default, rows=256)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     p = sub.add_parser("info", help="version, CPU kernel variant, CUDA status, torch version")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -18,8 +18,9 @@ from .hadamard_constructions import hadamard_matrix_numpy
 Device = Optional[Union[str, torch.device]]
 
 
-def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, *, normalized: bool = False,
-                    device: Device = None) -> torch.Tensor:
+def hadamard_matrix(
+    n: int, dtype: torch.dtype = torch.float32, *, normalized: bool = False, device: Device = None
+) -> torch.Tensor:
     """(n, n) Hadamard matrix kron(H_K, H_{2^m}) with entries ±1 (±1/sqrt(n) when ``normalized``).
 
     Raises:

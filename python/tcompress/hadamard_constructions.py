@@ -344,7 +344,12 @@ def factor_size(n: int) -> tuple[int, int]:
         TypeError: If ``n`` is a bool or not an integer.
         ValueError: If ``n`` is not positive or has no construction (never padded).
     """
-    n = _check_int(n)
+    return _factor_size(_check_int(n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _factor_size(n: int) -> tuple[int, int]:
+    # Memoized: every op call asks, and the scan over SUPPORTED_FACTORS costs more than a small transform.
     supported = f"supported sizes are K·2^m for K in {SUPPORTED_FACTORS}"
     if n <= 0:
         raise ValueError(f"no Hadamard construction for n={n}: n must be positive; {supported}")

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import platform
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
 from . import _native
 
 # The CPU features worth showing (all of them are in info()["cpu_features"]).
-_SHOWN_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-                   "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16")
+_SHOWN_FEATURES = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
-def info() -> Dict[str, Any]:
+def info() -> dict[str, Any]:
     """A JSON-serializable description of this install and machine."""
     from . import __version__
 
     c = _native._C
-    d: Dict[str, Any] = {
+    d: dict[str, Any] = {
         "version": __version__,
         "native_cpu": c is not None,
         "native_cpu_error": _native.C_IMPORT_ERROR,
@@ -45,7 +57,7 @@ def info() -> Dict[str, Any]:
     return d
 
 
-def format_info(d: Dict[str, Any]) -> str:
+def format_info(d: dict[str, Any]) -> str:
     """The human-readable form of :func:`info`'s dictionary."""
     features = [f for f in _SHOWN_FEATURES if d["cpu_features"].get(f)]
     runtime = d["cuda_runtime_version"]
@@ -53,7 +65,8 @@ def format_info(d: Dict[str, Any]) -> str:
         f"tcompress {d['version']}",
         f"  CPU kernels   : {d['isa'] or 'unavailable (' + str(d['native_cpu_error']) + ')'}"
         + (f" (best supported: {d['isa_best']})" if d["isa_best"] and d["isa_best"] != d["isa"] else ""),
-        f"  ISAs built    : {', '.join(d['isas_built']) or '-'}; supported here: {', '.join(d['isas_supported']) or '-'}",
+        f"  ISAs built    : {', '.join(d['isas_built']) or '-'}; "
+        f"supported here: {', '.join(d['isas_supported']) or '-'}",
         f"  CPU features  : {', '.join(features) or 'none of interest'}",
         f"  threads       : {d['openmp_threads']} (OpenMP), {d['torch_threads']} (torch)",
         f"  CUDA kernels  : {'built' if d['cuda_built'] else 'not built'}"

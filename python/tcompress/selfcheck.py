@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional
+from typing import Callable
 
 import torch
 
@@ -25,7 +25,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 @dataclass
 class CheckResult:
     device: str
-    isa: Optional[str]
+    isa: str | None
     dtype: str
     n: int
     rel_error: float
@@ -47,7 +47,7 @@ def _time_ms(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int =
     return best * 1e3
 
 
-def _check_one(n: int, dtype: torch.dtype, device: torch.device, rows: int, isa: Optional[str]) -> CheckResult:
+def _check_one(n: int, dtype: torch.dtype, device: torch.device, rows: int, isa: str | None) -> CheckResult:
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(rows, n, generator=gen).to(dtype=dtype, device=device)
     want = hadamard_reference(x.float())
@@ -55,13 +55,14 @@ def _check_one(n: int, dtype: torch.dtype, device: torch.device, rows: int, isa:
     err = ((got - want).abs().max() / want.abs().max()).item()
     kernel_ms = _time_ms(lambda: hadamard_transform(x), device)
     reference_ms = _time_ms(lambda: hadamard_reference(x), device, repeat=1)
-    return CheckResult(str(device), isa, str(dtype).replace("torch.", ""), n, err, kernel_ms, reference_ms,
-                       err <= TOLERANCE[dtype])
+    return CheckResult(
+        str(device), isa, str(dtype).replace("torch.", ""), n, err, kernel_ms, reference_ms, err <= TOLERANCE[dtype]
+    )
 
 
-def run_selfcheck(rows: int = 256, sizes=MODEL_SIZES, log: Callable[[str], None] = print) -> List[CheckResult]:
+def run_selfcheck(rows: int = 256, sizes=MODEL_SIZES, log: Callable[[str], None] = print) -> list[CheckResult]:
     """Checks every (device, ISA, dtype, size); logs a table and returns the results."""
-    results: List[CheckResult] = []
+    results: list[CheckResult] = []
     original = _native.get_isa()
     targets = [(torch.device("cpu"), isa) for isa in (_native.supported_isas() or [None])]
     if _native.cuda_available() and torch.cuda.is_available():
@@ -76,13 +77,17 @@ def run_selfcheck(rows: int = 256, sizes=MODEL_SIZES, log: Callable[[str], None]
                 for n in sizes:
                     r = _check_one(n, dtype, device, rows, isa)
                     results.append(r)
-                    log(f"{r.device:8} {str(r.isa or '-'):7} {r.dtype:9} {r.n:6d} {r.rel_error:9.1e} "
+                    log(
+                        f"{r.device:8} {str(r.isa or '-'):7} {r.dtype:9} {r.n:6d} {r.rel_error:9.1e} "
                         f"{r.kernel_ms:10.3f} {r.reference_ms:9.2f} {r.reference_ms / r.kernel_ms:7.1f}x"
-                        + ("" if r.ok else "   FAIL"))
+                        + ("" if r.ok else "   FAIL")
+                    )
     finally:
         if original is not None:
             _native.set_isa(original)
     failed = [r for r in results if not r.ok]
-    log(f"self-check: {len(results) - len(failed)}/{len(results)} passed"
-        + ("" if not failed else f"; FAILED: {[asdict(r) for r in failed]}"))
+    log(
+        f"self-check: {len(results) - len(failed)}/{len(results)} passed"
+        + ("" if not failed else f"; FAILED: {[asdict(r) for r in failed]}")
+    )
     return results

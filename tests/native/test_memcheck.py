@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from tcompress import _native
 
 HERE = pathlib.Path(__file__).parent
@@ -22,8 +21,9 @@ def memcheck_driver(tmp_path_factory) -> pathlib.Path:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     build = tmp_path_factory.mktemp("native")
-    configure = subprocess.run(["cmake", "-S", str(HERE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
-                               capture_output=True, text=True)
+    configure = subprocess.run(
+        ["cmake", "-S", str(HERE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True
+    )
     assert configure.returncode == 0, configure.stdout + configure.stderr
     result = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -32,7 +32,12 @@ def memcheck_driver(tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.parametrize("isa", [name for name in ISA_CODES if name in _native.supported_isas()])
 def test_no_invalid_memory_access(memcheck_driver, isa):
-    result = subprocess.run(["valgrind", "-q", "--error-exitcode=99", str(memcheck_driver), str(ISA_CODES[isa]),
-                             "4096"], capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "2"})
+    result = subprocess.run(
+        ["valgrind", "-q", "--error-exitcode=99", str(memcheck_driver), str(ISA_CODES[isa]), "4096"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"OMP_NUM_THREADS": "2"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "0 failed" in result.stdout

@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import tcompress
 import torch
 from hadamard_dense import dense_hadamard
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import tcompress
 from tcompress import _native
 from tcompress.hadamard_constructions import SUPPORTED_FACTORS, factor_size
 from tcompress.ops import hadamard_reference, hadamard_transform, hadamard_transform_
@@ -44,8 +43,9 @@ def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
 
 SMALL_SIZES = supported_sizes(4096)
 # Above 4096 the dense reference costs O(n^2) per row: every required K and real model size up to 16384.
-LARGE_SIZES = sorted({k << m for k in REQUIRED_K for m in range(15) if 4096 < (k << m) <= 16384} | {11008, 13824,
-                                                                                                    14336})
+LARGE_SIZES = sorted(
+    {k << m for k in REQUIRED_K for m in range(15) if 4096 < (k << m) <= 16384} | {11008, 13824, 14336}
+)
 
 
 @pytest.mark.parametrize("n", SMALL_SIZES + LARGE_SIZES)
@@ -92,9 +92,9 @@ def test_non_contiguous_inputs(isa, make):
     base = randn(64, 1536, seed=2)
     tall = randn(768, 16, seed=3)
     x = {
-        "row_slice": lambda: base[:, :768],          # rows 1536 apart: taken without a copy
-        "column_slice": lambda: base[:, 1:769],      # same, shifted start
-        "transposed": lambda: tall.t(),              # inner stride != 1: copied
+        "row_slice": lambda: base[:, :768],  # rows 1536 apart: taken without a copy
+        "column_slice": lambda: base[:, 1:769],  # same, shifted start
+        "transposed": lambda: tall.t(),  # inner stride != 1: copied
         "expanded": lambda: base[0, :768].expand(4, 768),  # rows overlap (stride 0): copied
         "strided_rows": lambda: base[::3, :768],
     }[make]()
@@ -236,8 +236,7 @@ def test_backward_is_the_transposed_transform(n):
 def test_gradcheck():
     x = randn(2, 12, seed=10).double().float().requires_grad_()
     # fp32 finite differences: loose tolerances, exactness is covered by the test above.
-    assert torch.autograd.gradcheck(lambda t: hadamard_transform(t, scale=0.3), (x,), eps=1e-2, atol=1e-2,
-                                    rtol=1e-2)
+    assert torch.autograd.gradcheck(lambda t: hadamard_transform(t, scale=0.3), (x,), eps=1e-2, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("n", [64, 768])

@@ -5,8 +5,6 @@ Messages always name the op, the argument, what was expected and what was given.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 from .. import _native
@@ -56,7 +54,7 @@ def check_finite_scale(op: str, scale: float) -> float:
     return value
 
 
-def row_layout(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+def row_layout(t: torch.Tensor) -> tuple[int, int] | None:
     """``(rows, row_stride)`` when ``t`` (..., n) is a set of rows with unit inner stride and one row stride.
 
     That is the layout the native kernels take without a copy: a contiguous tensor, or a slice of rows out of
@@ -84,7 +82,7 @@ def row_layout(t: torch.Tensor) -> Optional[Tuple[int, int]]:
     return rows, stride
 
 
-def byte_span(t: torch.Tensor) -> Tuple[int, int]:
+def byte_span(t: torch.Tensor) -> tuple[int, int]:
     """Half-open byte range [first, last) of the memory a tensor with non-negative strides can touch."""
     first = t.data_ptr()
     last = first + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
 
 import torch
 
@@ -28,7 +27,7 @@ from . import _common
 _OP = "tcompress.ops.hadamard_transform"
 
 
-def _factor(op: str, n: int) -> Tuple[int, int]:
+def _factor(op: str, n: int) -> tuple[int, int]:
     try:
         return factor_size(n)
     except ValueError as exc:
@@ -44,14 +43,14 @@ def _check_input(op: str, x: torch.Tensor) -> None:
         _factor(op, n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hk_cpu(k: int, transpose: bool) -> torch.Tensor:
     """The k x k matrix (or its transpose) as a contiguous fp32 CPU tensor, kept alive for native calls."""
     hk = torch.from_numpy(base_hadamard(k).astype("float32"))
     return (hk.t() if transpose else hk).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hk_on(k: int, transpose: bool, device: torch.device) -> torch.Tensor:
     return _hk_cpu(k, transpose).to(device)
 
@@ -61,7 +60,7 @@ def _hk_on(k: int, transpose: bool, device: torch.device) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def hadamard_reference(x: torch.Tensor, scale: Optional[float] = None, transpose: bool = False) -> torch.Tensor:
+def hadamard_reference(x: torch.Tensor, scale: float | None = None, transpose: bool = False) -> torch.Tensor:
     """x (..., n) -> (..., n): ``x @ H_n * scale`` (``H_n^T`` with ``transpose``), in fp32, cast back to x's dtype.
 
     The test oracle and the fallback of the native kernels. Same contract as :func:`hadamard_transform`.
@@ -90,7 +89,7 @@ def hadamard_reference(x: torch.Tensor, scale: Optional[float] = None, transpose
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _rows_of(t: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+def _rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """(tensor to pass, rows, row_stride): ``t`` itself when the kernel takes its layout, else a contiguous copy."""
     layout = _common.row_layout(t)
     if layout is None:
@@ -123,21 +122,25 @@ def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool) -
             out.copy_(hadamard_reference(x, scale, transpose))
             return
         hk = _hk_cpu(k, transpose) if k > 1 else None
-        native.hadamard(src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
-                        hk.data_ptr() if hk is not None else 0, k, scale, torch.get_num_threads())
-        return
-    # CUDA
-    max_n = _native._cuda.hadamard_max_n(x.device.index) if _common.native_cuda_ready(_OP) else 0
-    if n > max_n:
-        if max_n:
-            _native.warn_once(f"hadamard-n{n}", f"{_OP}: n={n} exceeds the longest row the CUDA kernel holds in "
-                                                f"shared memory on {x.device} ({max_n}); using the pure-torch reference")
-        out.copy_(hadamard_reference(x, scale, transpose))
-        return
-    hk = _hk_on(k, transpose, x.device) if k > 1 else None
-    _native._cuda.hadamard(src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
-                           hk.data_ptr() if hk is not None else 0, k, scale, x.device.index,
-                           _common.cuda_stream_handle(x))
+    else:
+        max_n = _native._cuda.hadamard_max_n(x.device.index) if _common.native_cuda_ready(_OP) else 0
+        if n > max_n:
+            if max_n:
+                _native.warn_once(
+                    f"hadamard-n{n}",
+                    f"{_OP}: n={n} exceeds the longest row the CUDA kernel holds in "
+                    f"shared memory on {x.device} ({max_n}); using the pure-torch reference",
+                )
+            out.copy_(hadamard_reference(x, scale, transpose))
+            return
+        hk = _hk_on(k, transpose, x.device) if k > 1 else None
+    # The arguments both native entry points share (see csrc/include/tcompress/hadamard.h).
+    args = (src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
+            hk.data_ptr() if hk is not None else 0, k, scale)  # fmt: skip
+    if x.device.type == "cpu":
+        native.hadamard(*args, torch.get_num_threads())
+    else:
+        _native._cuda.hadamard(*args, x.device.index, _common.cuda_stream_handle(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,18 +223,21 @@ def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_scale(op: str, n: int, scale: Optional[float]) -> float:
+def _resolve_scale(op: str, n: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(n) if scale is None else _common.check_finite_scale(op, scale)
 
 
 def _check_no_grad(op: str, *tensors: torch.Tensor) -> None:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError(f"{op}: out= and in-place transforms are not differentiable; call "
-                           "tcompress.ops.hadamard_transform(x) without out= to get gradients")
+        raise RuntimeError(
+            f"{op}: out= and in-place transforms are not differentiable; call "
+            "tcompress.ops.hadamard_transform(x) without out= to get gradients"
+        )
 
 
-def hadamard_transform(x: torch.Tensor, scale: Optional[float] = None, out: Optional[torch.Tensor] = None, *,
-                       transpose: bool = False) -> torch.Tensor:
+def hadamard_transform(
+    x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None, *, transpose: bool = False
+) -> torch.Tensor:
     """x (..., n) -> (..., n): ``x @ H_n * scale``, fp32 arithmetic, result in x's dtype.
 
     Args:
@@ -262,13 +268,15 @@ def hadamard_transform(x: torch.Tensor, scale: Optional[float] = None, out: Opti
         torch.ops.tcompress.hadamard_(out, scale, bool(transpose))
         return out
     if _common.overlaps(x, out):
-        raise ValueError(f"{_OP}: out overlaps x without being x itself; pass out=x (or use hadamard_transform_) "
-                         "to transform in place, or a separate buffer")
+        raise ValueError(
+            f"{_OP}: out overlaps x without being x itself; pass out=x (or use hadamard_transform_) "
+            "to transform in place, or a separate buffer"
+        )
     torch.ops.tcompress.hadamard_out(x, scale, bool(transpose), out)
     return out
 
 
-def hadamard_transform_(x: torch.Tensor, scale: Optional[float] = None, *, transpose: bool = False) -> torch.Tensor:
+def hadamard_transform_(x: torch.Tensor, scale: float | None = None, *, transpose: bool = False) -> torch.Tensor:
     """x (..., n) -> x, transformed in place: ``x <- x @ H_n * scale``. Same arguments as :func:`hadamard_transform`."""
     op = "tcompress.ops.hadamard_transform_"
     _check_input(op, x)
