@@ -8,8 +8,9 @@
 //   2. the remaining log2(p / W) stages of each of the k segments, three at a time (radix-8 passes over
 //      registers), then a radix-4 or radix-2 pass for what is left. With k == 1 the last pass multiplies by
 //      `scale`, converts and stores straight into the output row;
-//   3. with k > 1, the k x k part Y[c, :] = sum_a (scale * hk[a, c]) * Z[a, :], register-blocked over
-//      (CB outputs) x (U vectors of columns), written to the output row.
+//   3. with k > 1, the k x k part Y[c, :] = sum_a (scale * hk[a, c]) * Z[a, :]: for k a multiple of 4 (>= 12)
+//      with shared signed sums (hadamard_signed_sums.h, k/4 additions per output), otherwise as dense
+//      multiply-adds register-blocked over (CB outputs) x (U vectors of columns); written to the output row.
 // Rows are split across OpenMP threads; the input is read once and the output written once.
 #pragma once
 
@@ -17,6 +18,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "elem_io.h"
+#include "hadamard_signed_sums.h"
 #include "kernel_table.h"
 #include "tcompress/status.h"
 
@@ -26,28 +29,6 @@ namespace {
 
 // Below this many elements per call, thread start-up costs more than the work.
 constexpr int64_t kParallelMinElements = int64_t(1) << 15;
-
-template <class V, int DT>
-inline typename V::T load_elems(const void* row, int64_t i) {
-  if constexpr (DT == TC_FLOAT32) {
-    return V::load(static_cast<const float*>(row) + i);
-  } else if constexpr (DT == TC_FLOAT16) {
-    return V::load_f16(static_cast<const uint16_t*>(row) + i);
-  } else {
-    return V::load_bf16(static_cast<const uint16_t*>(row) + i);
-  }
-}
-
-template <class V, int DT>
-inline void store_elems(void* row, int64_t i, typename V::T v) {
-  if constexpr (DT == TC_FLOAT32) {
-    V::store(static_cast<float*>(row) + i, v);
-  } else if constexpr (DT == TC_FLOAT16) {
-    V::store_f16(static_cast<uint16_t*>(row) + i, v);
-  } else {
-    V::store_bf16(static_cast<uint16_t*>(row) + i, v);
-  }
-}
 
 template <class V>
 inline void butterfly(typename V::T& a, typename V::T& b) {
@@ -171,8 +152,8 @@ void k_part_dispatch(const float* z, void* out_row, const float* hks, int64_t k,
 }
 
 template <class V, int DT>
-void transform_row(const void* x_row, void* out_row, float* scratch, const float* hks, int64_t k, int64_t p,
-                   float scale) {
+void transform_row(const void* x_row, void* out_row, float* scratch, float* combos, const float* hks,
+                   const SignedSums& ss, int64_t k, int64_t p, float scale) {
   const int64_t n = k * p;
   for (int64_t i = 0; i < n; i += V::W) V::store(scratch + i, V::intra(load_elems<V, DT>(x_row, i)));
   const bool emit = k == 1;
@@ -181,11 +162,15 @@ void transform_row(const void* x_row, void* out_row, float* scratch, const float
     // A single-vector row has no inter-vector pass to fuse the output into.
     store_elems<V, DT>(out_row, 0, V::mul(V::load(scratch), V::splat(scale)));
   }
-  if (!emit) k_part_dispatch<V, DT>(scratch, out_row, hks, k, p);
+  if (!emit && use_signed_sums(k)) {
+    k_part_signed_dispatch<V, DT>(scratch, out_row, ss, combos, k, p, scale);
+  } else if (!emit) {
+    k_part_dispatch<V, DT>(scratch, out_row, hks, k, p);
+  }
 }
 
 template <class V, int DT>
-int run_rows(const HadamardArgs& a, const float* hks) {
+int run_rows(const HadamardArgs& a, const float* hks, const SignedSums& ss) {
   const int esize = tc_dtype_size(DT);
   int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
   if (a.rows * a.n < kParallelMinElements) threads = 1;
@@ -194,7 +179,10 @@ int run_rows(const HadamardArgs& a, const float* hks) {
   // z[a*p + b], z[a*p + b + 1] in k_part with movq + movhps, and the movhps half reads the *next* segment's
   // elements (discarded by the following shuffle). On the last segment that read lands up to p floats past
   // the row; it faulted when it crossed into an unmapped page. The slack keeps it inside our allocation.
-  const size_t scratch_bytes = static_cast<size_t>(((a.n + a.p) * 4 + 64 + 63) / 64 * 64);
+  const int64_t row_floats = ((a.n + a.p) * 4 + 64 + 63) / 64 * 16;
+  // The signed-sums K part keeps its combinations after the row (plus the same slack).
+  const int64_t combo_floats = use_signed_sums(a.k) ? signed_sums_scratch_floats<V>(a.k, a.p) + 16 : 0;
+  const size_t scratch_bytes = static_cast<size_t>(row_floats + combo_floats) * sizeof(float);
   int status = TC_OK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
@@ -208,7 +196,7 @@ int run_rows(const HadamardArgs& a, const float* hks) {
       if (scratch == nullptr) continue;
       const char* x_row = static_cast<const char*>(a.x) + r * a.x_row_stride * esize;
       char* out_row = static_cast<char*>(a.out) + r * a.out_row_stride * esize;
-      transform_row<V, DT>(x_row, out_row, scratch, hks, a.k, a.p, a.scale);
+      transform_row<V, DT>(x_row, out_row, scratch, scratch + row_floats, hks, ss, a.k, a.p, a.scale);
     }
     free(scratch);
   }
@@ -216,28 +204,33 @@ int run_rows(const HadamardArgs& a, const float* hks) {
 }
 
 template <int DT>
-int run_dtype(const HadamardArgs& a, const float* hks) {
+int run_dtype(const HadamardArgs& a, const float* hks, const SignedSums& ss) {
   // Segments shorter than a vector take the one-lane path.
-  if (a.p >= TC_VEC::W) return run_rows<TC_VEC, DT>(a, hks);
-  return run_rows<VecScalar, DT>(a, hks);
+  if (a.p >= TC_VEC::W) return run_rows<TC_VEC, DT>(a, hks, ss);
+  return run_rows<VecScalar, DT>(a, hks, ss);
 }
 
 int hadamard(const HadamardArgs& a) {
   float* hks = nullptr;
+  SignedSums ss;
+  int status = TC_OK;
   if (a.k > 1) {
     // One spare row plus a vector of slack: the same GCC over-read as for the scratch row (see run_rows) also
     // reads row a + 1 of hks on the last iteration of k_part's loop over a.
     hks = static_cast<float*>(malloc(static_cast<size_t>(a.k * a.k + a.k + 16) * sizeof(float)));
     if (hks == nullptr) return TC_ERR_OUT_OF_MEMORY;
     for (int64_t i = 0; i < a.k * a.k; ++i) hks[i] = a.hk[i] * a.scale;  // +-scale: exact
+    if (use_signed_sums(a.k)) status = build_signed_sums(a.hk, a.k, &ss);
   }
-  int status;
-  switch (a.dtype) {
-    case TC_FLOAT32: status = run_dtype<TC_FLOAT32>(a, hks); break;
-    case TC_FLOAT16: status = run_dtype<TC_FLOAT16>(a, hks); break;
-    case TC_BFLOAT16: status = run_dtype<TC_BFLOAT16>(a, hks); break;
-    default: status = TC_ERR_BAD_DTYPE; break;
+  if (status == TC_OK) {
+    switch (a.dtype) {
+      case TC_FLOAT32: status = run_dtype<TC_FLOAT32>(a, hks, ss); break;
+      case TC_FLOAT16: status = run_dtype<TC_FLOAT16>(a, hks, ss); break;
+      case TC_BFLOAT16: status = run_dtype<TC_BFLOAT16>(a, hks, ss); break;
+      default: status = TC_ERR_BAD_DTYPE; break;
+    }
   }
+  free_signed_sums(&ss);
   free(hks);
   return status;
 }
