@@ -15,7 +15,7 @@ from conftest import best_seconds
 from tcompress.ops import hadamard_reference, hadamard_transform
 
 ROWS = 4096
-SIZES = (576, 768, 3072, 4096, 14336)
+SIZES = (576, 768, 3072, 4096, 11008, 14336, 16384)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DENSE_MAX_N = 4096  # beyond this the O(n^2) matmul baseline takes minutes on 2 cores (and H alone is > 256 MB)
 
