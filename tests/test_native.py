@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -66,3 +68,21 @@ def test_info_describes_the_install():
     assert set(d["isas_supported"]) <= set(d["isas_built"])
     assert isinstance(d["cuda_built"], bool) and isinstance(d["cuda_available"], bool)
     assert d["torch"]
+
+
+def test_an_install_without_the_cuda_module_says_why_and_still_works(tmp_path):
+    # What a TCOMPRESS_CUDA=OFF build (or one on a machine without nvcc) installs: everything but _cuda.
+    package = pathlib.Path(tcompress.__file__).parent
+    shutil.copytree(package, tmp_path / "tcompress", ignore=shutil.ignore_patterns("_cuda*", "__pycache__"))
+    code = (
+        "import torch, tcompress\n"
+        "from tcompress.ops import hadamard_transform\n"
+        "d = tcompress.info()\n"
+        "assert not d['cuda_built'] and not tcompress.cuda_available(), d\n"
+        "print(d['cuda_status'])\n"
+        "print(tuple(hadamard_transform(torch.randn(2, 768)).shape))\n"
+    )
+    result = run_python(code, PYTHONPATH=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "built with TCOMPRESS_CUDA=OFF or without nvcc" in result.stdout
+    assert "(2, 768)" in result.stdout

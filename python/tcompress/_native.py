@@ -8,6 +8,7 @@ variant at import; asking for one this build or CPU lacks is an error, never a s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from types import ModuleType
@@ -25,13 +26,17 @@ except ImportError as exc:  # pragma: no cover - only in broken or partial insta
     _C = None
     C_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-try:
-    from . import _cuda  # type: ignore[attr-defined,no-redef]
-
-    CUDA_IMPORT_ERROR: str | None = None
-except ImportError as exc:
+CUDA_IMPORT_ERROR: str | None = None
+if importlib.util.find_spec(f"{__package__}._cuda") is None:
+    # Not an error: the build skipped it. (Importing it anyway would report a confusing "circular import".)
     _cuda = None
-    CUDA_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    CUDA_IMPORT_ERROR = "this install has no tcompress._cuda: built with TCOMPRESS_CUDA=OFF or without nvcc"
+else:
+    try:
+        from . import _cuda  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:
+        _cuda = None
+        CUDA_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 _warned: set = set()
 
