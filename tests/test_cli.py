@@ -45,6 +45,14 @@ def test_module_entry_point():
     assert json.loads(result.stdout)["version"]
 
 
+@pytest.mark.parametrize("rows", ["0", "-1", "many"])
+def test_selfcheck_rejects_bad_row_counts(rows, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["selfcheck", "--rows", rows])
+    assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
 def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["frobnicate"])

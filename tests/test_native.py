@@ -86,3 +86,15 @@ def test_an_install_without_the_cuda_module_says_why_and_still_works(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "built with TCOMPRESS_CUDA=OFF or without nvcc" in result.stdout
     assert "(2, 768)" in result.stdout
+
+
+def test_selfcheck_fails_without_the_native_cpu_module(tmp_path):
+    # Without _C the ops fall back to the references the self-check compares against: that must not pass.
+    package = pathlib.Path(tcompress.__file__).parent
+    shutil.copytree(package, tmp_path / "tcompress", ignore=shutil.ignore_patterns("_C.*", "__pycache__"))
+    result = run_python(
+        "import sys, tcompress.cli; sys.exit(tcompress.cli.main(['selfcheck', '--rows', '2']))",
+        PYTHONPATH=str(tmp_path),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "tcompress._C is not available" in result.stdout

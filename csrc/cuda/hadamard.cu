@@ -16,6 +16,7 @@
 
 #include "../common/hadamard_check.h"
 #include "cuda_error.h"
+#include "device_guard.h"
 #include "tcompress/hadamard_cuda.h"
 
 namespace tcompress {
@@ -85,7 +86,7 @@ __device__ void radix_pass(float* z, int64_t total, int64_t p, int64_t s, T* out
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) hadamard_kernel(const T* __restrict__ x, T* out, int64_t rows, int64_t n,
+__global__ void __launch_bounds__(kThreads) hadamard_kernel(const T* x, T* out, int64_t rows, int64_t n,
                                                             int64_t k, int64_t p, int64_t rows_per_block,
                                                             int64_t x_row_stride, int64_t out_row_stride,
                                                             const float* __restrict__ hk, float scale) {
@@ -198,9 +199,9 @@ extern "C" int tc_cuda_hadamard(const void* x, void* out, int64_t rows, int64_t 
                                               /*hk_readable=*/false);
   if (status != TC_OK || rows == 0) return status;
   if (tc_cuda_device_count() == 0) return TC_ERR_NO_DEVICE;
-  // This module's (static) CUDA runtime keeps its own current device, separate from torch's: set it every call.
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) return tcompress::cuda_fail(err, "cudaSetDevice");
+  // Run on `device`, and leave the caller's current device as it was (see device_guard.h).
+  const tcompress::DeviceGuard guard(device);
+  if (guard.error() != cudaSuccess) return tcompress::cuda_fail(guard.error(), "cudaSetDevice");
   const int64_t smem_limit = tc_cuda_hadamard_max_n(device) * static_cast<int64_t>(sizeof(float));
   const int64_t xs = rows > 1 ? x_row_stride : n;
   const int64_t os = rows > 1 ? out_row_stride : n;

@@ -34,6 +34,16 @@ def _cmd_default(args: argparse.Namespace) -> int:
     return _cmd_selfcheck(args)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcompress",
@@ -45,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the information as JSON")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("selfcheck", help="check the native kernels against their references at real model sizes")
-    p.add_argument("--rows", type=int, default=256, help="rows per size (default 256)")
+    p.add_argument("--rows", type=_positive_int, default=256, help="rows per size (default 256)")
     p.set_defaults(func=_cmd_selfcheck)
     return parser
 

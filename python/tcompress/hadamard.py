@@ -9,6 +9,7 @@ it to activations costs one elementwise multiply plus the fast transform (see :f
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -32,9 +33,9 @@ def hadamard_matrix(
 
 def random_hadamard_signs(n: int, seed: int, dtype: torch.dtype = torch.float32, device: Device = None) -> torch.Tensor:
     """(n,) the ±1 diagonal D of :func:`random_hadamard`, drawn from a CPU generator seeded with ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"random_hadamard_signs: seed must be an int; got {type(seed).__name__}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     bits = torch.randint(0, 2, (n,), generator=gen)
     return (bits * 2 - 1).to(dtype=dtype, device=device)
 

@@ -344,12 +344,21 @@ def factor_size(n: int) -> tuple[int, int]:
         TypeError: If ``n`` is a bool or not an integer.
         ValueError: If ``n`` is not positive or has no construction (never padded).
     """
-    return _factor_size(_check_int(n))
+    n = _check_int(n)
+    # Memoized in a plain dict: every op call asks, and the scan over SUPPORTED_FACTORS costs more than a small
+    # transform. (Not functools.lru_cache: torch.compile traces through it, and warns that it does.)
+    found = _FACTOR_CACHE.get(n)
+    if found is None:
+        found = _factor_size(n)
+        if len(_FACTOR_CACHE) < 4096:
+            _FACTOR_CACHE[n] = found
+    return found
 
 
-@functools.lru_cache(maxsize=1024)
+_FACTOR_CACHE: dict[int, tuple[int, int]] = {}
+
+
 def _factor_size(n: int) -> tuple[int, int]:
-    # Memoized: every op call asks, and the scan over SUPPORTED_FACTORS costs more than a small transform.
     supported = f"supported sizes are K·2^m for K in {SUPPORTED_FACTORS}"
     if n <= 0:
         raise ValueError(f"no Hadamard construction for n={n}: n must be positive; {supported}")

@@ -179,6 +179,43 @@ def test_in_place_on_a_view_changes_only_that_view(isa):
     assert torch.equal(view, want)
 
 
+def test_out_may_overlap_x(isa):
+    buffer = randn(5, 128, seed=15)
+    original = buffer.clone()
+    hadamard_transform(buffer[:4], out=buffer[1:])  # rows shifted by one: overlapping, not the same layout
+    assert torch.equal(buffer[1:], hadamard_transform(original[:4]))
+    assert torch.equal(buffer[0], original[0])
+    buffer = original.clone()
+    hadamard_transform(buffer[:, :64], out=buffer[:, 64:])  # interleaved halves of the same rows
+    assert torch.equal(buffer[:, 64:], hadamard_transform(original[:, :64]))
+    assert torch.equal(buffer[:, :64], original[:, :64])
+    view = buffer.view(5, 128)  # another tensor object over the same memory: in place
+    y = buffer.clone()
+    hadamard_transform(buffer, out=view)
+    assert torch.equal(view, hadamard_transform(y))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_rows_with_a_non_unit_stride(isa, dtype):
+    from guarded_memory import guarded_tensor
+
+    matrix = randn(768, 8, dtype=dtype, seed=16)
+    column = matrix[:, 3]  # one row of 768 elements, 8 apart
+    want = hadamard_transform(column.contiguous())  # the layout must not change a single bit
+    assert rel_error(want, dense_hadamard(column.double()[None]) / math.sqrt(768)) <= TOL[dtype]
+    assert torch.equal(hadamard_transform(column), want)
+    before = matrix.clone()
+    hadamard_transform_(column)
+    assert torch.equal(matrix[:, 3], want)
+    assert torch.equal(matrix[:, :3], before[:, :3]) and torch.equal(matrix[:, 4:], before[:, 4:])
+    out = torch.zeros(768, 8, dtype=dtype)
+    hadamard_transform(before[:, 3], out=out[:, 5])
+    assert torch.equal(out[:, 5], want) and out[:, :5].abs().sum() == 0 and out[:, 6:].abs().sum() == 0
+    one = guarded_tensor((1,), dtype)  # an expanded element at the very end of its mapping
+    one.fill_(2.0)
+    assert torch.equal(hadamard_transform(one.expand(4096)), hadamard_transform(torch.full((4096,), 2.0, dtype=dtype)))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Properties.
 # ------------------------------------------------------------------------------------------------------------
@@ -263,6 +300,17 @@ def test_torch_compile_fullgraph():
     assert rel_error(compiled(x), f(x)) <= 1e-6
 
 
+def test_torch_compile_fullgraph_with_out_and_in_place():
+    def f(x, out):
+        hadamard_transform(x * 2.0, out=out)
+        hadamard_transform_(out, transpose=True)
+        return out + 1.0
+
+    x = randn(16, 768, seed=17)
+    compiled = torch.compile(f, fullgraph=True)
+    assert rel_error(compiled(x, torch.empty_like(x)), f(x, torch.empty_like(x))) <= 1e-6
+
+
 def test_meta_tensors_give_shapes_without_computing():
     y = torch.ops.tcompress.hadamard(torch.empty(4, 3072, device="meta"), 0.1, False)
     assert y.device.type == "meta" and y.shape == (4, 3072)
@@ -303,14 +351,16 @@ def test_bad_out():
         hadamard_transform(x, out=torch.empty(4, 64, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="device cpu; got meta"):
         hadamard_transform(x, out=torch.empty(4, 64, device="meta"))
-    buffer = torch.randn(5, 64)
-    with pytest.raises(ValueError, match="overlaps x"):
-        hadamard_transform(buffer[:4], out=buffer[1:])
+    with pytest.raises(ValueError, match=r"out cannot be written: its dimension 0 \(size 4\) has stride 0"):
+        hadamard_transform(x, out=torch.empty(1, 64).expand(4, 64))
+    with pytest.raises(ValueError, match=r"x cannot be written: its dimension 0 \(size 64\) has stride 0"):
+        hadamard_transform_(torch.zeros(1).expand(64))
 
 
 def test_bad_scale_and_grad_with_out():
-    with pytest.raises(ValueError, match="finite"):
-        hadamard_transform(torch.randn(2, 64), scale=float("nan"))
+    for bad in (float("nan"), float("inf"), 1e300):
+        with pytest.raises(ValueError, match="finite number within float32 range"):
+            hadamard_transform(torch.randn(2, 64), scale=bad)
     x = torch.randn(2, 64, requires_grad=True)
     with pytest.raises(RuntimeError, match="not differentiable"):
         hadamard_transform(x, out=torch.empty(2, 64))

@@ -47,10 +47,10 @@ def check_like(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Te
 
 
 def check_finite_scale(op: str, scale: float) -> float:
-    """Returns ``scale`` as a Python float, or raises ValueError when it is NaN or infinite."""
+    """Returns ``scale`` as a Python float, or raises ValueError unless it is a finite float32 value."""
     value = float(scale)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{op}: scale must be a finite number; got {scale!r}")
+    if not abs(value) <= torch.finfo(torch.float32).max:  # also catches NaN
+        raise ValueError(f"{op}: scale must be a finite number within float32 range (|scale| <= 3.4e38); got {scale!r}")
     return value
 
 
@@ -62,10 +62,10 @@ def row_layout(t: torch.Tensor) -> tuple[int, int] | None:
     """
     n = t.shape[-1]
     rows = t.numel() // n if n else 0
+    if n > 1 and t.stride(-1) != 1:
+        return None  # a column of a matrix, an expanded scalar ...: the kernel reads n contiguous elements
     if rows <= 1:
         return rows, n
-    if t.stride(-1) != 1:
-        return None
     # Collapse the leading dimensions into one: each stride must be the next one times its size.
     stride = None
     for size, st in reversed(list(zip(t.shape[:-1], t.stride()[:-1]))):
@@ -80,6 +80,22 @@ def row_layout(t: torch.Tensor) -> tuple[int, int] | None:
     if stride is None or stride < n:
         return None
     return rows, stride
+
+
+def check_writable(op: str, name: str, t: torch.Tensor) -> None:
+    """Raises ValueError when several elements of ``t`` share memory (a stride-0, i.e. expanded, dimension)."""
+    for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+        if size > 1 and stride == 0:
+            raise ValueError(
+                f"{op}: {name} cannot be written: its dimension {dim} (size {size}) has stride 0, so its elements "
+                f"share memory (an expanded tensor); got shape {tuple(t.shape)}, strides {tuple(t.stride())}. "
+                "Pass a tensor with its own memory (e.g. .clone())"
+            )
+
+
+def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` and ``b`` are views of exactly the same elements in the same layout."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def byte_span(t: torch.Tensor) -> tuple[int, int]:

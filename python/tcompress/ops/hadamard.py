@@ -99,20 +99,26 @@ def _rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 
 def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool) -> None:
-    """Writes ``x @ H * scale`` into ``out`` (same shape; ``out is x`` or disjoint memory; out row-addressable)."""
+    """Writes ``x @ H * scale`` into ``out`` (same shape, dtype and device; out without self-overlap).
+
+    ``out`` may be ``x`` itself (same memory and layout: transformed in place) or overlap it in any other way
+    (then the result goes through a temporary).
+    """
     n = x.shape[-1]
     if x.numel() == 0:
         return
     k, _ = factor_size(n)
     layout = _common.row_layout(out)
-    if layout is None:
-        # out cannot be written row by row (e.g. transposed): compute into a fresh buffer, then copy.
+    in_place = _common.same_memory(x, out)
+    if layout is None or (not in_place and _common.overlaps(x, out)):
+        # out cannot be written row by row (e.g. transposed), or it shares memory with x in another layout:
+        # compute into a fresh buffer, then copy.
         tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
         _launch(x, tmp, scale, transpose)
         out.copy_(tmp)
         return
     rows, out_stride = layout
-    if x.data_ptr() == out.data_ptr() and x.stride() == out.stride():
+    if in_place:
         src, x_stride = out, out_stride
     else:
         src, _, x_stride = _rows_of(x)
@@ -189,11 +195,13 @@ def _hadamard_out(x: torch.Tensor, scale: float, transpose: bool, out: torch.Ten
 @_hadamard_out.register_fake
 def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
     _check_input("tcompress::hadamard_out", x)
+    _common.check_writable("tcompress::hadamard_out", "out", out)
 
 
 @_hadamard_out.register_kernel(("cpu", "cuda"))
 def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
     _check_input("tcompress::hadamard_out", x)
+    _common.check_writable("tcompress::hadamard_out", "out", out)
     _launch(x, out, scale, transpose)
 
 
@@ -206,15 +214,13 @@ def _hadamard_inplace(x: torch.Tensor, scale: float, transpose: bool) -> None:
 @_hadamard_inplace.register_fake
 def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
     _check_input("tcompress::hadamard_", x)
+    _common.check_writable("tcompress::hadamard_", "x", x)
 
 
 @_hadamard_inplace.register_kernel(("cpu", "cuda"))
 def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
     _check_input("tcompress::hadamard_", x)
-    if _common.row_layout(x) is None:
-        # Overlapping or permuted rows: transform a copy, then write it back element by element.
-        x.copy_(_hadamard(x, scale, transpose))
-        return
+    _common.check_writable("tcompress::hadamard_", "x", x)
     _launch(x, x, scale, transpose)
 
 
@@ -245,8 +251,9 @@ def hadamard_transform(
             cannot be addressed with one stride). n = x.shape[-1] must be K * 2^m for a supported K
             (see ``tcompress.hadamard_constructions.SUPPORTED_FACTORS``).
         scale: multiplies the result; default 1/sqrt(n), which makes the transform orthonormal.
-        out: optional preallocated tensor of x's shape, dtype and device to write into. It may be x itself
-            (then the transform is in place); any other overlap with x is an error.
+        out: optional preallocated tensor of x's shape, dtype and device to write into, in any layout whose
+            elements do not share memory. It may be x itself (then the transform is in place) or overlap x in
+            another way (then the result goes through a temporary).
         transpose: apply H_n^T instead (the inverse of the orthonormal transform; H_n is symmetric when n is a
             power of two).
 
@@ -256,7 +263,7 @@ def hadamard_transform(
     Raises:
         TypeError: x is not fp32/fp16/bf16, or out has another dtype.
         ValueError: n has no Hadamard construction (the message lists the supported K), out has another shape
-            or device, out overlaps x partially, or scale is not finite.
+            or device, out is expanded (elements sharing memory), or scale is not a finite float32.
     """
     _check_input(_OP, x)
     scale = _resolve_scale(_OP, x.shape[-1], scale)
@@ -264,15 +271,11 @@ def hadamard_transform(
         return torch.ops.tcompress.hadamard(x, scale, bool(transpose))
     _common.check_like(_OP, "out", out, "x", x)
     _check_no_grad(_OP, x, out)
-    if out.data_ptr() == x.data_ptr() and out.stride() == x.stride():
+    # No data_ptr() here: this function is traced by torch.compile. The kernels sort out aliasing.
+    if out is x:
         torch.ops.tcompress.hadamard_(out, scale, bool(transpose))
-        return out
-    if _common.overlaps(x, out):
-        raise ValueError(
-            f"{_OP}: out overlaps x without being x itself; pass out=x (or use hadamard_transform_) "
-            "to transform in place, or a separate buffer"
-        )
-    torch.ops.tcompress.hadamard_out(x, scale, bool(transpose), out)
+    else:
+        torch.ops.tcompress.hadamard_out(x, scale, bool(transpose), out)
     return out
 
 
