@@ -12,22 +12,14 @@
 #include "tcompress/hadamard.h"
 #include "tcompress/isa.h"
 #include "tcompress/status.h"
+#include "register.h"
+#include "status_error.h"
 
 namespace py = pybind11;
 
 namespace {
 
-[[noreturn]] void raise_status(int status, const std::string& context) {
-  std::ostringstream msg;
-  msg << context << ": " << tc_status_message(status) << " (status " << status << ")";
-  switch (status) {
-    case TC_ERR_OUT_OF_MEMORY:
-      PyErr_SetString(PyExc_MemoryError, msg.str().c_str());
-      throw py::error_already_set();
-    case TC_ERR_ISA_UNAVAILABLE: throw std::runtime_error(msg.str());
-    default: throw py::value_error(msg.str());
-  }
-}
+using tcompress_bindings::raise_status;
 
 int isa_from_name(const std::string& name) {
   for (int isa = 0; isa < TC_ISA_COUNT; ++isa) {
@@ -126,4 +118,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out_row_stride"), py::arg("dtype"), py::arg("hk"), py::arg("k"), py::arg("scale"),
         py::arg("num_threads"),
         "out[r] = scale * x[r] @ kron(H_k, H_{n/k}) for `rows` rows (see tcompress/hadamard.h). Releases the GIL.");
+
+  tcompress_bindings::bind_cpu_quant(m);
+  tcompress_bindings::bind_cpu_qlinear(m);
 }

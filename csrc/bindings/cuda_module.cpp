@@ -10,6 +10,7 @@
 #include "tcompress/hadamard.h"
 #include "tcompress/hadamard_cuda.h"
 #include "tcompress/status.h"
+#include "register.h"
 
 namespace py = pybind11;
 
@@ -61,4 +62,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("stream"),
         "out[r] = scale * x[r] @ kron(H_k, H_{n/k}) on `device`, enqueued on `stream` (a cudaStream_t as an int). "
         "Releases the GIL.");
+
+  tcompress_bindings::bind_cuda_quant(m);
+  tcompress_bindings::bind_cuda_qlinear(m);
 }

@@ -1,0 +1,16 @@
+// Each kernel family binds its functions in its own file; the module definitions call these.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace tcompress_bindings {
+
+// tcompress._C (cpu_*.cpp)
+void bind_cpu_quant(pybind11::module_& m);
+void bind_cpu_qlinear(pybind11::module_& m);
+
+// tcompress._cuda (cuda_*.cpp)
+void bind_cuda_quant(pybind11::module_& m);
+void bind_cuda_qlinear(pybind11::module_& m);
+
+}  // namespace tcompress_bindings

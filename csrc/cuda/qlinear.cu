@@ -1,0 +1,1 @@
+// CUDA qlinear kernels (to be written).

@@ -1,0 +1,1 @@
+// CUDA quant kernels (to be written).
