@@ -5,5 +5,32 @@ modules, and a pure-torch reference (the fallback and the test oracle).
 """
 
 from .hadamard import hadamard_reference, hadamard_transform, hadamard_transform_
+from .qlinear import qlinear, qlinear_reference
+from .quantize import (
+    QuantizedWeight,
+    dequantize,
+    dequantize_reference,
+    pack_int4,
+    pack_int4_reference,
+    quantize,
+    quantize_reference,
+    unpack_int4,
+    unpack_int4_reference,
+)
 
-__all__ = ["hadamard_reference", "hadamard_transform", "hadamard_transform_"]
+__all__ = [
+    "QuantizedWeight",
+    "dequantize",
+    "dequantize_reference",
+    "hadamard_reference",
+    "hadamard_transform",
+    "hadamard_transform_",
+    "pack_int4",
+    "pack_int4_reference",
+    "qlinear",
+    "qlinear_reference",
+    "quantize",
+    "quantize_reference",
+    "unpack_int4",
+    "unpack_int4_reference",
+]
