@@ -21,7 +21,8 @@ enum tc_status {
   TC_ERR_ISA_UNAVAILABLE = 6,/* the requested CPU instruction set is not built in or not supported by this CPU */
   TC_ERR_BAD_ARGUMENT = 7,   /* any other invalid argument (e.g. a matrix entry that is not +-1, aliasing) */
   TC_ERR_CUDA = 8,           /* a CUDA runtime call failed */
-  TC_ERR_NO_DEVICE = 9       /* no CUDA device (or no driver) is present */
+  TC_ERR_NO_DEVICE = 9,      /* no CUDA device (or no driver) is present */
+  TC_ERR_NOT_FINITE = 10     /* an input that must be finite holds NaN or Inf */
 };
 
 /* Element types of the tensors a kernel reads and writes. Arithmetic is always fp32. */
@@ -43,6 +44,7 @@ static inline const char* tc_status_message(int status) {
     case TC_ERR_BAD_ARGUMENT: return "invalid argument";
     case TC_ERR_CUDA: return "CUDA runtime error";
     case TC_ERR_NO_DEVICE: return "no CUDA device";
+    case TC_ERR_NOT_FINITE: return "input holds NaN or Inf";
     default: return "unknown status";
   }
 }
