@@ -1,0 +1,157 @@
+"""QuantLinear: a linear layer whose weight is stored packed (int8, or two int4 per byte) and multiplied by
+:func:`tcompress.ops.qlinear` without ever materialising the fp32 weight.
+
+Storage format: :mod:`tcompress.ops.quantize`. The buffers (``qweight``, ``scales``, ``zeros`` when asymmetric,
+``bias``) are ordinary state-dict entries, so a model holding QuantLinears saves and loads with safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..ops.quantize import num_groups
+
+_SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How one weight is quantized: what a QuantLinear needs to rebuild its buffers from a checkpoint.
+
+    Attributes:
+        bits: 4 or 8.
+        group_size: input columns per scale; None = one scale per output channel.
+        symmetric: symmetric codes (implicit zero point) or asymmetric (stored uint8 zero points).
+        scale_dtype: "float32", "float16" or "bfloat16".
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    scale_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"QuantSpec: bits must be 4 or 8; got {self.bits!r}")
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size <= 0):
+            raise ValueError(f"QuantSpec: group_size must be a positive int or None (per channel); got {self.group_size!r}")
+        if self.scale_dtype not in _SCALE_DTYPES:
+            raise ValueError(
+                f"QuantSpec: scale_dtype must be one of {', '.join(_SCALE_DTYPES)}; got {self.scale_dtype!r}"
+            )
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return _SCALE_DTYPES[self.scale_dtype]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantSpec:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    @classmethod
+    def of(cls, config) -> QuantSpec:
+        """The spec of any object with ``bits``/``group_size``/``symmetric``/``scale_dtype`` (e.g. QuantizeConfig)."""
+        if isinstance(config, QuantSpec):
+            return config
+        return cls(config.bits, config.group_size, config.symmetric, getattr(config, "scale_dtype", "float32"))
+
+
+def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias (out,) or None) of an nn.Linear or a transformers Conv1D (weight stored (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    # transformers' Conv1D (GPT-2's projections) is y = x @ W + b with W stored (in, out). Compared by name so
+    # this module does not import transformers.
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
+        return module.weight.t(), module.bias
+    raise TypeError(
+        f"QuantLinear.from_linear: expected an nn.Linear or a transformers Conv1D; got {type(module).__name__}"
+    )
+
+
+class QuantLinear(nn.Module):
+    """x (..., in_features) -> (..., out_features), with a packed int4/int8 weight.
+
+    Buffers: ``qweight`` (out, in) uint8 for int8 or (out, in // 2) for int4; ``scales`` (out, groups);
+    ``zeros`` (out, groups) uint8 when asymmetric; ``bias`` (out,) when the layer has one. The output has x's dtype.
+    """
+
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = True):
+        super().__init__()
+        if spec.group_size is not None and in_features % spec.group_size:
+            raise ValueError(
+                f"QuantLinear: group_size {spec.group_size} does not divide in_features {in_features}"
+            )
+        if spec.bits == 4 and in_features % 2:
+            raise ValueError(f"QuantLinear: int4 packs two columns per byte, so in_features must be even; got {in_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.spec = spec
+        groups = num_groups(in_features, spec.group_size)
+        packed_in = in_features // 2 if spec.bits == 4 else in_features
+        self.register_buffer("qweight", torch.zeros(out_features, packed_in, dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=spec.torch_scale_dtype))
+        self.register_buffer(
+            "zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8)
+        )
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, module: nn.Module, config, name: str = "") -> QuantLinear:
+        """Quantizes an ``nn.Linear`` or transformers ``Conv1D`` (round to nearest) into a new QuantLinear.
+
+        Args:
+            module: the layer; its weight must be finite.
+            config: a :class:`QuantSpec`, or any object with ``bits``, ``group_size``, ``symmetric`` (and
+                optionally ``scale_dtype``), e.g. ``tcompress.recipes.QuantizeConfig``.
+            name: the module's name, used in error messages.
+
+        Raises:
+            TypeError: not a linear layer. ValueError: a group size that does not divide in_features, NaN/Inf.
+        """
+        spec = QuantSpec.of(config)
+        weight, bias = _weight_and_bias(module)
+        label = f"module {name!r}" if name else f"{type(module).__name__}"
+        out_features, in_features = weight.shape
+        if spec.group_size is not None and in_features % spec.group_size:
+            raise ValueError(
+                f"cannot quantize {label}: group_size {spec.group_size} does not divide its in_features "
+                f"{in_features} (weight {out_features} x {in_features}); use a divisor of {in_features} or "
+                "group_size=None (per output channel)"
+            )
+        w = weight.detach()
+        bad = (~torch.isfinite(w)).sum().item()
+        if bad:
+            raise ValueError(f"cannot quantize {label}: its weight holds NaN or Inf ({bad} non-finite values)")
+        q = ops.quantize(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
+        new = cls(in_features, out_features, spec, bias=bias is not None).to(w.device)
+        new.qweight.copy_(ops.pack_int4(q.codes) if spec.bits == 4 else q.codes)
+        new.scales.copy_(q.scales)
+        if q.zeros is not None:
+            new.zeros.copy_(q.zeros)
+        if bias is not None:
+            new.bias = bias.detach().clone()
+        return new
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """(out, in) fp32: the weight this layer multiplies by (for checks and for fake-quant comparisons)."""
+        codes = ops.unpack_int4(self.qweight) if self.spec.bits == 4 else self.qweight
+        return ops.dequantize_reference(codes, self.scales, self.zeros, self.spec.bits, self.spec.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.qlinear(x, self.qweight, self.scales, self.zeros, self.spec.bits, self.spec.group_size, self.bias)
+
+    def extra_repr(self) -> str:
+        g = "per-channel" if self.spec.group_size is None else f"group_size={self.spec.group_size}"
+        kind = "symmetric" if self.spec.symmetric else "asymmetric"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int{self.spec.bits}, {g}, {kind}, "
+            f"scales={self.spec.scale_dtype}, bias={self.bias is not None}"
+        )

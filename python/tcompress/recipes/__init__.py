@@ -1,0 +1,16 @@
+"""Model -> model transforms, each driven by a versioned config dataclass: ``compress_(model, *configs)``."""
+
+from .compress import compress_
+from .config import RecipeConfig, config_from_dict
+from .quantize import QuantizeConfig
+from .serialize import load_compressed, read_manifest, save_compressed
+
+__all__ = [
+    "QuantizeConfig",
+    "RecipeConfig",
+    "compress_",
+    "config_from_dict",
+    "load_compressed",
+    "read_manifest",
+    "save_compressed",
+]

@@ -1,0 +1,99 @@
+"""Weight-only round-to-nearest quantization: swap a model's projections for packed ``QuantLinear`` modules.
+
+``compress_(model, QuantizeConfig(bits=4, group_size=128))`` quantizes every linear projection inside the blocks
+(attention and MLP; the embeddings and the head stay as they are unless ``quantize_head=True``). Which modules
+exist comes from :mod:`tcompress.models`; which of them change is chosen by fnmatch patterns over their names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .. import models
+from ..nn import QuantLinear, QuantSpec
+from .config import RecipeConfig, select
+
+
+@dataclasses.dataclass
+class QuantizeConfig(RecipeConfig):
+    """Round-to-nearest weight quantization.
+
+    Attributes:
+        bits: 4 or 8.
+        group_size: input columns per scale (must divide every selected module's in_features); None = one scale
+            per output channel.
+        symmetric: symmetric codes with an implicit zero point, or asymmetric with stored uint8 zero points.
+        scale_dtype: storage dtype of the scales: "float32", "float16" or "bfloat16".
+        include: fnmatch patterns over module names (``model.named_modules()``) selecting projections.
+        exclude: patterns removing projections from the selection.
+        quantize_head: also quantize the output head (untied from the embedding when the model ties them).
+    """
+
+    kind = "quantize"
+    version = 1
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = True
+    scale_dtype: str = "float32"
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    quantize_head: bool = False
+
+    def __post_init__(self):
+        QuantSpec.of(self)  # validates bits, group_size, scale_dtype with their own messages
+        for field in ("include", "exclude"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                value = (value,)
+            if not all(isinstance(p, str) for p in value):
+                raise TypeError(f"QuantizeConfig: {field} must be a sequence of fnmatch patterns; got {value!r}")
+            setattr(self, field, tuple(value))
+
+    def apply_(self, model: torch.nn.Module) -> dict:
+        """Quantizes the selected projections of ``model`` in place; returns ``{"modules": [names], ...}``.
+
+        Every selected module is checked (group size, finite weights) before the first one is replaced, so a
+        failure leaves the model untouched.
+        """
+        arch = models.architecture(model)
+        candidates = dict(arch.iter_projections(model))
+        head_name = None
+        if self.quantize_head:
+            head = arch.head(model)
+            head_name = next(n for n, m in model.named_modules() if m is head)
+            candidates[head_name] = head
+        names = select(candidates, self.include, self.exclude)
+        if head_name is not None and head_name not in names:
+            names.append(head_name)
+        if not names:
+            raise ValueError(
+                f"QuantizeConfig: the patterns include={list(self.include)} exclude={list(self.exclude)} select "
+                f"no projection of this {arch.family} model (e.g. {next(iter(candidates), 'none')!r})"
+            )
+        spec = QuantSpec.of(self)
+        for name in names:
+            _check_quantizable(name, candidates[name], spec)
+        for name in names:
+            models.set_module(model, name, QuantLinear.from_linear(candidates[name], spec, name=name))
+        if head_name is not None and arch.is_tied(model):
+            model.config.tie_word_embeddings = False  # the embedding keeps its fp weights; the head is now its own
+        return {"modules": names, "bits": self.bits, "group_size": self.group_size}
+
+
+def _check_quantizable(name: str, module: torch.nn.Module, spec: QuantSpec) -> None:
+    weight = models.projection_weight(module)
+    out_features, in_features = weight.shape
+    if spec.group_size is not None and in_features % spec.group_size:
+        raise ValueError(
+            f"cannot quantize module {name!r}: group_size {spec.group_size} does not divide its in_features "
+            f"{in_features} (weight {out_features} x {in_features}); use a divisor of {in_features} or "
+            "group_size=None (per output channel)"
+        )
+    if spec.bits == 4 and in_features % 2:
+        raise ValueError(f"cannot quantize module {name!r} to int4: in_features {in_features} is odd")
+    bad = int((~torch.isfinite(weight)).sum())
+    if bad:
+        raise ValueError(f"cannot quantize module {name!r}: its weight holds NaN or Inf ({bad} non-finite values)")

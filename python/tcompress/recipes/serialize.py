@@ -1,0 +1,223 @@
+"""``save_compressed(model, dir)`` / ``load_compressed(dir)``: a compressed model as safetensors + JSON.
+
+A saved directory holds ``config.json`` (the transformers config), ``model.safetensors`` (every parameter and
+buffer, packed weights included, tied tensors stored once) and ``tcompress.json``: the recipe that produced the
+model, the replaced modules with what is needed to rebuild them empty, versions, and the size and SHA-256 of the
+weights file. Loading rebuilds the architecture from the config, swaps in the recorded modules, checks the file
+against its checksum and every tensor's shape against its module's config, then loads — so a reload gives
+bit-identical outputs, and a truncated, tampered or mismatched file is a clear error rather than garbage.
+
+Saving writes into a temporary sibling directory and renames it into place at the end, so a failed save leaves
+no half-written directory behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import __version__, models
+from ..nn import QuantLinear, QuantSpec
+
+MANIFEST = "tcompress.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "tcompress-compressed"
+FORMAT_VERSION = 1
+
+
+def _module_record(module: torch.nn.Module) -> dict | None:
+    if isinstance(module, QuantLinear):
+        return {
+            "type": "QuantLinear",
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias is not None,
+            "spec": module.spec.to_dict(),
+        }
+    return None
+
+
+def _build_module(name: str, record: dict) -> torch.nn.Module:
+    kind = record.get("type")
+    if kind == "QuantLinear":
+        try:
+            spec = QuantSpec.from_dict(record["spec"])
+            return QuantLinear(record["in_features"], record["out_features"], spec, bias=record["bias"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
+    raise ValueError(f"{MANIFEST}: module {name!r} has unknown type {kind!r} (expected QuantLinear)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_compressed(model: torch.nn.Module, directory, *, tokenizer=None, overwrite: bool = False) -> Path:
+    """Writes ``model`` (compressed or not) to ``directory``; returns its path.
+
+    Args:
+        model: a model of a family :mod:`tcompress.models` knows, usually after :func:`compress_`.
+        directory: the folder to create.
+        tokenizer: also saved into the folder when given (so :func:`tcompress.load` finds it).
+        overwrite: replace an existing non-empty folder (only once the new one is complete).
+
+    Raises:
+        FileExistsError: ``directory`` exists, is not empty, and ``overwrite`` is False.
+    """
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
+        raise FileExistsError(f"save_compressed: {directory} already exists and is not empty (pass overwrite=True)")
+    arch = models.architecture(model)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        records = {name: r for name, m in model.named_modules() if (r := _module_record(m)) is not None}
+        save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"tcompress {__version__}"})
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "tcompress_version": __version__,
+            "torch_version": torch.__version__,
+            "architecture": arch.family,
+            "model_class": type(model).__name__,
+            "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+            "recipe": list(getattr(model, "tcompress_config", [])),
+            "modules": records,
+            "files": {WEIGHTS: {"bytes": (tmp / WEIGHTS).stat().st_size, "sha256": _sha256(tmp / WEIGHTS)}},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.rename(directory, old / "x")
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_manifest(directory) -> dict:
+    """The parsed ``tcompress.json`` of a saved folder (clear errors when missing or malformed)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a tcompress compressed model: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); the saved model is corrupted") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tcompress manifest (expected format {FORMAT!r})")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {manifest['format_version']}, newer than this tcompress reads "
+            f"({FORMAT_VERSION}); upgrade tcompress"
+        )
+    return manifest
+
+
+def _verify_file(directory: Path, name: str, expected: dict) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"load_compressed: {path} is missing")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise ValueError(
+            f"load_compressed: {path} is {size} bytes but was saved as {expected['bytes']} bytes "
+            f"({'truncated' if size < expected['bytes'] else 'altered'})"
+        )
+    if _sha256(path) != expected["sha256"]:
+        raise ValueError(
+            f"load_compressed: {path} does not match the SHA-256 recorded when it was saved: the file was modified "
+            "or corrupted"
+        )
+    return path
+
+
+def _no_init():
+    """A context that skips weight initialisation (the checkpoint overwrites every weight anyway)."""
+    for where in ("transformers.initialization", "transformers.modeling_utils"):
+        try:
+            module = __import__(where, fromlist=["no_init_weights"])
+            return module.no_init_weights()
+        except (ImportError, AttributeError):
+            continue
+    return contextlib.nullcontext()
+
+
+def _check_shapes(model: torch.nn.Module, records: dict, weights: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for name in records:
+        module = model.get_submodule(name)
+        for buf_name, buf in module.named_buffers(recurse=False):
+            key = f"{name}.{buf_name}"
+            if key not in stored:
+                raise ValueError(f"load_compressed: {weights} has no tensor {key!r}, which module {name!r} needs")
+            if stored[key] != tuple(buf.shape):
+                raise ValueError(
+                    f"load_compressed: {key} has shape {stored[key]} in {weights}, but module {name!r} as recorded "
+                    f"in {MANIFEST} ({module.extra_repr()}) needs {tuple(buf.shape)}"
+                )
+
+
+def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuilds a model written by :func:`save_compressed`, bit-identical to the one saved.
+
+    Raises:
+        FileNotFoundError: not a saved tcompress model, or a file is missing.
+        ValueError: a truncated or modified weights file, a malformed manifest, or tensors whose shapes do not
+            match the recorded modules.
+    """
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    weights = _verify_file(directory, WEIGHTS, manifest["files"][WEIGHTS])
+    config = AutoConfig.from_pretrained(directory)
+    with _no_init():
+        model = AutoModelForCausalLM.from_config(config)
+    dtype = manifest.get("dtype")
+    if isinstance(dtype, str):
+        model.to(getattr(torch, dtype))
+    models.architecture(model)  # a clear error for a family the table does not know
+    records = manifest.get("modules", {})
+    for name, record in records.items():
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{MANIFEST}: module {name!r} does not exist in a {type(model).__name__}") from None
+        models.set_module(model, name, _build_module(name, record))
+    _check_shapes(model, records, weights)
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    # Non-persistent buffers (rotary tables) are rebuilt by the constructor and never stored.
+    persistent = set(model.state_dict())
+    missing = [k for k in missing if k in persistent]
+    if missing or unexpected:
+        raise ValueError(
+            f"load_compressed: {weights} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.tcompress_config = list(manifest.get("recipe", []))
+    return model.to(device).eval()

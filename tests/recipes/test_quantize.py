@@ -1,0 +1,126 @@
+"""compress_ with QuantizeConfig on tiny random GPT-2 / Mistral / Llama models and the real stories260K."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tcompress import models
+from tcompress.nn import QuantLinear, QuantSpec
+from tcompress.ops import dequantize_reference, quantize_reference
+from tcompress.recipes import QuantizeConfig, compress_, config_from_dict
+
+
+def _tokens(model, n=24, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (batch, n), generator=g)
+
+
+def _fake_quantize_(model, config):
+    """The same quantization applied as dequantized fp32 weights (the oracle of the packed kernels)."""
+    spec = QuantSpec.of(config)
+    arch = models.architecture(model)
+    with torch.no_grad():
+        for _, module in arch.iter_projections(model):
+            w = models.projection_weight(module)
+            q = quantize_reference(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
+            wq = dequantize_reference(*q, spec.bits, spec.group_size)
+            if module.weight.shape == w.shape:
+                module.weight.copy_(wq)
+            else:  # Conv1D stores (in, out)
+                module.weight.copy_(wq.t())
+    return model
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_mistral", "tiny_llama"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantizeConfig(bits=8, group_size=None),
+        QuantizeConfig(bits=4, group_size=32),
+        QuantizeConfig(bits=4, group_size=32, symmetric=False, scale_dtype="bfloat16"),
+    ],
+    ids=["w8", "w4g32", "w4g32-asym-bf16"],
+)
+def test_packed_model_equals_fake_quantized_model(family, config, request):
+    model = request.getfixturevalue(family)
+    fake = _fake_quantize_(copy.deepcopy(model), config)
+    compress_(model, config)
+    arch = models.architecture(model)
+    projections = list(arch.iter_projections(model))
+    assert projections and all(isinstance(m, QuantLinear) for _, m in projections)
+    assert not isinstance(arch.head(model), QuantLinear)
+    ids = _tokens(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, fake(ids).logits, rtol=1e-4, atol=1e-4)
+    assert model.tcompress_config == [config.to_dict()]
+
+
+def test_include_exclude_patterns(tiny_mistral):
+    compress_(tiny_mistral, QuantizeConfig(bits=8, group_size=None, include=("*.mlp.*",), exclude=("*.down_proj",)))
+    kinds = {name: type(m).__name__ for name, m in models.architecture(tiny_mistral).iter_projections(tiny_mistral)}
+    assert all((k == "QuantLinear") == (".mlp." in n and not n.endswith("down_proj")) for n, k in kinds.items())
+
+
+def test_patterns_that_select_nothing(tiny_mistral):
+    with pytest.raises(ValueError, match="select no projection"):
+        compress_(tiny_mistral, QuantizeConfig(include=("nothing.*",)))
+
+
+def test_group_size_error_names_module_and_leaves_model_untouched(tiny_llama):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    with pytest.raises(ValueError, match=r"cannot quantize module '.*': group_size 48 does not divide its in_features"):
+        compress_(tiny_llama, QuantizeConfig(bits=4, group_size=48))
+    assert not any(isinstance(m, QuantLinear) for m in tiny_llama.modules())
+    assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
+
+
+def test_nan_weight_is_named_and_nothing_changes(tiny_mistral):
+    name, module = list(models.architecture(tiny_mistral).iter_projections(tiny_mistral))[3]
+    with torch.no_grad():
+        module.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=rf"'{name}': its weight holds NaN or Inf \(1 non-finite"):
+        compress_(tiny_mistral, QuantizeConfig(bits=8, group_size=None))
+    assert not any(isinstance(m, QuantLinear) for m in tiny_mistral.modules())
+
+
+def test_quantize_head_unties_it(tiny_gpt2):
+    arch = models.architecture(tiny_gpt2)
+    assert arch.is_tied(tiny_gpt2)
+    emb = arch.embeddings(tiny_gpt2).weight.detach().clone()
+    compress_(tiny_gpt2, QuantizeConfig(bits=8, group_size=None, quantize_head=True))
+    assert isinstance(arch.head(tiny_gpt2), QuantLinear)
+    assert torch.equal(arch.embeddings(tiny_gpt2).weight, emb)
+    assert tiny_gpt2.config.tie_word_embeddings is False
+    with torch.no_grad():
+        assert torch.isfinite(tiny_gpt2(_tokens(tiny_gpt2)).logits).all()
+
+
+def test_not_a_config():
+    with pytest.raises(TypeError, match="expected recipe configs"):
+        compress_(torch.nn.Linear(2, 2), {"bits": 4})
+
+
+def test_unsupported_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="supported"):
+        compress_(torch.nn.Sequential(torch.nn.Linear(4, 4)), QuantizeConfig(bits=8, group_size=None))
+
+
+def test_config_round_trips_through_dict():
+    c = QuantizeConfig(bits=4, group_size=64, symmetric=False, include=("*.mlp.*",))
+    assert config_from_dict(c.to_dict()) == c
+    with pytest.warns(UserWarning, match="unknown keys"):
+        assert config_from_dict({**c.to_dict(), "future_knob": 1}) == c
+
+
+def test_stories260k_w8_barely_moves_the_logits(stories260k):
+    model, _ = stories260k
+    ids = _tokens(model, n=64, batch=1)
+    with torch.no_grad():
+        ref = model(ids).logits
+        compress_(model, QuantizeConfig(bits=8, group_size=None))
+        got = model(ids).logits
+    kl = F.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")
+    assert kl < 1e-3 * ids.shape[1]

@@ -1,0 +1,107 @@
+"""save_compressed / load_compressed: bit-identical reloads, and clear errors for damaged folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tcompress.nn import QuantLinear
+from tcompress.recipes import QuantizeConfig, compress_, load_compressed, read_manifest, save_compressed
+from tcompress.recipes import serialize as serialize_module
+
+
+def _ids(model, seed=0):
+    return torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("tiny_gpt2", QuantizeConfig(bits=4, group_size=32, symmetric=False)),
+        ("tiny_mistral", QuantizeConfig(bits=8, group_size=None, scale_dtype="bfloat16")),
+        ("tiny_llama", QuantizeConfig(bits=4, group_size=None, quantize_head=True)),
+    ],
+)
+def test_reload_is_bit_identical(family, config, request, tmp_path):
+    model = request.getfixturevalue(family)
+    compress_(model, config)
+    path = save_compressed(model, tmp_path / "m")
+    loaded = load_compressed(path)
+    ids = _ids(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert loaded.tcompress_config == [config.to_dict()]
+    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == sum(
+        isinstance(m, QuantLinear) for m in model.modules()
+    )
+    manifest = read_manifest(path)
+    assert manifest["recipe"] == [config.to_dict()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left behind
+
+
+def test_uncompressed_model_round_trips(tiny_gpt2, tmp_path):
+    save_compressed(tiny_gpt2, tmp_path / "m")
+    loaded = load_compressed(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(_ids(tiny_gpt2)).logits, tiny_gpt2(_ids(tiny_gpt2)).logits)
+
+
+@pytest.fixture
+def saved(tiny_mistral, tmp_path):
+    compress_(tiny_mistral, QuantizeConfig(bits=4, group_size=32))
+    return save_compressed(tiny_mistral, tmp_path / "m")
+
+
+def test_truncated_weights(saved):
+    f = saved / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_compressed(saved)
+
+
+def test_tampered_weights(saved):
+    f = saved / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_compressed(saved)
+
+
+def test_module_record_that_does_not_match_the_tensors(saved):
+    path = saved / "tcompress.json"
+    manifest = json.loads(path.read_text())
+    name = next(iter(manifest["modules"]))
+    manifest["modules"][name]["spec"]["bits"] = 8  # int8 would need twice the packed bytes
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"{name}.qweight has shape .* needs"):
+        load_compressed(saved)
+
+
+def test_not_a_saved_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no tcompress.json"):
+        load_compressed(tmp_path)
+
+
+def test_malformed_manifest(saved):
+    (saved / "tcompress.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_compressed(saved)
+
+
+def test_existing_folder_needs_overwrite(tiny_mistral, saved):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_compressed(tiny_mistral, saved)
+    save_compressed(tiny_mistral, saved, overwrite=True)
+    assert load_compressed(saved) is not None
+
+
+def test_failed_save_leaves_nothing(tiny_mistral, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serialize_module, "_sha256", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_compressed(tiny_mistral, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
