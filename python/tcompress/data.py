@@ -79,8 +79,8 @@ def _missing(what: str, relative: str) -> FileNotFoundError:
 def _wikitext2_test() -> TextSource:
     path = _asset(WIKITEXT2_TEST_FILE)
     if path is not None:
-        # newline="" keeps the file's characters exactly as stored (it is LF throughout).
-        text = path.read_text(encoding="utf-8", newline="")
+        # Universal newlines: a CRLF copy of the file reads as the LF original and tokenizes the same.
+        text = path.read_text(encoding="utf-8")
         return TextSource("wikitext2", text, f"wikitext-2-raw test (file {path})")
     try:
         import datasets

@@ -127,7 +127,9 @@ def test_unsupported_architecture_names_model_and_families():
 
 
 def test_bare_backbone_is_rejected():
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
     with pytest.raises(ValueError, match="LlamaModel .* no 'model.layers'.* LlamaForCausalLM"):
         architecture(LlamaModel(config))
 
