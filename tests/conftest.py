@@ -46,3 +46,47 @@ def data_dir() -> pathlib.Path:
     if not path or not pathlib.Path(path).is_dir():
         pytest.skip("shared assets not found: set TCOMPRESS_DATA_DIR to the ../shared folder")
     return pathlib.Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: tiny random ones built from configs (tests/model_factories.py), and the real stories260K
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_gpt2():
+    """A fresh seeded GPT2LMHeadModel (2 layers, d=64, vocab 512, 128 positions), in eval mode."""
+    from model_factories import tiny_gpt2 as build
+
+    return build()
+
+
+@pytest.fixture
+def tiny_mistral():
+    """A fresh seeded MistralForCausalLM (2 layers, d=64, 4 heads / 2 KV heads, vocab 512), in eval mode."""
+    from model_factories import tiny_mistral as build
+
+    return build()
+
+
+@pytest.fixture
+def tiny_llama():
+    """A fresh seeded LlamaForCausalLM (2 layers, d=64, 4 heads / 2 KV heads, vocab 512, tied), in eval mode."""
+    from model_factories import tiny_llama as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def stories260k_dir(data_dir) -> pathlib.Path:
+    """``$TCOMPRESS_DATA_DIR/models/stories260K``, or a skip naming the missing asset."""
+    path = data_dir / "models" / "stories260K"
+    if not (path / "config.json").is_file():
+        pytest.skip(f"asset missing: {path} (the stories260K model)")
+    return path
+
+
+@pytest.fixture
+def stories260k(stories260k_dir):
+    """(model, tokenizer): the real stories260K Llama in fp32, freshly loaded (tests may edit it), in eval mode."""
+    return tcompress.load(stories260k_dir)

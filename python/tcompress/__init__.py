@@ -5,24 +5,31 @@ Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each
 
 - ``tcompress.ops``: ``torch.library`` ops with native kernels (``hadamard_transform`` ...);
 - dense helpers: :func:`hadamard_matrix`, :func:`random_hadamard`;
+- :func:`load` and ``tcompress.models``: supported causal LMs and where their parts are;
+- ``tcompress.data`` and ``tcompress.evaluate``: text sources, token windows, perplexity and KL;
 - :func:`info` / :func:`cuda_available`: what this install can run.
 """
 
 __version__ = "0.1.0"
 
-from . import ops
+from . import data, evaluate, models, ops
 from ._native import cuda_available, get_isa, set_isa, supported_isas
 from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
 from .hadamard_constructions import SUPPORTED_FACTORS
 from .info import info
+from .models import load
 
 __all__ = [
     "SUPPORTED_FACTORS",
     "__version__",
     "cuda_available",
+    "data",
+    "evaluate",
     "get_isa",
     "hadamard_matrix",
     "info",
+    "load",
+    "models",
     "ops",
     "random_hadamard",
     "random_hadamard_signs",

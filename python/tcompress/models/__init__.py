@@ -1,0 +1,25 @@
+"""Architecture table and model loading: the only part of tcompress that knows architecture names.
+
+- :func:`architecture` -> :class:`ArchSpec`: where a model keeps its blocks, norms, embeddings, head and
+  projections (roles ``q k v o gate up down`` for Llama-style models, ``qkv o up down`` for GPT-2);
+- :func:`load`: a causal LM and its tokenizer from a hub id, a directory, a ``.gguf`` file, or the named real models
+  ``"smollm2-135m"`` and ``"stories260k"``;
+- :func:`set_module`: replace a submodule by its qualified name.
+"""
+
+from __future__ import annotations
+
+from .load import ModelSource, load, resolve_model
+from .table import ARCHITECTURES, ArchSpec, architecture, projection_weight, set_module, supported_families
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "ModelSource",
+    "architecture",
+    "load",
+    "projection_weight",
+    "resolve_model",
+    "set_module",
+    "supported_families",
+]

