@@ -33,9 +33,7 @@ def smollm2():
 def _generate_seconds(model, ids) -> tuple[float, torch.Tensor]:
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = model.generate(
-            ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
-        )
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         return time.perf_counter() - t0, out
 
 

@@ -15,9 +15,8 @@ import copy
 import platform
 import time
 
-import torch
-
 import tcompress
+import torch
 from tcompress import data, evaluate, models
 from tcompress.nn import QuantSpec
 from tcompress.ops import dequantize_reference, quantize_reference
@@ -42,7 +41,7 @@ def fake_quantize_(model, config):
                 spec.bits,
                 spec.group_size,
             )
-            module.weight.copy_(wq if module.weight.shape == wq.shape else wq.t())
+            w.copy_(wq)  # projection_weight is a view (transposed for Conv1D): this writes the module's weight
     return model
 
 

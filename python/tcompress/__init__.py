@@ -7,21 +7,26 @@ Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each
 - dense helpers: :func:`hadamard_matrix`, :func:`random_hadamard`;
 - :func:`load` and ``tcompress.models``: supported causal LMs and where their parts are;
 - ``tcompress.data`` and ``tcompress.evaluate``: text sources, token windows, perplexity and KL;
+- ``tcompress.nn`` (``QuantLinear``) and ``tcompress.recipes``: :func:`compress_` with recipe configs
+  (``QuantizeConfig``), :func:`save_compressed` / :func:`load_compressed`;
 - :func:`info` / :func:`cuda_available`: what this install can run.
 """
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, models, ops
+from . import data, evaluate, models, nn, ops, recipes
 from ._native import cuda_available, get_isa, set_isa, supported_isas
 from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
 from .hadamard_constructions import SUPPORTED_FACTORS
 from .info import info
 from .models import load
+from .recipes import QuantizeConfig, compress_, load_compressed, save_compressed
 
 __all__ = [
+    "QuantizeConfig",
     "SUPPORTED_FACTORS",
     "__version__",
+    "compress_",
     "cuda_available",
     "data",
     "evaluate",
@@ -29,10 +34,14 @@ __all__ = [
     "hadamard_matrix",
     "info",
     "load",
+    "load_compressed",
     "models",
+    "nn",
     "ops",
     "random_hadamard",
     "random_hadamard_signs",
+    "recipes",
+    "save_compressed",
     "set_isa",
     "supported_isas",
 ]

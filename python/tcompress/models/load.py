@@ -110,8 +110,9 @@ def load(
     """Loads a supported causal LM and its tokenizer, in eval mode, in ``dtype`` on ``device``.
 
     Args:
-        name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory or a hub
-            id (see :func:`resolve_model`).
+        name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory, a
+            folder written by :func:`tcompress.recipes.save_compressed` (with its tokenizer; loaded as saved,
+            ``dtype`` ignored) or a hub id (see :func:`resolve_model`).
         dtype: the parameters' dtype. GGUF weights are dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
         device: where the model is put.
 
@@ -126,6 +127,12 @@ def load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name_or_path)
+    if source.gguf_file is None and (Path(source.path) / "tcompress.json").is_file():
+        # A folder written by tcompress.recipes.save_compressed: packed modules, recorded recipe, checksums.
+        from ..recipes.serialize import load_compressed
+
+        model = load_compressed(source.path, device=device)
+        return model, AutoTokenizer.from_pretrained(source.path)
     extra: dict[str, Any] = {}
     if source.gguf_file is not None:
         missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]

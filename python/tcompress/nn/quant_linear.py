@@ -38,7 +38,9 @@ class QuantSpec:
         if self.bits not in (4, 8):
             raise ValueError(f"QuantSpec: bits must be 4 or 8; got {self.bits!r}")
         if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size <= 0):
-            raise ValueError(f"QuantSpec: group_size must be a positive int or None (per channel); got {self.group_size!r}")
+            raise ValueError(
+                f"QuantSpec: group_size must be a positive int or None (per channel); got {self.group_size!r}"
+            )
         if self.scale_dtype not in _SCALE_DTYPES:
             raise ValueError(
                 f"QuantSpec: scale_dtype must be one of {', '.join(_SCALE_DTYPES)}; got {self.scale_dtype!r}"
@@ -86,11 +88,11 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = True):
         super().__init__()
         if spec.group_size is not None and in_features % spec.group_size:
-            raise ValueError(
-                f"QuantLinear: group_size {spec.group_size} does not divide in_features {in_features}"
-            )
+            raise ValueError(f"QuantLinear: group_size {spec.group_size} does not divide in_features {in_features}")
         if spec.bits == 4 and in_features % 2:
-            raise ValueError(f"QuantLinear: int4 packs two columns per byte, so in_features must be even; got {in_features}")
+            raise ValueError(
+                f"QuantLinear: int4 packs two columns per byte, so in_features must be even; got {in_features}"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.spec = spec
@@ -98,9 +100,7 @@ class QuantLinear(nn.Module):
         packed_in = in_features // 2 if spec.bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, packed_in, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=spec.torch_scale_dtype))
-        self.register_buffer(
-            "zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8)
-        )
+        self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod

@@ -50,7 +50,7 @@ class RecipeConfig:
                 stacklevel=2,
             )
         kwargs = {}
-        for name, f in names.items():
+        for name in names:
             if name in d:
                 value = d[name]
                 kwargs[name] = tuple(value) if isinstance(value, list) else value

@@ -76,10 +76,12 @@ class QuantizeConfig(RecipeConfig):
         spec = QuantSpec.of(self)
         for name in names:
             _check_quantizable(name, candidates[name], spec)
+        untie = head_name is not None and arch.is_tied(model)
         for name in names:
             models.set_module(model, name, QuantLinear.from_linear(candidates[name], spec, name=name))
-        if head_name is not None and arch.is_tied(model):
-            model.config.tie_word_embeddings = False  # the embedding keeps its fp weights; the head is now its own
+        if untie:
+            # The embedding keeps its fp weights and the head is now a module of its own: a reload must not re-tie.
+            model.config.tie_word_embeddings = False
         return {"modules": names, "bits": self.bits, "group_size": self.group_size}
 
 

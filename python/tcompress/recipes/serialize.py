@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, models
+from ..models.load import _dtype_kwargs
 from ..nn import QuantLinear, QuantSpec
 
 MANIFEST = "tcompress.json"
@@ -197,11 +198,13 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
     manifest = read_manifest(directory)
     weights = _verify_file(directory, WEIGHTS, manifest["files"][WEIGHTS])
     config = AutoConfig.from_pretrained(directory)
-    with _no_init():
-        model = AutoModelForCausalLM.from_config(config)
     dtype = manifest.get("dtype")
-    if isinstance(dtype, str):
-        model.to(getattr(torch, dtype))
+    # Built in the saved dtype (not cast afterwards, which would also round the fp32 rotary tables).
+    kwargs = _dtype_kwargs(getattr(torch, dtype)) if isinstance(dtype, str) else {}
+    with _no_init():
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()  # skipped along with the initialisation by some transformers versions
     models.architecture(model)  # a clear error for a family the table does not know
     records = manifest.get("modules", {})
     for name, record in records.items():
@@ -212,9 +215,11 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
         models.set_module(model, name, _build_module(name, record))
     _check_shapes(model, records, weights)
     missing, unexpected = load_model(model, str(weights), strict=False)
-    # Non-persistent buffers (rotary tables) are rebuilt by the constructor and never stored.
-    persistent = set(model.state_dict())
-    missing = [k for k in missing if k in persistent]
+    # Tied tensors are stored once (under one of their names): a missing name is fine when its tensor is the same
+    # object as one that was loaded.
+    state = model.state_dict(keep_vars=True)
+    loaded = {id(state[k]) for k in state if k not in set(missing)}
+    missing = [k for k in missing if id(state[k]) not in loaded]
     if missing or unexpected:
         raise ValueError(
             f"load_compressed: {weights} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
