@@ -242,7 +242,9 @@ def _check_quantize_values(op: str, w: torch.Tensor, bits: int, group: int, symm
     """Raises ValueError when w holds NaN/Inf or a group's scale overflows ``scale_dtype``."""
     bad = int((~torch.isfinite(w)).sum())
     if bad:
-        raise ValueError(f"{op}: w holds NaN or Inf ({_plural(bad, 'non-finite value')}); quantization needs finite weights")
+        raise ValueError(
+            f"{op}: w holds NaN or Inf ({_plural(bad, 'non-finite value')}); quantization needs finite weights"
+        )
     if w.numel() == 0:
         return
     out_features, in_features = w.shape
@@ -550,7 +552,9 @@ def quantize(
     _check_2d(op, "w", w, "(out_features, in_features)")
     group = _group_arg(op, w.shape[1], group_size)
     _check_quantize_args(op, w, bits, group, scale_dtype)
-    codes, scales, zeros = torch.ops.tcompress.quantize_weight(w.detach(), int(bits), group, bool(symmetric), scale_dtype)
+    codes, scales, zeros = torch.ops.tcompress.quantize_weight(
+        w.detach(), int(bits), group, bool(symmetric), scale_dtype
+    )
     return QuantizedWeight(codes, scales, None if symmetric else zeros)
 
 
