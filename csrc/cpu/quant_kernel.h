@@ -236,6 +236,18 @@ int unpack_int4(const PackArgs& a) {
 // Dequantize.
 // ---------------------------------------------------------------------------------------------------------------
 
+// Packed int4 codes into a 16-bit dtype: a code takes only 16 values, so each group's 16 results are computed once
+// (with the very operations of the direct path, hence bit-identical) and the group becomes table lookups.
+constexpr int64_t kLutMinGroup = 32;
+
+template <class V, int ODT>
+void build_lut16(uint16_t* lut, float s, float z) {
+  alignas(64) static const float kCodes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int k = 0; k < 16; k += V::W) {
+    store_elems<V, ODT>(lut, k, V::mul(V::sub(V::load(kCodes + k), V::splat(z)), V::splat(s)));
+  }
+}
+
 template <class V, int SDT, int ODT, bool PACKED>
 void dequantize_row(const DequantizeArgs& a, int64_t r, int64_t groups, float implicit_zero) {
   using T = typename V::T;
@@ -248,6 +260,21 @@ void dequantize_row(const DequantizeArgs& a, int64_t r, int64_t groups, float im
     const float z = a.zeros ? static_cast<float>(a.zeros[r * groups + gi]) : implicit_zero;
     const int64_t end = (gi + 1) * a.group;
     int64_t i = gi * a.group;
+    if constexpr (PACKED && ODT != TC_FLOAT32) {
+      if (a.group >= kLutMinGroup) {
+        alignas(64) uint16_t lut[16];
+        build_lut16<V, ODT>(lut, s, z);
+        uint16_t* out16 = static_cast<uint16_t*>(out_row);
+        if (i & 1) {  // an odd group length: start the lookups on a whole byte
+          out16[i] = lut[int4_at(codes_row, i)];
+          ++i;
+        }
+        const int64_t blocks = (end - i) / 32 * 32;
+        V::lookup_int4_u16(codes_row + i / 2, out16 + i, blocks, lut);
+        for (i += blocks; i < end; ++i) out16[i] = lut[int4_at(codes_row, i)];
+        continue;
+      }
+    }
     if constexpr (W > 1) {
       const T vs = V::splat(s), vz = V::splat(z);
       if (PACKED && (i & 1) && i < end) {  // an odd group length: start the vectors on a whole byte

@@ -59,6 +59,29 @@ struct QVecAvx2 : VecAvx2 {
   // A row of n codes (n even) -> n / 2 packed bytes; returns the OR of every code (> 15: a bad code).
   static uint8_t pack_row(const uint8_t* codes, uint8_t* packed, int64_t n);
   static void unpack_row(const uint8_t* packed, uint8_t* codes, int64_t n);
+  // n int4 codes (n a multiple of 32) from n / 2 packed bytes -> lut[code] (16 16-bit entries), 32 per step: the
+  // low and the high bytes of the entries are two 16-byte tables for pshufb.
+  static void lookup_int4_u16(const uint8_t* packed, uint16_t* out, int64_t n, const uint16_t* lut) {
+    const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m128i t0 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lut)), split);
+    const __m128i t1 = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lut + 8)), split);
+    const __m256i tlo = _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(t0, t1));  // low bytes of entries 0..15
+    const __m256i thi = _mm256_broadcastsi128_si256(_mm_unpackhi_epi64(t0, t1));  // high bytes
+    const __m128i nib = _mm_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n; i += 32) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + i / 2));
+      const __m128i lo = _mm_and_si128(b, nib);
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+      // Codes i .. i + 15 and i + 16 .. i + 31, in order, one per byte.
+      const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+      const __m256i vlo = _mm256_shuffle_epi8(tlo, codes);
+      const __m256i vhi = _mm256_shuffle_epi8(thi, codes);
+      const __m256i r0 = _mm256_unpacklo_epi8(vlo, vhi);  // entries of codes 0..7 | 16..23
+      const __m256i r1 = _mm256_unpackhi_epi8(vlo, vhi);  // 8..15 | 24..31
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permute2x128_si256(r0, r1, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 16), _mm256_permute2x128_si256(r0, r1, 0x31));
+    }
+  }
 };
 
 inline uint8_t QVecAvx2::pack_row(const uint8_t* codes, uint8_t* packed, int64_t n) {

@@ -42,6 +42,18 @@ struct QVecAvx512 : VecAvx512 {
   // A row of n codes (n even) -> n / 2 packed bytes; returns the OR of every code (> 15: a bad code).
   static uint8_t pack_row(const uint8_t* codes, uint8_t* packed, int64_t n);
   static void unpack_row(const uint8_t* packed, uint8_t* codes, int64_t n);
+  // n int4 codes (n a multiple of 32) from n / 2 packed bytes -> lut[code] (16 16-bit entries), 32 per step.
+  static void lookup_int4_u16(const uint8_t* packed, uint16_t* out, int64_t n, const uint16_t* lut) {
+    const __m512i table = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lut)));
+    const __m512i lo = _mm512_set1_epi32(0x0000000F);
+    const __m512i hi = _mm512_set1_epi32(0x000F0000);
+    for (int64_t i = 0; i < n; i += 32) {
+      // 32-bit lane j holds packed byte j; as two 16-bit lanes, (b & 0xF, b >> 4) are codes 2j and 2j + 1.
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + i / 2)));
+      const __m512i idx = _mm512_or_si512(_mm512_and_si512(b, lo), _mm512_and_si512(_mm512_slli_epi32(b, 12), hi));
+      _mm512_storeu_si512(out + i, _mm512_permutexvar_epi16(idx, table));
+    }
+  }
 };
 
 inline uint8_t QVecAvx512::pack_row(const uint8_t* codes, uint8_t* packed, int64_t n) {

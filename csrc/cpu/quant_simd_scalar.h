@@ -50,6 +50,13 @@ struct QVecScalar : VecScalar {
   static T load_codes(const uint8_t* p) { return static_cast<float>(*p); }
   static uint8_t pack_row(const uint8_t* codes, uint8_t* packed, int64_t n) { return pack_row_scalar(codes, packed, n); }
   static void unpack_row(const uint8_t* packed, uint8_t* codes, int64_t n) { unpack_row_scalar(packed, codes, n); }
+  // n int4 codes (n a multiple of 32) from n / 2 packed bytes -> lut[code], 16-bit values.
+  static void lookup_int4_u16(const uint8_t* packed, uint16_t* out, int64_t n, const uint16_t* lut) {
+    for (int64_t j = 0; j < n / 2; ++j) {
+      out[2 * j] = lut[packed[j] & 0x0F];
+      out[2 * j + 1] = lut[packed[j] >> 4];
+    }
+  }
 };
 
 // Code i of a packed int4 row.
