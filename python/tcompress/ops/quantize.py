@@ -17,6 +17,19 @@ The format (shared by the CPU/CUDA kernels, :mod:`tcompress.ops.qlinear` and ``t
 - Packing: int8 codes are stored as they are. int4 codes pack two per byte along the input dimension:
   byte ``j`` of a row holds column ``2j`` in its low nibble and ``2j + 1`` in its high nibble, so a packed int4
   weight is ``(out, in // 2)`` uint8 (``in`` must be even).
+
+Registered ops (namespace ``tcompress``), each with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA kernel
+(``_cuda``) and a pure-torch implementation from the references below, which serves other devices and builds without
+native code (and the CUDA device when the CUDA kernels cannot run, with a one-time warning):
+
+- ``quantize_weight(Tensor w, int bits, int group_size, bool symmetric, ScalarType scale_dtype)
+  -> (Tensor codes, Tensor scales, Tensor zeros)``: ``group_size`` 0 means per channel; symmetric ``zeros`` is an
+  empty tensor (the public :func:`quantize` returns None for it);
+- ``dequantize(Tensor codes, Tensor scales, Tensor? zeros, int bits, int group_size, bool packed,
+  ScalarType dtype) -> Tensor``;
+- ``pack_int4(Tensor codes) -> Tensor`` and ``unpack_int4(Tensor packed) -> Tensor``.
+
+None of them is differentiable; :func:`quantize` detaches w.
 """
 
 from __future__ import annotations
@@ -27,8 +40,9 @@ import torch
 
 from .. import _native
 from . import _common
+from . import _quantize_checks as _checks
 
-SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SCALE_DTYPES = _checks.SCALE_DTYPES  # the scale storage dtypes: fp32, fp16, bf16
 
 
 class QuantizedWeight(NamedTuple):
@@ -117,176 +131,13 @@ def unpack_int4_reference(packed: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checks. The metadata checks below also run while torch.compile traces (in the public wrappers and the fake
-# implementations), so they never look at values. What only the values can tell (NaN/Inf in w, a scale that
-# overflows its dtype, a code above 15 handed to pack_int4) is found by the native kernels, which never trust
-# their caller; the op then explains the failure with the _check_*_values functions, which the pure-torch
-# fallback runs up front.
-# ---------------------------------------------------------------------------------------------------------------
-
-_OP_QUANTIZE = "tcompress.ops.quantize"
-_OP_DEQUANTIZE = "tcompress.ops.dequantize"
-_OP_PACK = "tcompress.ops.pack_int4"
-_OP_UNPACK = "tcompress.ops.unpack_int4"
-
-
-def _check_tensor(op: str, name: str, t) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
-
-
-def _check_uint8(op: str, name: str, t) -> None:
-    _check_tensor(op, name, t)
-    if t.dtype != torch.uint8:
-        raise TypeError(f"{op}: {name} must have dtype torch.uint8; got {t.dtype}")
-
-
-def _check_2d(op: str, name: str, t: torch.Tensor, what: str) -> None:
-    if t.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D {what}; got shape {tuple(t.shape)}")
-
-
-def _check_bits(op: str, bits) -> None:
-    if isinstance(bits, bool) or bits not in (4, 8):
-        raise ValueError(f"{op}: bits must be 4 or 8; got {bits!r}")
-
-
-def _group_arg(op: str, in_features: int, group_size) -> int:
-    """``group_size`` (None = per channel) -> the ops' integer argument (0 = per channel), checked."""
-    if group_size is None:
-        return 0
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise TypeError(f"{op}: group_size must be an int or None (per channel); got {type(group_size).__name__}")
-    if group_size <= 0:
-        raise ValueError(
-            f"{op}: group_size must be a positive divisor of in_features {in_features} (or None: per channel); "
-            f"got {group_size}"
-        )
-    _check_group_divides(op, in_features, group_size)
-    return group_size
-
-
-def _check_group_divides(op: str, in_features: int, group: int) -> None:
-    if group < 0:
-        raise ValueError(f"{op}: group_size must be positive (0 or None: per channel); got {group}")
-    if group > 0 and in_features % group != 0:
-        raise ValueError(f"{op}: group_size {group} does not divide in_features {in_features}")
-
-
-def _groups(in_features: int, group: int) -> int:
-    return 1 if group == 0 else in_features // group
-
-
-def _check_quantize_args(op: str, w, bits, group: int, scale_dtype) -> None:
-    _common.check_float(op, "w", w)
-    _check_2d(op, "w", w, "(out_features, in_features)")
-    if w.shape[1] < 1:
-        raise ValueError(f"{op}: w must have at least one column (in_features >= 1); got shape {tuple(w.shape)}")
-    _check_bits(op, bits)
-    _check_group_divides(op, w.shape[1], group)
-    if scale_dtype not in SCALE_DTYPES:
-        raise TypeError(f"{op}: scale_dtype must be torch.float32, torch.float16 or torch.bfloat16; got {scale_dtype}")
-
-
-def _check_dequantize_args(op: str, codes, scales, zeros, bits, group: int, packed: bool, dtype) -> int:
-    """Returns in_features."""
-    _check_uint8(op, "codes", codes)
-    what = "packed int4 codes (out_features, in_features // 2)" if packed else "codes (out_features, in_features)"
-    _check_2d(op, "codes", codes, what)
-    _common.check_float(op, "scales", scales)
-    _check_2d(op, "scales", scales, "(out_features, groups)")
-    if zeros is not None:
-        _check_uint8(op, "zeros", zeros)
-    for name, t in (("scales", scales), ("zeros", zeros)):
-        if t is not None and t.device != codes.device:
-            raise ValueError(f"{op}: {name} must be on codes' device {codes.device}; got {t.device}")
-    _check_bits(op, bits)
-    if packed and bits != 4:
-        raise ValueError(f"{op}: packed codes hold int4 values, so bits must be 4; got bits={bits}")
-    in_features = codes.shape[1] * (2 if packed else 1)
-    if in_features < 1:
-        raise ValueError(f"{op}: codes must have at least one column; got shape {tuple(codes.shape)}")
-    _check_group_divides(op, in_features, group)
-    expected = (codes.shape[0], _groups(in_features, group))
-    for name, t in (("scales", scales), ("zeros", zeros)):
-        if t is not None and tuple(t.shape) != expected:
-            raise ValueError(
-                f"{op}: {name} must have shape {expected} (out_features, groups) for codes of shape "
-                f"{tuple(codes.shape)} ({'packed, ' if packed else ''}in_features {in_features}) with group_size "
-                f"{group or 'None (per channel)'}; got {tuple(t.shape)}"
-            )
-    if dtype not in _common.FLOAT_DTYPES:
-        raise TypeError(f"{op}: dtype must be torch.float32, torch.float16 or torch.bfloat16; got {dtype}")
-    return in_features
-
-
-def _check_pack_args(op: str, codes) -> None:
-    _check_uint8(op, "codes", codes)
-    _common.check_at_least_1d(op, "codes", codes)
-    if codes.shape[-1] % 2 != 0:
-        raise ValueError(
-            f"{op}: codes must have an even last dimension (two int4 codes per byte); got shape {tuple(codes.shape)}"
-        )
-
-
-def _check_unpack_args(op: str, packed) -> None:
-    _check_uint8(op, "packed", packed)
-    _common.check_at_least_1d(op, "packed", packed)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _check_quantize_values(op: str, w: torch.Tensor, bits: int, group: int, symmetric: bool, scale_dtype) -> None:
-    """Raises ValueError when w holds NaN/Inf or a group's scale overflows ``scale_dtype``."""
-    bad = int((~torch.isfinite(w)).sum())
-    if bad:
-        raise ValueError(
-            f"{op}: w holds NaN or Inf ({_plural(bad, 'non-finite value')}); quantization needs finite weights"
-        )
-    if w.numel() == 0:
-        return
-    out_features, in_features = w.shape
-    g = in_features if group == 0 else group
-    wg = w.detach().to(torch.float32).reshape(out_features, in_features // g, g)
-    if symmetric:
-        wanted = _true_divide(wg.abs().amax(dim=-1), (1 << (bits - 1)) - 1)
-    else:
-        wanted = _true_divide(wg.amax(dim=-1).clamp(min=0) - wg.amin(dim=-1).clamp(max=0), (1 << bits) - 1)
-    overflow = ~torch.isfinite(wanted.to(scale_dtype))
-    count = int(overflow.sum())
-    if count:
-        row, grp = (int(i) for i in overflow.nonzero()[0])
-        value = float(wanted[row, grp])
-        where = f"group {grp} of row {row} ({_plural(count, 'group')} in all)"
-        if value == float("inf"):
-            raise ValueError(f"{op}: w's range max - min overflows float32 in {where}; rescale w")
-        raise ValueError(
-            f"{op}: w's values are too large for {scale_dtype} scales: {where} needs scale {value:.6g}, above the "
-            f"largest {scale_dtype} {torch.finfo(scale_dtype).max:.6g}; use scale_dtype=torch.float32 or "
-            "torch.bfloat16, or rescale w"
-        )
-
-
-def _check_int4_values(op: str, codes: torch.Tensor) -> None:
-    """Raises ValueError when a code is above 15 (not an int4 value)."""
-    count = int((codes > 15).sum())
-    if count:
-        raise ValueError(
-            f"{op}: codes must be int4 values in [0, 15]; got {_plural(count, 'code')} above 15 "
-            f"(largest {int(codes.max())})"
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Pure-torch fallbacks (other devices, builds without native code) and native launches.
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _empty_quantized(w: torch.Tensor, group: int, symmetric: bool, scale_dtype) -> tuple:
     out_features, in_features = w.shape
-    shape = (out_features, _groups(in_features, group))
+    shape = (out_features, _checks.groups(in_features, group))
     codes = w.new_empty((out_features, in_features), dtype=torch.uint8)
     scales = w.new_empty(shape, dtype=scale_dtype)
     zeros = w.new_empty((0,) if symmetric else shape, dtype=torch.uint8)
@@ -294,7 +145,7 @@ def _empty_quantized(w: torch.Tensor, group: int, symmetric: bool, scale_dtype) 
 
 
 def _quantize_fallback(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
-    _check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
+    _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
     codes, scales, zeros = quantize_reference(w, bits, group or None, symmetric, scale_dtype)
     if zeros is None:
         zeros = w.new_empty((0,), dtype=torch.uint8)
@@ -327,7 +178,7 @@ def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
     """Native CPU/CUDA quantization, or the fallback when the kernels cannot run."""
     cuda = w.device.type == "cuda"
     native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_OP_QUANTIZE)):
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_QUANTIZE)):
         return _quantize_fallback(op, w, bits, group, symmetric, scale_dtype)
     codes, scales, zeros = _empty_quantized(w, group, symmetric, scale_dtype)
     if w.numel() == 0:
@@ -341,13 +192,13 @@ def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
         _native._cuda.quantize(*args, status.data_ptr(), w.device.index, _common.cuda_stream_handle(w))
         code = int(status.item())
         if code:
-            _check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
+            _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
             _raise_cuda_status(op, code)
         return codes, scales, zeros
     try:
         native.quantize(*args, torch.get_num_threads())
     except ValueError:
-        _check_quantize_values(op, w, bits, group, symmetric, scale_dtype)  # says what is wrong with the values
+        _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)  # says what is wrong with the values
         raise
     return codes, scales, zeros
 
@@ -357,8 +208,8 @@ def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
     out = codes.new_empty((*codes.shape[:-1], n // 2))
     cuda = codes.device.type == "cuda"
     native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_OP_PACK)):
-        _check_int4_values(op, codes)
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_PACK)):
+        _checks.check_int4_values(op, codes)
         return out.copy_(pack_int4_reference(codes))
     if out.numel() == 0:
         return out
@@ -369,13 +220,13 @@ def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
         _native._cuda.pack_int4(*args, status.data_ptr(), codes.device.index, _common.cuda_stream_handle(codes))
         code = int(status.item())
         if code:
-            _check_int4_values(op, codes)
+            _checks.check_int4_values(op, codes)
             _raise_cuda_status(op, code)
         return out
     try:
         native.pack_int4(*args, torch.get_num_threads())
     except ValueError:
-        _check_int4_values(op, codes)
+        _checks.check_int4_values(op, codes)
         raise
     return out
 
@@ -385,7 +236,7 @@ def _native_unpack(packed: torch.Tensor) -> torch.Tensor:
     out = packed.new_empty((*packed.shape[:-1], n))
     cuda = packed.device.type == "cuda"
     native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_OP_UNPACK)):
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_UNPACK)):
         return out.copy_(unpack_int4_reference(packed))
     if out.numel() == 0:
         return out
@@ -401,7 +252,7 @@ def _native_unpack(packed: torch.Tensor) -> torch.Tensor:
 def _native_dequantize(codes, scales, zeros, bits, group, packed, dtype) -> torch.Tensor:
     cuda = codes.device.type == "cuda"
     native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_OP_DEQUANTIZE)):
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_DEQUANTIZE)):
         return _dequantize_fallback(codes, scales, zeros, bits, group, packed, dtype)
     in_features = codes.shape[1] * (2 if packed else 1)
     out = codes.new_empty((codes.shape[0], in_features), dtype=dtype)
@@ -431,20 +282,20 @@ def _quantize_weight(
     w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "tcompress::quantize_weight"
-    _check_quantize_args(op, w, bits, group_size, scale_dtype)
+    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
     return _quantize_fallback(op, w, bits, group_size, symmetric, scale_dtype)
 
 
 @_quantize_weight.register_fake
 def _(w, bits, group_size, symmetric, scale_dtype):
-    _check_quantize_args("tcompress::quantize_weight", w, bits, group_size, scale_dtype)
+    _checks.check_quantize_args("tcompress::quantize_weight", w, bits, group_size, scale_dtype)
     return _empty_quantized(w, group_size, symmetric, scale_dtype)
 
 
 @_quantize_weight.register_kernel(("cpu", "cuda"))
 def _(w, bits, group_size, symmetric, scale_dtype):
     op = "tcompress::quantize_weight"
-    _check_quantize_args(op, w, bits, group_size, scale_dtype)
+    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
     return _native_quantize(op, w, bits, group_size, symmetric, scale_dtype)
 
 
@@ -458,58 +309,60 @@ def _dequantize(
     packed: bool,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    _check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
+    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
     return _dequantize_fallback(codes, scales, zeros, bits, group_size, packed, dtype)
 
 
 @_dequantize.register_fake
 def _(codes, scales, zeros, bits, group_size, packed, dtype):
-    in_features = _check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
+    in_features = _checks.check_dequantize_args(
+        "tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype
+    )
     return codes.new_empty((codes.shape[0], in_features), dtype=dtype)
 
 
 @_dequantize.register_kernel(("cpu", "cuda"))
 def _(codes, scales, zeros, bits, group_size, packed, dtype):
-    _check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
+    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
     return _native_dequantize(codes, scales, zeros, bits, group_size, packed, dtype)
 
 
 @torch.library.custom_op("tcompress::pack_int4", mutates_args=())
 def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
     op = "tcompress::pack_int4"
-    _check_pack_args(op, codes)
-    _check_int4_values(op, codes)
+    _checks.check_pack_args(op, codes)
+    _checks.check_int4_values(op, codes)
     return pack_int4_reference(codes).contiguous()
 
 
 @_pack_int4.register_fake
 def _(codes):
-    _check_pack_args("tcompress::pack_int4", codes)
+    _checks.check_pack_args("tcompress::pack_int4", codes)
     return codes.new_empty((*codes.shape[:-1], codes.shape[-1] // 2))
 
 
 @_pack_int4.register_kernel(("cpu", "cuda"))
 def _(codes):
     op = "tcompress::pack_int4"
-    _check_pack_args(op, codes)
+    _checks.check_pack_args(op, codes)
     return _native_pack(op, codes)
 
 
 @torch.library.custom_op("tcompress::unpack_int4", mutates_args=())
 def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    _check_unpack_args("tcompress::unpack_int4", packed)
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
     return unpack_int4_reference(packed).contiguous()
 
 
 @_unpack_int4.register_fake
 def _(packed):
-    _check_unpack_args("tcompress::unpack_int4", packed)
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
     return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 2))
 
 
 @_unpack_int4.register_kernel(("cpu", "cuda"))
 def _(packed):
-    _check_unpack_args("tcompress::unpack_int4", packed)
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
     return _native_unpack(packed)
 
 
@@ -547,11 +400,11 @@ def quantize(
         ValueError: w is not 2-D or has no column, bits is not 4 or 8, group_size does not divide in_features,
             w holds NaN or Inf, or a group's scale overflows scale_dtype (e.g. float16 above 65504).
     """
-    op = _OP_QUANTIZE
+    op = _checks.OP_QUANTIZE
     _common.check_float(op, "w", w)
-    _check_2d(op, "w", w, "(out_features, in_features)")
-    group = _group_arg(op, w.shape[1], group_size)
-    _check_quantize_args(op, w, bits, group, scale_dtype)
+    _checks.check_2d(op, "w", w, "(out_features, in_features)")
+    group = _checks.group_arg(op, w.shape[1], group_size)
+    _checks.check_quantize_args(op, w, bits, group, scale_dtype)
     codes, scales, zeros = torch.ops.tcompress.quantize_weight(
         w.detach(), int(bits), group, bool(symmetric), scale_dtype
     )
@@ -592,11 +445,11 @@ def dequantize(
         ValueError: tensors not 2-D or on different devices, bits not 4/8 (or not 4 with ``packed``), group_size
             does not divide in_features, scales/zeros not of shape (out, groups).
     """
-    op = _OP_DEQUANTIZE
-    _check_uint8(op, "codes", codes)
-    _check_2d(op, "codes", codes, "(out_features, in_features)")
-    group = _group_arg(op, codes.shape[1] * (2 if packed else 1), group_size)
-    _check_dequantize_args(op, codes, scales, zeros, bits, group, bool(packed), dtype)
+    op = _checks.OP_DEQUANTIZE
+    _checks.check_uint8(op, "codes", codes)
+    _checks.check_2d(op, "codes", codes, "(out_features, in_features)")
+    group = _checks.group_arg(op, codes.shape[1] * (2 if packed else 1), group_size)
+    _checks.check_dequantize_args(op, codes, scales, zeros, bits, group, bool(packed), dtype)
     return torch.ops.tcompress.dequantize(codes, scales, zeros, int(bits), group, bool(packed), dtype)
 
 
@@ -607,7 +460,7 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
         TypeError: codes is not uint8.
         ValueError: codes is 0-d, n is odd, or a code is above 15 (never silently truncated).
     """
-    _check_pack_args(_OP_PACK, codes)
+    _checks.check_pack_args(_checks.OP_PACK, codes)
     return torch.ops.tcompress.pack_int4(codes)
 
 
@@ -618,5 +471,5 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
         TypeError: packed is not uint8.
         ValueError: packed is 0-d.
     """
-    _check_unpack_args(_OP_UNPACK, packed)
+    _checks.check_unpack_args(_checks.OP_UNPACK, packed)
     return torch.ops.tcompress.unpack_int4(packed)
