@@ -1,9 +1,119 @@
-// tcompress._C bindings of the quant kernels (see tcompress/quant.h).
+// tcompress._C bindings of the quant kernels (see tcompress/quant.h): pointers in (as integers), status codes
+// turned into Python exceptions out. Every call releases the GIL.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+
+#include "tcompress/quant.h"
+#include "tcompress/status.h"
 #include "register.h"
 #include "status_error.h"
 
+namespace py = pybind11;
+
 namespace tcompress_bindings {
 
-void bind_cpu_quant(pybind11::module_& m) { (void)m; }
+namespace {
+
+template <class T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void quantize(uintptr_t w, int w_dtype, int64_t out_features, int64_t in_features, int64_t w_row_stride, int bits,
+              int64_t group_size, bool symmetric, uintptr_t codes, uintptr_t scales, int scale_dtype, uintptr_t zeros,
+              int num_threads) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = tc_quantize_cpu(ptr<const void>(w), w_dtype, out_features, in_features, w_row_stride, bits, group_size,
+                             symmetric ? 1 : 0, ptr<uint8_t>(codes), ptr<void>(scales), scale_dtype,
+                             ptr<uint8_t>(zeros), num_threads);
+  }
+  if (status != TC_OK) {
+    std::ostringstream ctx;
+    ctx << "tcompress._C.quantize(out_features=" << out_features << ", in_features=" << in_features
+        << ", w_row_stride=" << w_row_stride << ", bits=" << bits << ", group_size=" << group_size
+        << ", symmetric=" << (symmetric ? "True" : "False") << ", w_dtype=" << w_dtype
+        << ", scale_dtype=" << scale_dtype << ")";
+    raise_status(status, ctx.str());
+  }
+}
+
+void pack_int4(uintptr_t codes, uintptr_t packed, int64_t rows, int64_t n, int64_t codes_row_stride,
+               int64_t packed_row_stride, int num_threads) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = tc_pack_int4_cpu(ptr<const uint8_t>(codes), ptr<uint8_t>(packed), rows, n, codes_row_stride,
+                              packed_row_stride, num_threads);
+  }
+  if (status != TC_OK) {
+    std::ostringstream ctx;
+    ctx << "tcompress._C.pack_int4(rows=" << rows << ", n=" << n << ", codes_row_stride=" << codes_row_stride
+        << ", packed_row_stride=" << packed_row_stride << ")";
+    raise_status(status, ctx.str());
+  }
+}
+
+void unpack_int4(uintptr_t packed, uintptr_t codes, int64_t rows, int64_t n, int64_t packed_row_stride,
+                 int64_t codes_row_stride, int num_threads) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = tc_unpack_int4_cpu(ptr<const uint8_t>(packed), ptr<uint8_t>(codes), rows, n, packed_row_stride,
+                                codes_row_stride, num_threads);
+  }
+  if (status != TC_OK) {
+    std::ostringstream ctx;
+    ctx << "tcompress._C.unpack_int4(rows=" << rows << ", n=" << n << ", packed_row_stride=" << packed_row_stride
+        << ", codes_row_stride=" << codes_row_stride << ")";
+    raise_status(status, ctx.str());
+  }
+}
+
+void dequantize(uintptr_t codes, int codes_format, int64_t out_features, int64_t in_features,
+                int64_t codes_row_stride, uintptr_t scales, int scale_dtype, uintptr_t zeros, int bits,
+                int64_t group_size, uintptr_t out, int out_dtype, int64_t out_row_stride, int num_threads) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = tc_dequantize_cpu(ptr<const uint8_t>(codes), codes_format, out_features, in_features, codes_row_stride,
+                               ptr<const void>(scales), scale_dtype, ptr<const uint8_t>(zeros), bits, group_size,
+                               ptr<void>(out), out_dtype, out_row_stride, num_threads);
+  }
+  if (status != TC_OK) {
+    std::ostringstream ctx;
+    ctx << "tcompress._C.dequantize(codes_format=" << codes_format << ", out_features=" << out_features
+        << ", in_features=" << in_features << ", codes_row_stride=" << codes_row_stride << ", bits=" << bits
+        << ", group_size=" << group_size << ", scale_dtype=" << scale_dtype << ", out_dtype=" << out_dtype
+        << ", out_row_stride=" << out_row_stride << ")";
+    raise_status(status, ctx.str());
+  }
+}
+
+}  // namespace
+
+void bind_cpu_quant(pybind11::module_& m) {
+  m.attr("CODES_UINT8") = int(TC_CODES_UINT8);
+  m.attr("CODES_INT4_PACKED") = int(TC_CODES_INT4_PACKED);
+  m.def("quantize", &quantize, py::arg("w"), py::arg("w_dtype"), py::arg("out_features"), py::arg("in_features"),
+        py::arg("w_row_stride"), py::arg("bits"), py::arg("group_size"), py::arg("symmetric"), py::arg("codes"),
+        py::arg("scales"), py::arg("scale_dtype"), py::arg("zeros"), py::arg("num_threads"),
+        "Round-to-nearest quantization of w (out, in) into codes (out, in) uint8, scales and zeros (out, groups); "
+        "group_size 0 = per channel, zeros 0 for symmetric (see tcompress/quant.h).");
+  m.def("pack_int4", &pack_int4, py::arg("codes"), py::arg("packed"), py::arg("rows"), py::arg("n"),
+        py::arg("codes_row_stride"), py::arg("packed_row_stride"), py::arg("num_threads"),
+        "codes (rows, n) uint8 in [0, 15] -> packed (rows, n / 2): low nibble = even column.");
+  m.def("unpack_int4", &unpack_int4, py::arg("packed"), py::arg("codes"), py::arg("rows"), py::arg("n"),
+        py::arg("packed_row_stride"), py::arg("codes_row_stride"), py::arg("num_threads"),
+        "packed (rows, n / 2) uint8 -> codes (rows, n) uint8.");
+  m.def("dequantize", &dequantize, py::arg("codes"), py::arg("codes_format"), py::arg("out_features"),
+        py::arg("in_features"), py::arg("codes_row_stride"), py::arg("scales"), py::arg("scale_dtype"),
+        py::arg("zeros"), py::arg("bits"), py::arg("group_size"), py::arg("out"), py::arg("out_dtype"),
+        py::arg("out_row_stride"), py::arg("num_threads"),
+        "out (out, in) = (codes - zero) * scale per group, from uint8 or packed int4 codes (zeros 0: implicit).");
+}
 
 }  // namespace tcompress_bindings

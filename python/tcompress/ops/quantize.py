@@ -17,6 +17,19 @@ The format (shared by the CPU/CUDA kernels, :mod:`tcompress.ops.qlinear` and ``t
 - Packing: int8 codes are stored as they are. int4 codes pack two per byte along the input dimension:
   byte ``j`` of a row holds column ``2j`` in its low nibble and ``2j + 1`` in its high nibble, so a packed int4
   weight is ``(out, in // 2)`` uint8 (``in`` must be even).
+
+Registered ops (namespace ``tcompress``), each with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA kernel
+(``_cuda``) and a pure-torch implementation from the references below, which serves other devices and builds without
+native code (and the CUDA device when the CUDA kernels cannot run, with a one-time warning):
+
+- ``quantize_weight(Tensor w, int bits, int group_size, bool symmetric, ScalarType scale_dtype)
+  -> (Tensor codes, Tensor scales, Tensor zeros)``: ``group_size`` 0 means per channel; symmetric ``zeros`` is an
+  empty tensor (the public :func:`quantize` returns None for it);
+- ``dequantize(Tensor codes, Tensor scales, Tensor? zeros, int bits, int group_size, bool packed,
+  ScalarType dtype) -> Tensor``;
+- ``pack_int4(Tensor codes) -> Tensor`` and ``unpack_int4(Tensor packed) -> Tensor``.
+
+None of them is differentiable; :func:`quantize` detaches w.
 """
 
 from __future__ import annotations
@@ -25,7 +38,11 @@ from typing import NamedTuple
 
 import torch
 
-SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .. import _native
+from . import _common
+from . import _quantize_checks as _checks
+
+SCALE_DTYPES = _checks.SCALE_DTYPES  # the scale storage dtypes: fp32, fp16, bf16
 
 
 class QuantizedWeight(NamedTuple):
@@ -46,6 +63,15 @@ def implicit_zero(bits: int) -> int:
     return 1 << (bits - 1)
 
 
+def _true_divide(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """``x / divisor`` as an IEEE fp32 division on every device.
+
+    ``x / qmax`` with a Python number is not that on CUDA: torch computes ``x * (1 / qmax)`` there (one bit can
+    differ), so the reference divides by a tensor of the divisor instead.
+    """
+    return x / torch.full_like(x, divisor)
+
+
 def quantize_reference(
     w: torch.Tensor,
     bits: int,
@@ -63,7 +89,7 @@ def quantize_reference(
     wg = w.detach().to(torch.float32).reshape(out_features, in_features // g, g)
     if symmetric:
         qmax = (1 << (bits - 1)) - 1
-        scale = (wg.abs().amax(dim=-1) / qmax).to(scale_dtype).to(torch.float32)
+        scale = _true_divide(wg.abs().amax(dim=-1), qmax).to(scale_dtype).to(torch.float32)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         q = torch.round(wg / scale[..., None]).clamp(-qmax - 1, qmax) + implicit_zero(bits)
         zeros = None
@@ -71,7 +97,7 @@ def quantize_reference(
         qmax = (1 << bits) - 1
         lo = wg.amin(dim=-1).clamp(max=0)
         hi = wg.amax(dim=-1).clamp(min=0)
-        scale = ((hi - lo) / qmax).to(scale_dtype).to(torch.float32)
+        scale = _true_divide(hi - lo, qmax).to(scale_dtype).to(torch.float32)
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         zero = torch.round(-lo / scale).clamp(0, qmax)
         q = (torch.round(wg / scale[..., None]) + zero[..., None]).clamp(0, qmax)
@@ -104,18 +130,346 @@ def unpack_int4_reference(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-# Public ops (native kernels + torch.library registration): to be implemented.
-def quantize(w, bits, group_size=None, symmetric=True, scale_dtype=torch.float32):  # pragma: no cover
-    raise NotImplementedError
+# ---------------------------------------------------------------------------------------------------------------
+# Pure-torch fallbacks (other devices, builds without native code) and native launches.
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def dequantize(codes, scales, zeros, bits, group_size):  # pragma: no cover
-    raise NotImplementedError
+def _empty_quantized(w: torch.Tensor, group: int, symmetric: bool, scale_dtype) -> tuple:
+    out_features, in_features = w.shape
+    shape = (out_features, _checks.groups(in_features, group))
+    codes = w.new_empty((out_features, in_features), dtype=torch.uint8)
+    scales = w.new_empty(shape, dtype=scale_dtype)
+    zeros = w.new_empty((0,) if symmetric else shape, dtype=torch.uint8)
+    return codes, scales, zeros
 
 
-def pack_int4(codes):  # pragma: no cover
-    raise NotImplementedError
+def _quantize_fallback(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
+    _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
+    codes, scales, zeros = quantize_reference(w, bits, group or None, symmetric, scale_dtype)
+    if zeros is None:
+        zeros = w.new_empty((0,), dtype=torch.uint8)
+    return codes.contiguous(), scales.contiguous(), zeros.contiguous()
 
 
-def unpack_int4(packed):  # pragma: no cover
-    raise NotImplementedError
+def _dequantize_fallback(codes, scales, zeros, bits, group, packed, dtype) -> torch.Tensor:
+    u = unpack_int4_reference(codes) if packed else codes
+    return dequantize_reference(u, scales, zeros, bits, group or None).to(dtype).contiguous()
+
+
+def _rows_of(t: torch.Tensor) -> tuple:
+    """(tensor to pass, rows, row_stride) of t (..., n): t itself when its rows share one stride, else a copy."""
+    layout = _common.row_layout(t)
+    if layout is None:
+        t = t.contiguous()
+        layout = (t.numel() // t.shape[-1], t.shape[-1])
+    return t, layout[0], layout[1]
+
+
+def _cuda_status_tensor(device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def _raise_cuda_status(op: str, status: int) -> None:
+    raise RuntimeError(f"{op}: the CUDA kernel rejected its input (tcompress status {status})")
+
+
+def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
+    """Native CPU/CUDA quantization, or the fallback when the kernels cannot run."""
+    cuda = w.device.type == "cuda"
+    native = None if cuda else _native.cpu_native()
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_QUANTIZE)):
+        return _quantize_fallback(op, w, bits, group, symmetric, scale_dtype)
+    codes, scales, zeros = _empty_quantized(w, group, symmetric, scale_dtype)
+    if w.numel() == 0:
+        return codes, scales, zeros
+    src, rows, stride = _rows_of(w)
+    args = (src.data_ptr(), _common.dtype_code(w.dtype), rows, w.shape[1], stride, bits, group, symmetric,
+            codes.data_ptr(), scales.data_ptr(), _common.dtype_code(scale_dtype),
+            0 if symmetric else zeros.data_ptr())  # fmt: skip
+    if cuda:
+        status = _cuda_status_tensor(w.device)
+        _native._cuda.quantize(*args, status.data_ptr(), w.device.index, _common.cuda_stream_handle(w))
+        code = int(status.item())
+        if code:
+            _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
+            _raise_cuda_status(op, code)
+        return codes, scales, zeros
+    try:
+        native.quantize(*args, torch.get_num_threads())
+    except ValueError:
+        _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)  # says what is wrong with the values
+        raise
+    return codes, scales, zeros
+
+
+def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
+    n = codes.shape[-1]
+    out = codes.new_empty((*codes.shape[:-1], n // 2))
+    cuda = codes.device.type == "cuda"
+    native = None if cuda else _native.cpu_native()
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_PACK)):
+        _checks.check_int4_values(op, codes)
+        return out.copy_(pack_int4_reference(codes))
+    if out.numel() == 0:
+        return out
+    src, rows, stride = _rows_of(codes)
+    args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n // 2)
+    if cuda:
+        status = _cuda_status_tensor(codes.device)
+        _native._cuda.pack_int4(*args, status.data_ptr(), codes.device.index, _common.cuda_stream_handle(codes))
+        code = int(status.item())
+        if code:
+            _checks.check_int4_values(op, codes)
+            _raise_cuda_status(op, code)
+        return out
+    try:
+        native.pack_int4(*args, torch.get_num_threads())
+    except ValueError:
+        _checks.check_int4_values(op, codes)
+        raise
+    return out
+
+
+def _native_unpack(packed: torch.Tensor) -> torch.Tensor:
+    n = packed.shape[-1] * 2
+    out = packed.new_empty((*packed.shape[:-1], n))
+    cuda = packed.device.type == "cuda"
+    native = None if cuda else _native.cpu_native()
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_UNPACK)):
+        return out.copy_(unpack_int4_reference(packed))
+    if out.numel() == 0:
+        return out
+    src, rows, stride = _rows_of(packed)
+    args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n)
+    if cuda:
+        _native._cuda.unpack_int4(*args, packed.device.index, _common.cuda_stream_handle(packed))
+    else:
+        native.unpack_int4(*args, torch.get_num_threads())
+    return out
+
+
+def _native_dequantize(codes, scales, zeros, bits, group, packed, dtype) -> torch.Tensor:
+    cuda = codes.device.type == "cuda"
+    native = None if cuda else _native.cpu_native()
+    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_DEQUANTIZE)):
+        return _dequantize_fallback(codes, scales, zeros, bits, group, packed, dtype)
+    in_features = codes.shape[1] * (2 if packed else 1)
+    out = codes.new_empty((codes.shape[0], in_features), dtype=dtype)
+    if out.numel() == 0:
+        return out
+    src, rows, stride = _rows_of(codes)
+    scales = scales.contiguous()
+    zeros = None if zeros is None else zeros.contiguous()
+    fmt = 1 if packed else 0  # tc_codes_format: TC_CODES_INT4_PACKED / TC_CODES_UINT8
+    args = (src.data_ptr(), fmt, rows, in_features, stride, scales.data_ptr(), _common.dtype_code(scales.dtype),
+            0 if zeros is None else zeros.data_ptr(), bits, group, out.data_ptr(), _common.dtype_code(dtype),
+            in_features)  # fmt: skip
+    if cuda:
+        _native._cuda.dequantize(*args, codes.device.index, _common.cuda_stream_handle(codes))
+    else:
+        native.dequantize(*args, torch.get_num_threads())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Op registration: the decorated bodies are the pure-torch implementations (every device without a kernel).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tcompress::quantize_weight", mutates_args=())
+def _quantize_weight(
+    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = "tcompress::quantize_weight"
+    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
+    return _quantize_fallback(op, w, bits, group_size, symmetric, scale_dtype)
+
+
+@_quantize_weight.register_fake
+def _(w, bits, group_size, symmetric, scale_dtype):
+    _checks.check_quantize_args("tcompress::quantize_weight", w, bits, group_size, scale_dtype)
+    return _empty_quantized(w, group_size, symmetric, scale_dtype)
+
+
+@_quantize_weight.register_kernel(("cpu", "cuda"))
+def _(w, bits, group_size, symmetric, scale_dtype):
+    op = "tcompress::quantize_weight"
+    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
+    return _native_quantize(op, w, bits, group_size, symmetric, scale_dtype)
+
+
+@torch.library.custom_op("tcompress::dequantize", mutates_args=())
+def _dequantize(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    packed: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
+    return _dequantize_fallback(codes, scales, zeros, bits, group_size, packed, dtype)
+
+
+@_dequantize.register_fake
+def _(codes, scales, zeros, bits, group_size, packed, dtype):
+    in_features = _checks.check_dequantize_args(
+        "tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype
+    )
+    return codes.new_empty((codes.shape[0], in_features), dtype=dtype)
+
+
+@_dequantize.register_kernel(("cpu", "cuda"))
+def _(codes, scales, zeros, bits, group_size, packed, dtype):
+    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
+    return _native_dequantize(codes, scales, zeros, bits, group_size, packed, dtype)
+
+
+@torch.library.custom_op("tcompress::pack_int4", mutates_args=())
+def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    op = "tcompress::pack_int4"
+    _checks.check_pack_args(op, codes)
+    _checks.check_int4_values(op, codes)
+    return pack_int4_reference(codes).contiguous()
+
+
+@_pack_int4.register_fake
+def _(codes):
+    _checks.check_pack_args("tcompress::pack_int4", codes)
+    return codes.new_empty((*codes.shape[:-1], codes.shape[-1] // 2))
+
+
+@_pack_int4.register_kernel(("cpu", "cuda"))
+def _(codes):
+    op = "tcompress::pack_int4"
+    _checks.check_pack_args(op, codes)
+    return _native_pack(op, codes)
+
+
+@torch.library.custom_op("tcompress::unpack_int4", mutates_args=())
+def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
+    return unpack_int4_reference(packed).contiguous()
+
+
+@_unpack_int4.register_fake
+def _(packed):
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
+    return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 2))
+
+
+@_unpack_int4.register_kernel(("cpu", "cuda"))
+def _(packed):
+    _checks.check_unpack_args("tcompress::unpack_int4", packed)
+    return _native_unpack(packed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def quantize(
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = True,
+    scale_dtype: torch.dtype = torch.float32,
+) -> QuantizedWeight:
+    """w (out, in) float -> QuantizedWeight(codes (out, in) uint8, scales (out, groups), zeros (out, groups) or None).
+
+    Round-to-nearest quantization in the format of this module (codes one per byte; pack 4-bit codes with
+    :func:`pack_int4`). Bit-identical to :func:`quantize_reference` on every device and CPU instruction set.
+
+    Args:
+        w: float32, float16 or bfloat16, 2-D, finite; any layout (copied only when its rows cannot be addressed
+            with one stride). Not differentiated (quantization has no useful gradient).
+        bits: 4 or 8.
+        group_size: columns per group, a positive divisor of in_features; None: one group per output row.
+        symmetric: implicit zero point 2^(bits-1) (``zeros`` is None) or a stored uint8 zero point per group.
+        scale_dtype: float32, float16 or bfloat16; codes are computed with the scale rounded to this dtype.
+
+    Returns:
+        QuantizedWeight on w's device.
+
+    Raises:
+        TypeError: w is not a float32/float16/bfloat16 tensor, scale_dtype is not one of those, group_size is
+            not an int.
+        ValueError: w is not 2-D or has no column, bits is not 4 or 8, group_size does not divide in_features,
+            w holds NaN or Inf, or a group's scale overflows scale_dtype (e.g. float16 above 65504).
+    """
+    op = _checks.OP_QUANTIZE
+    _common.check_float(op, "w", w)
+    _checks.check_2d(op, "w", w, "(out_features, in_features)")
+    group = _checks.group_arg(op, w.shape[1], group_size)
+    _checks.check_quantize_args(op, w, bits, group, scale_dtype)
+    codes, scales, zeros = torch.ops.tcompress.quantize_weight(
+        w.detach(), int(bits), group, bool(symmetric), scale_dtype
+    )
+    return QuantizedWeight(codes, scales, None if symmetric else zeros)
+
+
+def dequantize(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int | None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    packed: bool = False,
+) -> torch.Tensor:
+    """codes (out, in) uint8 [or packed (out, in // 2)], scales/zeros (out, groups) -> w (out, in) in ``dtype``.
+
+    ``w = (codes - zero) * scale`` in fp32 per group (zero: ``zeros``, or 2^(bits-1) when ``zeros`` is None), rounded
+    once to ``dtype``; equal to ``dequantize_reference(...).to(dtype)``.
+
+    The rule for packed weights is explicit: ``packed=False`` (default) reads one code per byte, as
+    :func:`quantize` returns them; ``packed=True`` reads the int4 layout of :func:`pack_int4` (two codes per byte,
+    low nibble = even column), needs ``bits=4``, and in_features is twice ``codes.shape[1]``. Codes are used as
+    they are (``bits`` only sets the implicit zero point).
+
+    Args:
+        codes: uint8, 2-D, on CPU or CUDA (or any device, through the reference).
+        scales: float32/float16/bfloat16 (out, groups) on codes' device.
+        zeros: uint8 (out, groups), or None for symmetric codes.
+        bits: 4 or 8.
+        group_size: the group size the codes were made with; None: per channel.
+        dtype: float32, float16 or bfloat16 result.
+        packed: codes are packed int4 (see above).
+
+    Raises:
+        TypeError: a wrong dtype (codes/zeros not uint8, scales or ``dtype`` not a float type).
+        ValueError: tensors not 2-D or on different devices, bits not 4/8 (or not 4 with ``packed``), group_size
+            does not divide in_features, scales/zeros not of shape (out, groups).
+    """
+    op = _checks.OP_DEQUANTIZE
+    _checks.check_uint8(op, "codes", codes)
+    _checks.check_2d(op, "codes", codes, "(out_features, in_features)")
+    group = _checks.group_arg(op, codes.shape[1] * (2 if packed else 1), group_size)
+    _checks.check_dequantize_args(op, codes, scales, zeros, bits, group, bool(packed), dtype)
+    return torch.ops.tcompress.dequantize(codes, scales, zeros, int(bits), group, bool(packed), dtype)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """codes (..., n) uint8 in [0, 15], n even -> (..., n // 2) uint8: byte j = code 2j | code 2j+1 << 4.
+
+    Raises:
+        TypeError: codes is not uint8.
+        ValueError: codes is 0-d, n is odd, or a code is above 15 (never silently truncated).
+    """
+    _checks.check_pack_args(_checks.OP_PACK, codes)
+    return torch.ops.tcompress.pack_int4(codes)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """packed (..., m) uint8 -> codes (..., 2m) uint8 in [0, 15] (the inverse of :func:`pack_int4`).
+
+    Raises:
+        TypeError: packed is not uint8.
+        ValueError: packed is 0-d.
+    """
+    _checks.check_unpack_args(_checks.OP_UNPACK, packed)
+    return torch.ops.tcompress.unpack_int4(packed)

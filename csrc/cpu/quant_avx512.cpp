@@ -1,0 +1,10 @@
+// The avx512 variant of the quant kernels. Compiled with the AVX-512 F/CD/BW/DQ/VL flags (x86-64-v4); only called
+// after the CPU and OS report them.
+#define TC_ISA_NS avx512
+#define TC_QVEC QVecAvx512
+
+#include "simd_scalar.h"
+#include "simd_avx512.h"
+#include "quant_simd_scalar.h"
+#include "quant_simd_avx512.h"
+#include "quant_kernel.h"
