@@ -105,3 +105,17 @@ def test_failed_save_leaves_nothing(tiny_mistral, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_compressed(tiny_mistral, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tcompress_load_reads_a_saved_folder_with_its_tokenizer(stories260k, tmp_path):
+    import tcompress
+
+    model, tokenizer = stories260k
+    compress_(model, QuantizeConfig(bits=8, group_size=None))
+    save_compressed(model, tmp_path / "s", tokenizer=tokenizer)
+    loaded, loaded_tokenizer = tcompress.load(tmp_path / "s")
+    ids = torch.tensor([tokenizer("Once upon a time").input_ids])
+    assert loaded_tokenizer("Once upon a time").input_ids == ids[0].tolist()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, QuantLinear)
