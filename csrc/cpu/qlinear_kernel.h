@@ -1,0 +1,486 @@
+// The CPU qlinear kernels, written once over a vector type and compiled once per ISA.
+//
+// Each qlinear_<isa>.cpp defines TC_ISA_NS and QVec (its vector type extended with the few integer operations
+// below) and includes this file, which defines tcompress::<isa>::qlinear_kernels.
+//
+// Decoding codes without unpacking. A vector of W 32-bit lanes loaded from a weight row holds, per lane, PER =
+// 32 / bits consecutive codes (8 nibbles or 4 bytes). Field k of every lane is ((v >> k*bits) & mask), and OR-ing
+// it into the mantissa of 2^23 gives the float 2^23 + u exactly; subtracting the vector (2^23 + z) then gives
+// u - z exactly, zero point included, in one shift, one and/or (a single vpternlogd on AVX-512) and one subtract.
+// So one block of BC = PER * W columns decodes to PER vectors, vector k holding the columns {PER*i + k}. Instead
+// of interleaving the weights, the kernels permute x (once per call) to the same order: within every full block,
+// position k*W + i holds column PER*i + k. Columns after the last full block (K % BC of them) keep their order
+// and are handled one by one, as are all columns when the group size is not a multiple of PER (a lane would
+// straddle two groups).
+//
+// Scales: a lane never straddles a group, so a block has one scale per lane. When the group size is a multiple
+// of BC (or there is one group per row), whole groups are accumulated unscaled and folded into the row
+// accumulator with one FMA (acc += s * acc_group); when it divides BC, each block's lane scales are expanded
+// from the row's scales by a permute; otherwise they are gathered lane by lane.
+//
+// GEMV path (M <= TC_QLINEAR_GEMV_MAX_M): threads split the output rows; each weight row is streamed once and
+// dotted with all M rows of x at once. GEMM path (larger M): for each block of NC output rows and KC columns, the
+// weights are dequantized ((u - z) * s, exactly what the reference computes) into an fp32 panel, and a
+// register-blocked micro-kernel computes R output rows x MB rows of x at a time, broadcasting weights and loading
+// x from a transposed copy (k-major, MB rows of x per k), accumulating into a per-thread fp32 tile C^T.
+#pragma once
+
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
+#include <utility>
+
+#include "qlinear_table.h"
+#include "tcompress/qlinear.h"
+#include "tcompress/status.h"
+
+namespace tcompress {
+namespace TC_ISA_NS {
+namespace {
+
+constexpr float kMagic = 8388608.0f;         // 2^23: its float has the integer u in its low mantissa bits
+constexpr uint32_t kMagicBits = 0x4B000000u;  // bits of 2^23
+constexpr int64_t kParallelMinWeights = int64_t(1) << 16;
+
+template <int N, class F, int... Ks>
+inline void static_for_impl(F&& f, std::integer_sequence<int, Ks...>) {
+  (f(std::integral_constant<int, Ks>{}), ...);
+}
+// f(std::integral_constant<int, 0>) ... f(std::integral_constant<int, N - 1>), unrolled at compile time.
+template <int N, class F>
+inline void static_for(F&& f) {
+  static_for_impl<N>(f, std::make_integer_sequence<int, N>{});
+}
+
+inline float load_param(const void* p, int64_t i, int dtype) {
+  if (dtype == TC_FLOAT32) return static_cast<const float*>(p)[i];
+  const uint16_t h = static_cast<const uint16_t*>(p)[i];
+  return dtype == TC_FLOAT16 ? f16_to_float(h) : bf16_to_float(h);
+}
+
+inline void store_value(void* row, int64_t i, int dtype, float v) {
+  if (dtype == TC_FLOAT32) {
+    static_cast<float*>(row)[i] = v;
+  } else if (dtype == TC_FLOAT16) {
+    static_cast<uint16_t*>(row)[i] = float_to_f16(v);
+  } else {
+    static_cast<uint16_t*>(row)[i] = float_to_bf16(v);
+  }
+}
+
+inline void* aligned_floats(int64_t n) {
+  const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
+  return aligned_alloc(64, bytes == 0 ? 64 : bytes);
+}
+
+// How a weight row's columns are processed (see the top of the file).
+template <class V, int BITS>
+struct Layout {
+  static constexpr int PER = 32 / BITS;          // codes per 32-bit lane
+  static constexpr int BC = PER * V::W;          // columns per vector block
+  static constexpr int BB = 4 * V::W;            // bytes per vector block
+  static constexpr uint32_t MASK = (1u << BITS) - 1;
+  enum Mode { kWholeGroups, kSplitBlocks, kGatherLanes };
+
+  int64_t K, g, groups;
+  int64_t kv;  // columns handled by vector blocks: a multiple of BC
+  Mode mode;
+
+  Layout(int64_t K_, int64_t g_, int64_t groups_) : K(K_), g(g_), groups(groups_) {
+    kv = (g % PER == 0) ? K - K % BC : 0;
+    if (groups == 1 || g % BC == 0) {
+      mode = kWholeGroups;
+    } else if (BC % g == 0) {
+      mode = kSplitBlocks;
+    } else {
+      mode = kGatherLanes;
+    }
+  }
+};
+
+inline uint32_t code_at(const uint8_t* wrow, int64_t c, int bits) {
+  if (bits == 8) return wrow[c];
+  return (wrow[c >> 1] >> ((c & 1) * 4)) & 0xFu;
+}
+
+// x row (any dtype) -> fp32 in the permuted order of `lay`.
+template <class V, int BITS>
+void permute_row(const void* xrow, int dtype, const Layout<V, BITS>& lay, float* out) {
+  constexpr int PER = Layout<V, BITS>::PER, W = V::W, BC = Layout<V, BITS>::BC;
+  for (int64_t c0 = 0; c0 < lay.kv; c0 += BC) {
+    for (int i = 0; i < W; ++i) {
+      for (int k = 0; k < PER; ++k) out[c0 + k * W + i] = load_param(xrow, c0 + i * PER + k, dtype);
+    }
+  }
+  for (int64_t c = lay.kv; c < lay.K; ++c) out[c] = load_param(xrow, c, dtype);
+}
+
+// The row's scales and zero points of groups [g0, g1) as fp32 (zero points as 2^23 + z), W floats of slack.
+inline void row_params(const QLinearArgs& a, int64_t n, int64_t g0, int64_t g1, float* sbuf, float* zbuf, int slack) {
+  const float zsym = kMagic + static_cast<float>(1 << (a.bits - 1));
+  for (int64_t j = g0; j < g1; ++j) {
+    const int64_t i = n * a.groups + j;
+    sbuf[j - g0] = load_param(a.scales, i, a.scale_dtype);
+    zbuf[j - g0] = a.zeros ? kMagic + static_cast<float>(a.zeros[i]) : zsym;
+  }
+  for (int j = 0; j < slack; ++j) {
+    sbuf[g1 - g0 + j] = 0.0f;
+    zbuf[g1 - g0 + j] = kMagic;
+  }
+}
+
+// Lane scale and zero vectors of the block starting at column c0, for the split and gather modes. sbuf/zbuf
+// hold the groups from g_base on.
+template <class V, int BITS>
+inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, int64_t c0, int64_t g_base,
+                        const float* sbuf, const float* zbuf, typename V::T& sv, typename V::T& zv) {
+  using L = Layout<V, BITS>;
+  if (lay.mode == L::kSplitBlocks) {
+    const int64_t j = c0 / lay.g - g_base;
+    sv = V::expand(sbuf + j, idx);
+    zv = V::expand(zbuf + j, idx);
+  } else {
+    alignas(64) float st[V::W], zt[V::W];
+    for (int i = 0; i < V::W; ++i) {
+      const int64_t j = (c0 + i * L::PER) / lay.g - g_base;
+      st[i] = sbuf[j];
+      zt[i] = zbuf[j];
+    }
+    sv = V::load(st);
+    zv = V::load(zt);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMV path.
+// ---------------------------------------------------------------------------------------------------------------
+
+// acc[m][k % NACC] += (u - z) . x[m] over one block.
+template <class V, int BITS, int M, int NACC>
+inline void dot_block(const uint8_t* w, const float* xp, int64_t xstride, typename V::T zv,
+                      typename V::T (&acc)[M][NACC]) {
+  using L = Layout<V, BITS>;
+  const typename V::TI v = V::loadi(w);
+  static_for<L::PER>([&](auto kc) {
+    constexpr int k = decltype(kc)::value;
+    const typename V::T f = V::sub(V::template field<k * BITS, BITS>(v), zv);
+    for (int m = 0; m < M; ++m) {
+      acc[m][k % NACC] = V::fmadd(f, V::load(xp + m * xstride + k * V::W), acc[m][k % NACC]);
+    }
+  });
+}
+
+template <class V, int M, int NACC>
+inline typename V::T sum_partials(const typename V::T (&a)[M][NACC], int m) {
+  typename V::T s = a[m][0];
+  for (int j = 1; j < NACC; ++j) s = V::add(s, a[m][j]);
+  return s;
+}
+
+template <class V, int BITS, int M>
+void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp, int64_t n0, int64_t n1,
+               float* sbuf, float* zbuf) {
+  using T = typename V::T;
+  using L = Layout<V, BITS>;
+  constexpr int W = V::W;
+  // Independent FMA chains: about 8 in flight hide the FMA latency.
+  constexpr int NACC = (8 / M) < 1 ? 1 : ((8 / M) > L::PER ? L::PER : (8 / M));
+  const int64_t K = a.K, row_bytes = K * BITS / 8, nvb = lay.kv / L::BC;
+  const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* wrow = a.qweight + n * row_bytes;
+    V::prefetch(wrow + 4 * row_bytes);
+    row_params(a, n, 0, a.groups, sbuf, zbuf, W);
+    T acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = V::zero();
+    if (lay.mode == L::kWholeGroups) {
+      const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group
+      for (int64_t gi = 0, b = 0; b < nvb; ++gi) {
+        T part[M][NACC];
+        for (int m = 0; m < M; ++m) {
+          for (int j = 0; j < NACC; ++j) part[m][j] = V::zero();
+        }
+        const T zv = V::splat(zbuf[gi]);
+        const int64_t bend = b + bpg;
+        for (; b < bend; ++b) {
+          V::prefetch(wrow + b * L::BB + 1024);
+          dot_block<V, BITS, M, NACC>(wrow + b * L::BB, xp + b * L::BC, K, zv, part);
+        }
+        const T sv = V::splat(sbuf[gi]);
+        for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
+      }
+    } else {
+      for (int64_t b = 0; b < nvb; ++b) {
+        T part[M][NACC];
+        for (int m = 0; m < M; ++m) {
+          for (int j = 0; j < NACC; ++j) part[m][j] = V::zero();
+        }
+        T sv, zv;
+        lane_params<V, BITS>(lay, idx, b * L::BC, 0, sbuf, zbuf, sv, zv);
+        V::prefetch(wrow + b * L::BB + 1024);
+        dot_block<V, BITS, M, NACC>(wrow + b * L::BB, xp + b * L::BC, K, zv, part);
+        for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
+      }
+    }
+    float tail[M];
+    for (int m = 0; m < M; ++m) tail[m] = 0.0f;
+    for (int64_t c = lay.kv; c < K; ++c) {
+      const int64_t j = c / lay.g;
+      const float w = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
+      for (int m = 0; m < M; ++m) tail[m] += w * xp[m * K + c];
+    }
+    const float b = a.bias ? load_param(a.bias, n, a.bias_dtype) : 0.0f;
+    for (int m = 0; m < M; ++m) {
+      store_value(static_cast<char*>(a.y) + m * a.y_row_stride * tc_dtype_size(a.x_dtype), n, a.x_dtype,
+                  V::hsum(acc[m]) + tail[m] + b);
+    }
+  }
+}
+
+template <class V, int BITS, int M>
+int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
+  int threads = a.num_threads;
+  if (a.N * a.K < kParallelMinWeights) threads = 1;
+  if (threads > a.N) threads = static_cast<int>(a.N);
+  int status = TC_OK;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    // Contiguous row ranges: each thread streams one region of the weights.
+    const int64_t n0 = a.N * t / nt, n1 = a.N * (t + 1) / nt;
+    float* sbuf = static_cast<float*>(aligned_floats(2 * (a.groups + V::W)));
+    if (sbuf == nullptr) {
+#pragma omp atomic write
+      status = TC_ERR_OUT_OF_MEMORY;
+    } else {
+      gemv_rows<V, BITS, M>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
+    }
+    free(sbuf);
+  }
+  return status;
+}
+
+template <class V, int BITS>
+int run_gemv(const QLinearArgs& a) {
+  const Layout<V, BITS> lay(a.K, a.group_size, a.groups);
+  float* xp = static_cast<float*>(aligned_floats(a.M * a.K));
+  if (xp == nullptr) return TC_ERR_OUT_OF_MEMORY;
+  const int xsize = tc_dtype_size(a.x_dtype);
+  for (int64_t m = 0; m < a.M; ++m) {
+    permute_row<V, BITS>(static_cast<const char*>(a.x) + m * a.x_row_stride * xsize, a.x_dtype, lay, xp + m * a.K);
+  }
+  int status = TC_ERR_BAD_SIZE;
+  switch (a.M) {
+    case 1: status = gemv<V, BITS, 1>(a, lay, xp); break;
+    case 2: status = gemv<V, BITS, 2>(a, lay, xp); break;
+    case 3: status = gemv<V, BITS, 3>(a, lay, xp); break;
+    case 4: status = gemv<V, BITS, 4>(a, lay, xp); break;
+    case 5: status = gemv<V, BITS, 5>(a, lay, xp); break;
+    case 6: status = gemv<V, BITS, 6>(a, lay, xp); break;
+    case 7: status = gemv<V, BITS, 7>(a, lay, xp); break;
+    case 8: status = gemv<V, BITS, 8>(a, lay, xp); break;
+    default: break;
+  }
+  free(xp);
+  return status;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMM path.
+// ---------------------------------------------------------------------------------------------------------------
+
+template <class V>
+struct Blocking {
+  static constexpr int R = V::NREG >= 32 ? 14 : (V::W > 1 ? 6 : 4);  // output rows per micro-tile
+  static constexpr int U = V::W > 1 ? 2 : 4;                          // vectors of x rows per micro-tile
+  static constexpr int MB = U * V::W;                                 // x rows per micro-tile
+  static constexpr int KC = 256;                                      // columns per panel (a multiple of every BC)
+  static constexpr int NC = R * 8;                                    // output rows per panel
+  static constexpr int MC = 256;                                      // x rows per C tile (a multiple of MB)
+};
+
+// C^T[r][0 .. MB) (+)= sum_k wp[r * KC + k] * xt[k * MB + 0 .. MB) for r < RR.
+template <class V, int RR>
+void micro_tile(const float* wp, const float* xt, int64_t kcl, float* c, int64_t cstride, bool accumulate) {
+  using T = typename V::T;
+  using B = Blocking<V>;
+  constexpr int U = B::U, W = V::W;
+  T acc[RR][U];
+  for (int r = 0; r < RR; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = accumulate ? V::load(c + r * cstride + u * W) : V::zero();
+  }
+  for (int64_t k = 0; k < kcl; ++k) {
+    T xv[U];
+    for (int u = 0; u < U; ++u) xv[u] = V::load(xt + k * B::MB + u * W);
+    for (int r = 0; r < RR; ++r) {
+      const T b = V::splat(wp[r * B::KC + k]);
+      for (int u = 0; u < U; ++u) acc[r][u] = V::fmadd(b, xv[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < RR; ++r) {
+    for (int u = 0; u < U; ++u) V::store(c + r * cstride + u * W, acc[r][u]);
+  }
+}
+
+template <class V, int RR = Blocking<V>::R>
+void micro_tile_rows(int rows, const float* wp, const float* xt, int64_t kcl, float* c, int64_t cstride,
+                     bool accumulate) {
+  if constexpr (RR >= 1) {
+    if (rows == RR) return micro_tile<V, RR>(wp, xt, kcl, c, cstride, accumulate);
+    return micro_tile_rows<V, RR - 1>(rows, wp, xt, kcl, c, cstride, accumulate);
+  }
+}
+
+// panel[r][0 .. kcl) = dequantized columns [k0, k0 + kcl) of weight row n0 + r (permuted order), r < nr.
+template <class V, int BITS>
+void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typename V::TI& idx, int64_t n0,
+                   int64_t nr, int64_t k0, int64_t kcl, float* panel, float* sbuf, float* zbuf) {
+  using T = typename V::T;
+  using L = Layout<V, BITS>;
+  using B = Blocking<V>;
+  const int64_t row_bytes = a.K * BITS / 8;
+  const int64_t g0 = k0 / lay.g, g1 = (k0 + kcl - 1) / lay.g + 1;
+  const int64_t vend = lay.kv < k0 + kcl ? lay.kv : k0 + kcl;
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t n = n0 + r;
+    const uint8_t* wrow = a.qweight + n * row_bytes;
+    float* prow = panel + r * B::KC;
+    row_params(a, n, g0, g1, sbuf, zbuf, V::W);
+    for (int64_t c0 = k0; c0 < vend; c0 += L::BC) {
+      T sv, zv;
+      if (lay.mode == L::kWholeGroups) {
+        const int64_t j = c0 / lay.g - g0;
+        sv = V::splat(sbuf[j]);
+        zv = V::splat(zbuf[j]);
+      } else {
+        lane_params<V, BITS>(lay, idx, c0, g0, sbuf, zbuf, sv, zv);
+      }
+      const typename V::TI v = V::loadi(wrow + c0 * BITS / 8);
+      float* out = prow + (c0 - k0);
+      static_for<L::PER>([&](auto kc) {
+        constexpr int k = decltype(kc)::value;
+        V::store(out + k * V::W, V::mul(V::sub(V::template field<k * BITS, BITS>(v), zv), sv));
+      });
+    }
+    for (int64_t c = vend > k0 ? vend : k0; c < k0 + kcl; ++c) {
+      const int64_t j = c / lay.g - g0;
+      prow[c - k0] = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
+    }
+  }
+}
+
+template <class V, int BITS>
+int run_gemm(const QLinearArgs& a) {
+  using B = Blocking<V>;
+  using L = Layout<V, BITS>;
+  const Layout<V, BITS> lay(a.K, a.group_size, a.groups);
+  const int64_t K = a.K, M = a.M, N = a.N;
+  const int64_t mblocks = (M + B::MB - 1) / B::MB;
+  const int xsize = tc_dtype_size(a.x_dtype), ysize = xsize;
+  // x^T, k-major within blocks of MB rows (zero rows pad the last block).
+  float* xt = static_cast<float*>(aligned_floats(mblocks * B::MB * K));
+  if (xt == nullptr) return TC_ERR_OUT_OF_MEMORY;
+  int threads = a.num_threads;
+  if (threads > mblocks) threads = static_cast<int>(mblocks);
+  int status = TC_OK;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    float* row = static_cast<float*>(aligned_floats(K));
+    if (row == nullptr) {
+#pragma omp atomic write
+      status = TC_ERR_OUT_OF_MEMORY;
+    }
+#pragma omp for schedule(static)
+    for (int64_t mb = 0; mb < mblocks; ++mb) {
+      if (row == nullptr) continue;
+      float* dst = xt + mb * B::MB * K;
+      for (int j = 0; j < B::MB; ++j) {
+        const int64_t m = mb * B::MB + j;
+        if (m < M) {
+          permute_row<V, BITS>(static_cast<const char*>(a.x) + m * a.x_row_stride * xsize, a.x_dtype, lay, row);
+          for (int64_t k = 0; k < K; ++k) dst[k * B::MB + j] = row[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * B::MB + j] = 0.0f;
+        }
+      }
+    }
+    free(row);
+  }
+  if (status != TC_OK) {
+    free(xt);
+    return status;
+  }
+
+  // Output-row blocks: at most NC rows, at least ~4 blocks per thread when N allows it (balance).
+  threads = a.num_threads;
+  int64_t nc = (N + 4 * threads - 1) / (4 * threads);
+  nc = (nc + B::R - 1) / B::R * B::R;
+  if (nc > B::NC) nc = B::NC;
+  const int64_t nblocks = (N + nc - 1) / nc;
+  if (threads > nblocks) threads = static_cast<int>(nblocks);
+  const int64_t mc_max = (mblocks * B::MB) < B::MC ? mblocks * B::MB : B::MC;
+  const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int64_t groups_per_panel = B::KC / lay.g + 2;  // groups a panel of KC columns can touch
+    float* panel = static_cast<float*>(aligned_floats(nc * B::KC));
+    float* ctile = static_cast<float*>(aligned_floats(nc * mc_max));
+    float* sbuf = static_cast<float*>(aligned_floats(2 * (groups_per_panel + V::W)));
+    if (panel == nullptr || ctile == nullptr || sbuf == nullptr) {
+#pragma omp atomic write
+      status = TC_ERR_OUT_OF_MEMORY;
+    }
+    float* zbuf = sbuf ? sbuf + groups_per_panel + V::W : nullptr;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t nb = 0; nb < nblocks; ++nb) {
+      if (panel == nullptr || ctile == nullptr || sbuf == nullptr) continue;
+      const int64_t n0 = nb * nc, nr = (N - n0) < nc ? (N - n0) : nc;
+      for (int64_t mc0 = 0; mc0 < mblocks * B::MB; mc0 += mc_max) {
+        const int64_t mcl = (mblocks * B::MB - mc0) < mc_max ? (mblocks * B::MB - mc0) : mc_max;
+        for (int64_t k0 = 0; k0 < K; k0 += B::KC) {
+          const int64_t kcl = (K - k0) < B::KC ? (K - k0) : B::KC;
+          dequant_panel<V, BITS>(a, lay, idx, n0, nr, k0, kcl, panel, sbuf, zbuf);
+          for (int64_t r0 = 0; r0 < nr; r0 += B::R) {
+            const int rows = static_cast<int>((nr - r0) < B::R ? (nr - r0) : B::R);
+            for (int64_t m0 = 0; m0 < mcl; m0 += B::MB) {
+              const float* xtile = xt + (mc0 + m0) * K + k0 * B::MB;
+              micro_tile_rows<V>(rows, panel + r0 * B::KC, xtile, kcl, ctile + r0 * mc_max + m0, mc_max, k0 > 0);
+            }
+          }
+        }
+        // C^T tile -> y rows (+ bias, converted).
+        const int64_t mend = (M - mc0) < mcl ? (M - mc0) : mcl;
+        for (int64_t m = 0; m < mend; ++m) {
+          void* yrow = static_cast<char*>(a.y) + (mc0 + m) * a.y_row_stride * ysize;
+          for (int64_t r = 0; r < nr; ++r) {
+            const float bias = a.bias ? load_param(a.bias, n0 + r, a.bias_dtype) : 0.0f;
+            store_value(yrow, n0 + r, a.x_dtype, ctile[r * mc_max + m] + bias);
+          }
+        }
+      }
+    }
+    free(panel);
+    free(ctile);
+    free(sbuf);
+  }
+  free(xt);
+  return status;
+}
+
+template <int BITS>
+int run_bits(const QLinearArgs& a) {
+  if (a.M <= TC_QLINEAR_GEMV_MAX_M) return run_gemv<QVec, BITS>(a);
+  return run_gemm<QVec, BITS>(a);
+}
+
+int qlinear(const QLinearArgs& a) { return a.bits == 4 ? run_bits<4>(a) : run_bits<8>(a); }
+
+}  // namespace
+
+const QLinearKernels qlinear_kernels = {&qlinear};
+
+}  // namespace TC_ISA_NS
+}  // namespace tcompress
