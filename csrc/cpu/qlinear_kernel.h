@@ -93,7 +93,7 @@ struct Layout {
     kv = (g % PER == 0) ? K - K % BC : 0;
     if (groups == 1 || g % BC == 0) {
       mode = kWholeGroups;
-    } else if (BC % g == 0) {
+    } else if (BC % g == 0 && g % PER == 0) {
       mode = kSplitBlocks;
     } else {
       mode = kGatherLanes;
