@@ -11,6 +11,15 @@ namespace {
 struct QVec : VecAvx2 {
   using TI = __m256i;
   static TI loadi(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static TI loadi_partial(const uint8_t* p, int lanes) {
+    const TI lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), lane));
+  }
+  // vpermps on 8 lanes indexes only 8 entries: the table decoder is not used.
+  static constexpr bool kTable = false;
+  static T iota_magic() { return zero(); }
+  template <int SHIFT>
+  static T table_field(TI, T) { return zero(); }
   // ((v >> SHIFT) & (2^BITS - 1)) in the mantissa of 2^23, per lane: the floats 2^23 + field.
   template <int SHIFT, int BITS>
   static T field(TI v) {

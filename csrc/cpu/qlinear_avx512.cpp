@@ -11,6 +11,19 @@ namespace {
 struct QVec : VecAvx512 {
   using TI = __m512i;
   static TI loadi(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  static TI loadi_partial(const uint8_t* p, int lanes) {
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << lanes) - 1u), p);
+  }
+  // Table decoder (int4): vpermps looks up 16 floats with the low 4 bits of each lane and ignores the rest, so
+  // code k of every lane becomes table[code] with one shift and one permute (no mask, no convert).
+  static constexpr bool kTable = true;
+  static T iota_magic() {
+    return _mm512_add_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_ps(8388608.0f));
+  }
+  template <int SHIFT>
+  static T table_field(TI v, T table) {
+    return _mm512_permutexvar_ps(SHIFT ? _mm512_srli_epi32(v, SHIFT) : v, table);
+  }
   // ((v >> SHIFT) & (2^BITS - 1)) | bits(2^23) per lane: one vpternlogd after the shift.
   template <int SHIFT, int BITS>
   static T field(TI v) {

@@ -79,26 +79,39 @@ inline void* aligned_floats(int64_t n) {
 // How a weight row's columns are processed (see the top of the file).
 template <class V, int BITS>
 struct Layout {
-  static constexpr int PER = 32 / BITS;          // codes per 32-bit lane
-  static constexpr int BC = PER * V::W;          // columns per vector block
-  static constexpr int BB = 4 * V::W;            // bytes per vector block
-  static constexpr uint32_t MASK = (1u << BITS) - 1;
+  static constexpr int PER = 32 / BITS;  // codes per 32-bit lane
+  static constexpr int BC = PER * V::W;  // columns per vector block
+  static constexpr int BB = 4 * V::W;    // bytes per vector block
   enum Mode { kWholeGroups, kSplitBlocks, kGatherLanes };
 
   int64_t K, g, groups;
-  int64_t kv;  // columns handled by vector blocks: a multiple of BC
+  int64_t kfull;   // columns in full vector blocks (a multiple of BC)
+  int tail_lanes;  // lanes of the partial block after them (0: none); its other lanes meet zeros in x
+  int64_t kvec;    // permuted positions covered by vector blocks: kfull, plus BC with a partial block
+  int64_t kel;     // columns [kel, K) are handled one by one, at permuted positions kvec + (c - kel)
+  int64_t P;       // length of the permuted order
   Mode mode;
+  bool table;  // int4 whole groups on a vector type with a 16-entry permute: decode through a per-group table
 
   Layout(int64_t K_, int64_t g_, int64_t groups_) : K(K_), g(g_), groups(groups_) {
-    kv = (g % PER == 0) ? K - K % BC : 0;
+    // A lane never straddles two groups when a group is a whole number of lanes (or the row is one group).
+    const bool lanes_ok = groups == 1 || g % PER == 0;
+    kfull = lanes_ok ? K - K % BC : 0;
+    tail_lanes = lanes_ok ? static_cast<int>((K % BC) / PER) : 0;
+    kvec = kfull + (tail_lanes > 0 ? BC : 0);
+    kel = kfull + tail_lanes * PER;
+    P = kvec + (K - kel);
     if (groups == 1 || g % BC == 0) {
       mode = kWholeGroups;
-    } else if (BC % g == 0 && g % PER == 0) {
+    } else if (BC % g == 0) {
       mode = kSplitBlocks;
     } else {
       mode = kGatherLanes;
     }
+    table = V::kTable && BITS == 4 && mode == kWholeGroups;
   }
+  int64_t full_blocks() const { return kfull / BC; }
+  int64_t blocks() const { return kvec / BC; }
 };
 
 inline uint32_t code_at(const uint8_t* wrow, int64_t c, int bits) {
@@ -106,19 +119,28 @@ inline uint32_t code_at(const uint8_t* wrow, int64_t c, int bits) {
   return (wrow[c >> 1] >> ((c & 1) * 4)) & 0xFu;
 }
 
-// x row (any dtype) -> fp32 in the permuted order of `lay`.
+// The 32-bit lanes of block b of a weight row (the partial block: its lanes, zeros after).
+template <class V, int BITS>
+inline typename V::TI load_block(const Layout<V, BITS>& lay, const uint8_t* wrow, int64_t b) {
+  const uint8_t* p = wrow + b * Layout<V, BITS>::BB;
+  return b < lay.full_blocks() ? V::loadi(p) : V::loadi_partial(p, lay.tail_lanes);
+}
+
+// x row (any dtype) -> fp32 in the permuted order of `lay` (P floats).
 template <class V, int BITS>
 void permute_row(const void* xrow, int dtype, const Layout<V, BITS>& lay, float* out) {
   constexpr int PER = Layout<V, BITS>::PER, W = V::W, BC = Layout<V, BITS>::BC;
-  for (int64_t c0 = 0; c0 < lay.kv; c0 += BC) {
+  for (int64_t c0 = 0; c0 < lay.kvec; c0 += BC) {
+    const int lanes = c0 < lay.kfull ? W : lay.tail_lanes;
     for (int i = 0; i < W; ++i) {
-      for (int k = 0; k < PER; ++k) out[c0 + k * W + i] = load_param(xrow, c0 + i * PER + k, dtype);
+      for (int k = 0; k < PER; ++k) out[c0 + k * W + i] = i < lanes ? load_param(xrow, c0 + i * PER + k, dtype) : 0.0f;
     }
   }
-  for (int64_t c = lay.kv; c < lay.K; ++c) out[c] = load_param(xrow, c, dtype);
+  for (int64_t c = lay.kel; c < lay.K; ++c) out[lay.kvec + (c - lay.kel)] = load_param(xrow, c, dtype);
 }
 
-// The row's scales and zero points of groups [g0, g1) as fp32 (zero points as 2^23 + z), W floats of slack.
+// The row's scales and zero points of groups [g0, g1) as fp32 (zero points as 2^23 + z), `slack` more entries
+// of scale 0 (read by lanes past the end of the row, which meet zeros in x).
 inline void row_params(const QLinearArgs& a, int64_t n, int64_t g0, int64_t g1, float* sbuf, float* zbuf, int slack) {
   const float zsym = kMagic + static_cast<float>(1 << (a.bits - 1));
   for (int64_t j = g0; j < g1; ++j) {
@@ -133,10 +155,10 @@ inline void row_params(const QLinearArgs& a, int64_t n, int64_t g0, int64_t g1, 
 }
 
 // Lane scale and zero vectors of the block starting at column c0, for the split and gather modes. sbuf/zbuf
-// hold the groups from g_base on.
+// hold the groups [g_base, g_end) and then the slack.
 template <class V, int BITS>
 inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, int64_t c0, int64_t g_base,
-                        const float* sbuf, const float* zbuf, typename V::T& sv, typename V::T& zv) {
+                        int64_t g_end, const float* sbuf, const float* zbuf, typename V::T& sv, typename V::T& zv) {
   using L = Layout<V, BITS>;
   if (lay.mode == L::kSplitBlocks) {
     const int64_t j = c0 / lay.g - g_base;
@@ -145,7 +167,8 @@ inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, i
   } else {
     alignas(64) float st[V::W], zt[V::W];
     for (int i = 0; i < V::W; ++i) {
-      const int64_t j = (c0 + i * L::PER) / lay.g - g_base;
+      const int64_t c = c0 + i * L::PER;
+      const int64_t j = (c < lay.K ? c / lay.g : g_end) - g_base;
       st[i] = sbuf[j];
       zt[i] = zbuf[j];
     }
@@ -154,19 +177,30 @@ inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, i
   }
 }
 
+// The 16 dequantized values of a group for the table decoder: (u - z) * s for u = 0 .. 15 (zm = 2^23 + z).
+template <class V>
+inline typename V::T group_table(float s, float zm) {
+  return V::mul(V::sub(V::iota_magic(), V::splat(zm)), V::splat(s));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // GEMV path.
 // ---------------------------------------------------------------------------------------------------------------
 
-// acc[m][k % NACC] += (u - z) . x[m] over one block.
-template <class V, int BITS, int M, int NACC>
-inline void dot_block(const uint8_t* w, const float* xp, int64_t xstride, typename V::T zv,
+// acc[m][k % NACC] += w_k . x[m] over one block, with w_k = u - z (zero vector zv = 2^23 + z) or, with the table
+// decoder, w_k = table[u] = (u - z) * s.
+template <class V, int BITS, int M, int NACC, bool TABLE>
+inline void dot_block(const typename V::TI& v, const float* xp, int64_t xstride, typename V::T zv_or_table,
                       typename V::T (&acc)[M][NACC]) {
   using L = Layout<V, BITS>;
-  const typename V::TI v = V::loadi(w);
   static_for<L::PER>([&](auto kc) {
     constexpr int k = decltype(kc)::value;
-    const typename V::T f = V::sub(V::template field<k * BITS, BITS>(v), zv);
+    typename V::T f;
+    if constexpr (TABLE) {
+      f = V::template table_field<k * BITS>(v, zv_or_table);
+    } else {
+      f = V::sub(V::template field<k * BITS, BITS>(v), zv_or_table);
+    }
     for (int m = 0; m < M; ++m) {
       acc[m][k % NACC] = V::fmadd(f, V::load(xp + m * xstride + k * V::W), acc[m][k % NACC]);
     }
@@ -180,34 +214,50 @@ inline typename V::T sum_partials(const typename V::T (&a)[M][NACC], int m) {
   return s;
 }
 
-template <class V, int BITS, int M>
+template <class V, int M, int NACC>
+inline void zero_partials(typename V::T (&a)[M][NACC]) {
+  for (int m = 0; m < M; ++m) {
+    for (int j = 0; j < NACC; ++j) a[m][j] = V::zero();
+  }
+}
+
+// Rows [n0, n1) of y: sum over the row's vector blocks and its one-by-one columns, + bias, converted and stored.
+template <class V, int BITS, int M, bool TABLE>
 void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp, int64_t n0, int64_t n1,
                float* sbuf, float* zbuf) {
   using T = typename V::T;
   using L = Layout<V, BITS>;
   constexpr int W = V::W;
-  // Independent FMA chains: about 8 in flight hide the FMA latency.
+  // About 8 independent FMA chains hide the FMA latency.
   constexpr int NACC = (8 / M) < 1 ? 1 : ((8 / M) > L::PER ? L::PER : (8 / M));
-  const int64_t K = a.K, row_bytes = K * BITS / 8, nvb = lay.kv / L::BC;
+  const int64_t P = lay.P, row_bytes = a.K * BITS / 8, nvb = lay.blocks();
   const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
+  const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group in the whole-groups mode
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* wrow = a.qweight + n * row_bytes;
-    V::prefetch(wrow + 4 * row_bytes);
     row_params(a, n, 0, a.groups, sbuf, zbuf, W);
     T acc[M];
     for (int m = 0; m < M; ++m) acc[m] = V::zero();
-    if (lay.mode == L::kWholeGroups) {
-      const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group
+    if constexpr (TABLE) {
+      // Dequantized values straight from the table: no per-group scaling left to do.
+      T part[M][NACC];
+      zero_partials<V, M, NACC>(part);
+      for (int64_t gi = 0, b = 0; b < nvb; ++gi) {
+        const T table = group_table<V>(sbuf[gi], zbuf[gi]);
+        for (const int64_t bend = b + bpg; b < bend; ++b) {
+          V::prefetch(wrow + b * L::BB + 1024);
+          dot_block<V, BITS, M, NACC, true>(load_block(lay, wrow, b), xp + b * L::BC, P, table, part);
+        }
+      }
+      for (int m = 0; m < M; ++m) acc[m] = sum_partials<V, M, NACC>(part, m);
+    } else if (lay.mode == L::kWholeGroups) {
       for (int64_t gi = 0, b = 0; b < nvb; ++gi) {
         T part[M][NACC];
-        for (int m = 0; m < M; ++m) {
-          for (int j = 0; j < NACC; ++j) part[m][j] = V::zero();
-        }
+        zero_partials<V, M, NACC>(part);
         const T zv = V::splat(zbuf[gi]);
-        const int64_t bend = b + bpg;
-        for (; b < bend; ++b) {
+        for (const int64_t bend = b + bpg; b < bend; ++b) {
           V::prefetch(wrow + b * L::BB + 1024);
-          dot_block<V, BITS, M, NACC>(wrow + b * L::BB, xp + b * L::BC, K, zv, part);
+          dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
         }
         const T sv = V::splat(sbuf[gi]);
         for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
@@ -215,22 +265,20 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
     } else {
       for (int64_t b = 0; b < nvb; ++b) {
         T part[M][NACC];
-        for (int m = 0; m < M; ++m) {
-          for (int j = 0; j < NACC; ++j) part[m][j] = V::zero();
-        }
+        zero_partials<V, M, NACC>(part);
         T sv, zv;
-        lane_params<V, BITS>(lay, idx, b * L::BC, 0, sbuf, zbuf, sv, zv);
+        lane_params<V, BITS>(lay, idx, b * L::BC, 0, a.groups, sbuf, zbuf, sv, zv);
         V::prefetch(wrow + b * L::BB + 1024);
-        dot_block<V, BITS, M, NACC>(wrow + b * L::BB, xp + b * L::BC, K, zv, part);
+        dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
         for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
       }
     }
     float tail[M];
     for (int m = 0; m < M; ++m) tail[m] = 0.0f;
-    for (int64_t c = lay.kv; c < K; ++c) {
+    for (int64_t c = lay.kel; c < a.K; ++c) {
       const int64_t j = c / lay.g;
       const float w = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
-      for (int m = 0; m < M; ++m) tail[m] += w * xp[m * K + c];
+      for (int m = 0; m < M; ++m) tail[m] += w * xp[m * P + lay.kvec + (c - lay.kel)];
     }
     const float b = a.bias ? load_param(a.bias, n, a.bias_dtype) : 0.0f;
     for (int m = 0; m < M; ++m) {
@@ -255,8 +303,10 @@ int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
     if (sbuf == nullptr) {
 #pragma omp atomic write
       status = TC_ERR_OUT_OF_MEMORY;
+    } else if (lay.table) {
+      gemv_rows<V, BITS, M, true>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
     } else {
-      gemv_rows<V, BITS, M>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
+      gemv_rows<V, BITS, M, false>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
     }
     free(sbuf);
   }
@@ -266,11 +316,11 @@ int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
 template <class V, int BITS>
 int run_gemv(const QLinearArgs& a) {
   const Layout<V, BITS> lay(a.K, a.group_size, a.groups);
-  float* xp = static_cast<float*>(aligned_floats(a.M * a.K));
+  float* xp = static_cast<float*>(aligned_floats(a.M * lay.P));
   if (xp == nullptr) return TC_ERR_OUT_OF_MEMORY;
   const int xsize = tc_dtype_size(a.x_dtype);
   for (int64_t m = 0; m < a.M; ++m) {
-    permute_row<V, BITS>(static_cast<const char*>(a.x) + m * a.x_row_stride * xsize, a.x_dtype, lay, xp + m * a.K);
+    permute_row<V, BITS>(static_cast<const char*>(a.x) + m * a.x_row_stride * xsize, a.x_dtype, lay, xp + m * lay.P);
   }
   int status = TC_ERR_BAD_SIZE;
   switch (a.M) {
@@ -334,40 +384,58 @@ void micro_tile_rows(int rows, const float* wp, const float* xt, int64_t kcl, fl
   }
 }
 
-// panel[r][0 .. kcl) = dequantized columns [k0, k0 + kcl) of weight row n0 + r (permuted order), r < nr.
+// panel[r][0 .. pl) = dequantized weights of row n0 + r at permuted positions [p0, p0 + pl), r < nr.
 template <class V, int BITS>
 void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typename V::TI& idx, int64_t n0,
-                   int64_t nr, int64_t k0, int64_t kcl, float* panel, float* sbuf, float* zbuf) {
+                   int64_t nr, int64_t p0, int64_t pl, float* panel, float* sbuf, float* zbuf) {
   using T = typename V::T;
   using L = Layout<V, BITS>;
   using B = Blocking<V>;
   const int64_t row_bytes = a.K * BITS / 8;
-  const int64_t g0 = k0 / lay.g, g1 = (k0 + kcl - 1) / lay.g + 1;
-  const int64_t vend = lay.kv < k0 + kcl ? lay.kv : k0 + kcl;
+  const int64_t vend = lay.kvec < p0 + pl ? lay.kvec : p0 + pl;  // vector blocks: positions == columns
+  // Columns this panel covers: [p0, vend) in blocks, then one-by-one columns from kel on.
+  const int64_t c_last = p0 + pl > lay.kvec ? lay.kel + (p0 + pl - lay.kvec) - 1 : (vend < a.K ? vend : a.K) - 1;
+  const int64_t c_first = p0 < lay.kvec ? p0 : lay.kel + (p0 - lay.kvec);
+  const int64_t g0 = c_first / lay.g, g1 = c_last / lay.g + 1;
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t n = n0 + r;
     const uint8_t* wrow = a.qweight + n * row_bytes;
     float* prow = panel + r * B::KC;
     row_params(a, n, g0, g1, sbuf, zbuf, V::W);
-    for (int64_t c0 = k0; c0 < vend; c0 += L::BC) {
+    int64_t table_group = -1;
+    T table = V::zero();
+    for (int64_t c0 = p0; c0 < vend; c0 += L::BC) {
+      const typename V::TI v = load_block(lay, wrow, c0 / L::BC);
+      float* out = prow + (c0 - p0);
+      if (lay.table) {
+        const int64_t j = c0 / lay.g - g0;
+        if (j != table_group) {
+          table = group_table<V>(sbuf[j], zbuf[j]);
+          table_group = j;
+        }
+        static_for<L::PER>([&](auto kc) {
+          constexpr int k = decltype(kc)::value;
+          V::store(out + k * V::W, V::template table_field<k * BITS>(v, table));
+        });
+        continue;
+      }
       T sv, zv;
       if (lay.mode == L::kWholeGroups) {
         const int64_t j = c0 / lay.g - g0;
         sv = V::splat(sbuf[j]);
         zv = V::splat(zbuf[j]);
       } else {
-        lane_params<V, BITS>(lay, idx, c0, g0, sbuf, zbuf, sv, zv);
+        lane_params<V, BITS>(lay, idx, c0, g0, g1, sbuf, zbuf, sv, zv);
       }
-      const typename V::TI v = V::loadi(wrow + c0 * BITS / 8);
-      float* out = prow + (c0 - k0);
       static_for<L::PER>([&](auto kc) {
         constexpr int k = decltype(kc)::value;
         V::store(out + k * V::W, V::mul(V::sub(V::template field<k * BITS, BITS>(v), zv), sv));
       });
     }
-    for (int64_t c = vend > k0 ? vend : k0; c < k0 + kcl; ++c) {
+    for (int64_t q = vend > p0 ? vend : p0; q < p0 + pl; ++q) {
+      const int64_t c = lay.kel + (q - lay.kvec);
       const int64_t j = c / lay.g - g0;
-      prow[c - k0] = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
+      prow[q - p0] = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
     }
   }
 }
@@ -377,18 +445,18 @@ int run_gemm(const QLinearArgs& a) {
   using B = Blocking<V>;
   using L = Layout<V, BITS>;
   const Layout<V, BITS> lay(a.K, a.group_size, a.groups);
-  const int64_t K = a.K, M = a.M, N = a.N;
+  const int64_t P = lay.P, M = a.M, N = a.N;
   const int64_t mblocks = (M + B::MB - 1) / B::MB;
   const int xsize = tc_dtype_size(a.x_dtype), ysize = xsize;
-  // x^T, k-major within blocks of MB rows (zero rows pad the last block).
-  float* xt = static_cast<float*>(aligned_floats(mblocks * B::MB * K));
+  // x^T, position-major within blocks of MB rows (zero rows pad the last block).
+  float* xt = static_cast<float*>(aligned_floats(mblocks * B::MB * P));
   if (xt == nullptr) return TC_ERR_OUT_OF_MEMORY;
   int threads = a.num_threads;
   if (threads > mblocks) threads = static_cast<int>(mblocks);
   int status = TC_OK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    float* row = static_cast<float*>(aligned_floats(K));
+    float* row = static_cast<float*>(aligned_floats(P));
     if (row == nullptr) {
 #pragma omp atomic write
       status = TC_ERR_OUT_OF_MEMORY;
@@ -396,14 +464,14 @@ int run_gemm(const QLinearArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t mb = 0; mb < mblocks; ++mb) {
       if (row == nullptr) continue;
-      float* dst = xt + mb * B::MB * K;
+      float* dst = xt + mb * B::MB * P;
       for (int j = 0; j < B::MB; ++j) {
         const int64_t m = mb * B::MB + j;
         if (m < M) {
           permute_row<V, BITS>(static_cast<const char*>(a.x) + m * a.x_row_stride * xsize, a.x_dtype, lay, row);
-          for (int64_t k = 0; k < K; ++k) dst[k * B::MB + j] = row[k];
+          for (int64_t k = 0; k < P; ++k) dst[k * B::MB + j] = row[k];
         } else {
-          for (int64_t k = 0; k < K; ++k) dst[k * B::MB + j] = 0.0f;
+          for (int64_t k = 0; k < P; ++k) dst[k * B::MB + j] = 0.0f;
         }
       }
     }
@@ -425,7 +493,7 @@ int run_gemm(const QLinearArgs& a) {
   const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    const int64_t groups_per_panel = B::KC / lay.g + 2;  // groups a panel of KC columns can touch
+    const int64_t groups_per_panel = B::KC / lay.g + 2;  // groups a panel of KC positions can touch
     float* panel = static_cast<float*>(aligned_floats(nc * B::KC));
     float* ctile = static_cast<float*>(aligned_floats(nc * mc_max));
     float* sbuf = static_cast<float*>(aligned_floats(2 * (groups_per_panel + V::W)));
@@ -440,14 +508,14 @@ int run_gemm(const QLinearArgs& a) {
       const int64_t n0 = nb * nc, nr = (N - n0) < nc ? (N - n0) : nc;
       for (int64_t mc0 = 0; mc0 < mblocks * B::MB; mc0 += mc_max) {
         const int64_t mcl = (mblocks * B::MB - mc0) < mc_max ? (mblocks * B::MB - mc0) : mc_max;
-        for (int64_t k0 = 0; k0 < K; k0 += B::KC) {
-          const int64_t kcl = (K - k0) < B::KC ? (K - k0) : B::KC;
-          dequant_panel<V, BITS>(a, lay, idx, n0, nr, k0, kcl, panel, sbuf, zbuf);
+        for (int64_t p0 = 0; p0 < P; p0 += B::KC) {
+          const int64_t pl = (P - p0) < B::KC ? (P - p0) : B::KC;
+          dequant_panel<V, BITS>(a, lay, idx, n0, nr, p0, pl, panel, sbuf, zbuf);
           for (int64_t r0 = 0; r0 < nr; r0 += B::R) {
             const int rows = static_cast<int>((nr - r0) < B::R ? (nr - r0) : B::R);
             for (int64_t m0 = 0; m0 < mcl; m0 += B::MB) {
-              const float* xtile = xt + (mc0 + m0) * K + k0 * B::MB;
-              micro_tile_rows<V>(rows, panel + r0 * B::KC, xtile, kcl, ctile + r0 * mc_max + m0, mc_max, k0 > 0);
+              const float* xtile = xt + (mc0 + m0) * P + p0 * B::MB;
+              micro_tile_rows<V>(rows, panel + r0 * B::KC, xtile, pl, ctile + r0 * mc_max + m0, mc_max, p0 > 0);
             }
           }
         }

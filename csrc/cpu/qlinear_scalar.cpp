@@ -19,6 +19,12 @@ struct QVec : VecScalar {
   static T field(TI v) {
     return bits_to_float(((v >> SHIFT) & ((1u << BITS) - 1u)) | 0x4B000000u);
   }
+  static TI loadi_partial(const uint8_t* p, int lanes) { return lanes > 0 ? loadi(p) : 0u; }
+  // No 16-entry permute: the table decoder is not used.
+  static constexpr bool kTable = false;
+  static T iota_magic() { return 0.0f; }
+  template <int SHIFT>
+  static T table_field(TI, T) { return 0.0f; }
   static TI expand_index(int) { return 0; }
   static T expand(const float* p, TI) { return *p; }
   static float hsum(T v) { return v; }
