@@ -101,8 +101,8 @@ struct Layout {
     kvec = kfull + (tail_lanes > 0 ? BC : 0);
     kel = kfull + tail_lanes * PER;
     P = kvec + (K - kel);
-    if (groups == 1 || g % BC == 0) {
-      mode = kWholeGroups;
+    if (groups == 1 || g % BC == 0 || !lanes_ok) {
+      mode = kWholeGroups;  // (without lanes_ok there are no vector blocks)
     } else if (BC % g == 0) {
       mode = kSplitBlocks;
     } else {
