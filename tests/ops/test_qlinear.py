@@ -331,3 +331,16 @@ def test_cuda_keeps_the_current_device_and_takes_strided_x(cuda_device):
     got = qlinear(randn(6, 200, seed=1).to(cuda_device)[:, 10:138], *dev, 4, 32)
     assert torch.cuda.current_device() == before
     assert rel_error(got.cpu(), qlinear_reference(x, qweight, scales, zeros, 4, 32)) <= 1e-5
+
+
+@pytest.mark.skipif(_native._cuda is None, reason="tcompress._cuda is not built")
+def test_cuda_entry_point_checks_arguments_and_reports_a_missing_device():
+    C = _native._cuda
+    args = dict(x=1 << 20, x_dtype=0, M=1, K=64, x_row_stride=64, qweight=2 << 20, N=8, bits=4, scales=3 << 20,
+                scale_dtype=0, zeros=0, group_size=32, bias=0, bias_dtype=0, y=4 << 20, y_row_stride=8, device=0,
+                stream=0)  # fmt: skip
+    with pytest.raises(ValueError, match="unsupported size"):
+        C.qlinear(**{**args, "group_size": 24})
+    if C.device_count() == 0:
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            C.qlinear(**args)
