@@ -109,7 +109,9 @@ struct Layout {
       mode = kGatherLanes;
     }
     table = V::kTable && BITS == 4 && mode == kWholeGroups;
+    groups_per_block = mode == kSplitBlocks ? BC / g : 0;
   }
+  int64_t groups_per_block;  // split mode: BC / g
   int64_t full_blocks() const { return kfull / BC; }
   int64_t blocks() const { return kvec / BC; }
 };
@@ -161,7 +163,7 @@ inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, i
                         int64_t g_end, const float* sbuf, const float* zbuf, typename V::T& sv, typename V::T& zv) {
   using L = Layout<V, BITS>;
   if (lay.mode == L::kSplitBlocks) {
-    const int64_t j = c0 / lay.g - g_base;
+    const int64_t j = (c0 / L::BC) * lay.groups_per_block - g_base;  // c0 / g without a division
     sv = V::expand(sbuf + j, idx);
     zv = V::expand(zbuf + j, idx);
   } else {
@@ -181,6 +183,13 @@ inline void lane_params(const Layout<V, BITS>& lay, const typename V::TI& idx, i
 template <class V>
 inline typename V::T group_table(float s, float zm) {
   return V::mul(V::sub(V::iota_magic(), V::splat(zm)), V::splat(s));
+}
+
+// Scale and zero point (as 2^23 + z) of group j of row n.
+inline void group_params(const QLinearArgs& a, int64_t n, int64_t j, float& s, float& zm) {
+  const int64_t i = n * a.groups + j;
+  s = load_param(a.scales, i, a.scale_dtype);
+  zm = kMagic + static_cast<float>(a.zeros ? a.zeros[i] : (1u << (a.bits - 1)));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -221,10 +230,16 @@ inline void zero_partials(typename V::T (&a)[M][NACC]) {
   }
 }
 
+// Rows of y per batch (the GEMV path): the batch walks x in chunks that stay in L1, keeping its partial sums in
+// a small buffer, so x is read from L1 and only the weights stream from memory (for K = 14336 the permuted x
+// row alone is 56 KiB, past L1, and re-reading it from L2 for every row cost up to 40%).
+constexpr int64_t kGemvRowBatch = 64;
+constexpr int64_t kGemvChunkFloats = 6144;  // 24 KiB of x per chunk (all M rows together)
+
 // Rows [n0, n1) of y: sum over the row's vector blocks and its one-by-one columns, + bias, converted and stored.
 template <class V, int BITS, int M, bool TABLE>
 void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp, int64_t n0, int64_t n1,
-               float* sbuf, float* zbuf) {
+               float* sbuf, float* zbuf, typename V::T* accbuf) {
   using T = typename V::T;
   using L = Layout<V, BITS>;
   constexpr int W = V::W;
@@ -233,57 +248,78 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
   const int64_t P = lay.P, row_bytes = a.K * BITS / 8, nvb = lay.blocks();
   const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
   const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group in the whole-groups mode
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* wrow = a.qweight + n * row_bytes;
-    row_params(a, n, 0, a.groups, sbuf, zbuf, W);
-    T acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = V::zero();
-    if constexpr (TABLE) {
-      // Dequantized values straight from the table: no per-group scaling left to do.
-      T part[M][NACC];
-      zero_partials<V, M, NACC>(part);
-      for (int64_t gi = 0, b = 0; b < nvb; ++gi) {
-        const T table = group_table<V>(sbuf[gi], zbuf[gi]);
-        for (const int64_t bend = b + bpg; b < bend; ++b) {
-          V::prefetch(wrow + b * L::BB + 1024);
-          dot_block<V, BITS, M, NACC, true>(load_block(lay, wrow, b), xp + b * L::BC, P, table, part);
+  int64_t chunk = kGemvChunkFloats / (M * L::BC);
+  if (chunk < 1) chunk = 1;
+  for (int64_t nb0 = n0; nb0 < n1; nb0 += kGemvRowBatch) {
+    const int64_t nb1 = (n1 - nb0) < kGemvRowBatch ? n1 : nb0 + kGemvRowBatch;
+    for (int64_t i = 0; i < (nb1 - nb0) * M; ++i) accbuf[i] = V::zero();
+    for (int64_t cb0 = 0; cb0 < nvb; cb0 += chunk) {
+      const int64_t cb1 = (nvb - cb0) < chunk ? nvb : cb0 + chunk;
+      const int64_t cg0 = cb0 * L::BC / lay.g;
+      const int64_t cg1 = ((cb1 * L::BC < a.K ? cb1 * L::BC : a.K) - 1) / lay.g + 1;
+      for (int64_t n = nb0; n < nb1; ++n) {
+        const uint8_t* wrow = a.qweight + n * row_bytes;
+        // The same blocks of the next row: the order in which the batch reads the weights.
+        const uint8_t* wnext = wrow + row_bytes;
+        T* acc = accbuf + (n - nb0) * M;
+        // The chunk's scales and zero points as fp32, converted once per row and chunk.
+        row_params(a, n, cg0, cg1, sbuf, zbuf, W);
+        if constexpr (TABLE) {
+          // Dequantized values straight from the table: no per-group scaling left to do.
+          T part[M][NACC];
+          zero_partials<V, M, NACC>(part);
+          // (Group indices advance by counting: a 64-bit division per block cost as much as the block.)
+          for (int64_t b = cb0, gi = cg0; b < cb1; ++gi) {
+            const int64_t bend = (gi + 1) * bpg < cb1 ? (gi + 1) * bpg : cb1;
+            const T table = group_table<V>(sbuf[gi - cg0], zbuf[gi - cg0]);
+            for (; b < bend; ++b) {
+              V::prefetch(wnext + b * L::BB);
+              dot_block<V, BITS, M, NACC, true>(load_block(lay, wrow, b), xp + b * L::BC, P, table, part);
+            }
+          }
+          for (int m = 0; m < M; ++m) acc[m] = V::add(acc[m], sum_partials<V, M, NACC>(part, m));
+        } else if (lay.mode == L::kWholeGroups) {
+          for (int64_t b = cb0, gi = cg0; b < cb1; ++gi) {
+            const int64_t bend = (gi + 1) * bpg < cb1 ? (gi + 1) * bpg : cb1;
+            T part[M][NACC];
+            zero_partials<V, M, NACC>(part);
+            const T zv = V::splat(zbuf[gi - cg0]);
+            for (; b < bend; ++b) {
+              V::prefetch(wnext + b * L::BB);
+              dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
+            }
+            const T sv = V::splat(sbuf[gi - cg0]);
+            for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
+          }
+        } else {
+          for (int64_t b = cb0; b < cb1; ++b) {
+            T part[M][NACC];
+            zero_partials<V, M, NACC>(part);
+            T sv, zv;
+            lane_params<V, BITS>(lay, idx, b * L::BC, cg0, cg1, sbuf, zbuf, sv, zv);
+            V::prefetch(wnext + b * L::BB);
+            dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
+            for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
+          }
         }
       }
-      for (int m = 0; m < M; ++m) acc[m] = sum_partials<V, M, NACC>(part, m);
-    } else if (lay.mode == L::kWholeGroups) {
-      for (int64_t gi = 0, b = 0; b < nvb; ++gi) {
-        T part[M][NACC];
-        zero_partials<V, M, NACC>(part);
-        const T zv = V::splat(zbuf[gi]);
-        for (const int64_t bend = b + bpg; b < bend; ++b) {
-          V::prefetch(wrow + b * L::BB + 1024);
-          dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
-        }
-        const T sv = V::splat(sbuf[gi]);
-        for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
-      }
-    } else {
-      for (int64_t b = 0; b < nvb; ++b) {
-        T part[M][NACC];
-        zero_partials<V, M, NACC>(part);
-        T sv, zv;
-        lane_params<V, BITS>(lay, idx, b * L::BC, 0, a.groups, sbuf, zbuf, sv, zv);
-        V::prefetch(wrow + b * L::BB + 1024);
-        dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
-        for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
-      }
     }
-    float tail[M];
-    for (int m = 0; m < M; ++m) tail[m] = 0.0f;
-    for (int64_t c = lay.kel; c < a.K; ++c) {
-      const int64_t j = c / lay.g;
-      const float w = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zbuf[j]) * sbuf[j];
-      for (int m = 0; m < M; ++m) tail[m] += w * xp[m * P + lay.kvec + (c - lay.kel)];
-    }
-    const float b = a.bias ? load_param(a.bias, n, a.bias_dtype) : 0.0f;
-    for (int m = 0; m < M; ++m) {
-      store_value(static_cast<char*>(a.y) + m * a.y_row_stride * tc_dtype_size(a.x_dtype), n, a.x_dtype,
-                  V::hsum(acc[m]) + tail[m] + b);
+    for (int64_t n = nb0; n < nb1; ++n) {
+      const uint8_t* wrow = a.qweight + n * row_bytes;
+      float tail[M];
+      for (int m = 0; m < M; ++m) tail[m] = 0.0f;
+      for (int64_t c = lay.kel; c < a.K; ++c) {
+        float s, zm;
+        group_params(a, n, c / lay.g, s, zm);
+        const float w = (static_cast<float>(code_at(wrow, c, BITS)) + kMagic - zm) * s;
+        for (int m = 0; m < M; ++m) tail[m] += w * xp[m * P + lay.kvec + (c - lay.kel)];
+      }
+      const float b = a.bias ? load_param(a.bias, n, a.bias_dtype) : 0.0f;
+      const T* acc = accbuf + (n - nb0) * M;
+      for (int m = 0; m < M; ++m) {
+        store_value(static_cast<char*>(a.y) + m * a.y_row_stride * tc_dtype_size(a.x_dtype), n, a.x_dtype,
+                    V::hsum(acc[m]) + tail[m] + b);
+      }
     }
   }
 }
@@ -299,16 +335,22 @@ int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     // Contiguous row ranges: each thread streams one region of the weights.
     const int64_t n0 = a.N * t / nt, n1 = a.N * (t + 1) / nt;
-    float* sbuf = static_cast<float*>(aligned_floats(2 * (a.groups + V::W)));
-    if (sbuf == nullptr) {
+    const int64_t params = 2 * (a.groups + V::W);
+    float* buf = static_cast<float*>(aligned_floats(params + kGemvRowBatch * M * V::W));
+    if (buf == nullptr) {
 #pragma omp atomic write
       status = TC_ERR_OUT_OF_MEMORY;
-    } else if (lay.table) {
-      gemv_rows<V, BITS, M, true>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
     } else {
-      gemv_rows<V, BITS, M, false>(a, lay, xp, n0, n1, sbuf, sbuf + a.groups + V::W);
+      float* sbuf = buf + kGemvRowBatch * M * V::W;  // after the (aligned) partial sums
+      float* zbuf = sbuf + a.groups + V::W;
+      auto* accbuf = reinterpret_cast<typename V::T*>(buf);
+      if (lay.table) {
+        gemv_rows<V, BITS, M, true>(a, lay, xp, n0, n1, sbuf, zbuf, accbuf);
+      } else {
+        gemv_rows<V, BITS, M, false>(a, lay, xp, n0, n1, sbuf, zbuf, accbuf);
+      }
     }
-    free(sbuf);
+    free(buf);
   }
   return status;
 }
