@@ -122,10 +122,11 @@ inline uint32_t code_at(const uint8_t* wrow, int64_t c, int bits) {
 }
 
 // The 32-bit lanes of block b of a weight row (the partial block: its lanes, zeros after).
+// (nfull = lay.full_blocks() and tail_lanes are passed by value so that the hot loops keep them in registers.)
 template <class V, int BITS>
-inline typename V::TI load_block(const Layout<V, BITS>& lay, const uint8_t* wrow, int64_t b) {
+inline typename V::TI load_block(const uint8_t* wrow, int64_t b, int64_t nfull, int tail_lanes) {
   const uint8_t* p = wrow + b * Layout<V, BITS>::BB;
-  return b < lay.full_blocks() ? V::loadi(p) : V::loadi_partial(p, lay.tail_lanes);
+  return b < nfull ? V::loadi(p) : V::loadi_partial(p, tail_lanes);
 }
 
 // x row (any dtype) -> fp32 in the permuted order of `lay` (P floats).
@@ -248,6 +249,8 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
   const int64_t P = lay.P, row_bytes = a.K * BITS / 8, nvb = lay.blocks();
   const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
   const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group in the whole-groups mode
+  const int64_t nfull = lay.full_blocks();
+  const int tail_lanes = lay.tail_lanes;
   int64_t chunk = kGemvChunkFloats / (M * L::BC);
   if (chunk < 1) chunk = 1;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kGemvRowBatch) {
@@ -274,7 +277,7 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
             const T table = group_table<V>(sbuf[gi - cg0], zbuf[gi - cg0]);
             for (; b < bend; ++b) {
               V::prefetch(wnext + b * L::BB);
-              dot_block<V, BITS, M, NACC, true>(load_block(lay, wrow, b), xp + b * L::BC, P, table, part);
+              dot_block<V, BITS, M, NACC, true>(load_block<V, BITS>(wrow, b, nfull, tail_lanes), xp + b * L::BC, P, table, part);
             }
           }
           for (int m = 0; m < M; ++m) acc[m] = V::add(acc[m], sum_partials<V, M, NACC>(part, m));
@@ -286,7 +289,7 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
             const T zv = V::splat(zbuf[gi - cg0]);
             for (; b < bend; ++b) {
               V::prefetch(wnext + b * L::BB);
-              dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
+              dot_block<V, BITS, M, NACC, false>(load_block<V, BITS>(wrow, b, nfull, tail_lanes), xp + b * L::BC, P, zv, part);
             }
             const T sv = V::splat(sbuf[gi - cg0]);
             for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
@@ -298,7 +301,7 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
             T sv, zv;
             lane_params<V, BITS>(lay, idx, b * L::BC, cg0, cg1, sbuf, zbuf, sv, zv);
             V::prefetch(wnext + b * L::BB);
-            dot_block<V, BITS, M, NACC, false>(load_block(lay, wrow, b), xp + b * L::BC, P, zv, part);
+            dot_block<V, BITS, M, NACC, false>(load_block<V, BITS>(wrow, b, nfull, tail_lanes), xp + b * L::BC, P, zv, part);
             for (int m = 0; m < M; ++m) acc[m] = V::fmadd(sv, sum_partials<V, M, NACC>(part, m), acc[m]);
           }
         }
@@ -439,6 +442,8 @@ void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typen
   const int64_t c_last = p0 + pl > lay.kvec ? lay.kel + (p0 + pl - lay.kvec) - 1 : (vend < a.K ? vend : a.K) - 1;
   const int64_t c_first = p0 < lay.kvec ? p0 : lay.kel + (p0 - lay.kvec);
   const int64_t g0 = c_first / lay.g, g1 = c_last / lay.g + 1;
+  const int64_t nfull = lay.full_blocks();
+  const int tail_lanes = lay.tail_lanes;
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t n = n0 + r;
     const uint8_t* wrow = a.qweight + n * row_bytes;
@@ -447,7 +452,7 @@ void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typen
     int64_t table_group = -1;
     T table = V::zero();
     for (int64_t c0 = p0; c0 < vend; c0 += L::BC) {
-      const typename V::TI v = load_block(lay, wrow, c0 / L::BC);
+      const typename V::TI v = load_block<V, BITS>(wrow, c0 / L::BC, nfull, tail_lanes);
       float* out = prow + (c0 - p0);
       if (lay.table) {
         const int64_t j = c0 / lay.g - g0;
