@@ -17,6 +17,7 @@
 #include "../common/hadamard_check.h"
 #include "cuda_error.h"
 #include "device_guard.h"
+#include "float_convert.cuh"
 #include "tcompress/hadamard_cuda.h"
 
 namespace tcompress {
@@ -25,24 +26,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kRowElems = 2048;  // rows shorter than this share a block
 constexpr int kC = 4;                // outputs of the dense k-part per thread and pass
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // One radix-RADIX pass (log2(RADIX) stages at element strides s, 2s, 4s) over every segment of length p of
 // the `total` elements in shared memory. EMIT: scale, convert and store to global instead of shared memory.

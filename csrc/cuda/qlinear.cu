@@ -16,6 +16,7 @@
 #include "../common/qlinear_check.h"
 #include "cuda_error.h"
 #include "device_guard.h"
+#include "float_convert.cuh"
 #include "tcompress/hadamard_cuda.h"
 #include "tcompress/qlinear.h"
 #include "tcompress/qlinear_cuda.h"
@@ -37,24 +38,6 @@ struct QParams {
   int bias_dtype;
   void* y;
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ float load_any(const void* p, int64_t i, int dtype) {
   switch (dtype) {

@@ -78,6 +78,23 @@ def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
     )
 
 
+def check_quantizable(weight: torch.Tensor, spec: QuantSpec, label: str) -> None:
+    """weight (out, in): raises ValueError naming ``label`` unless ``spec`` can quantize it (group size divides
+    in_features, int4 needs an even in_features, every value finite)."""
+    out_features, in_features = weight.shape
+    if spec.group_size is not None and in_features % spec.group_size:
+        raise ValueError(
+            f"cannot quantize {label}: group_size {spec.group_size} does not divide its in_features "
+            f"{in_features} (weight {out_features} x {in_features}); use a divisor of {in_features} or "
+            "group_size=None (per output channel)"
+        )
+    if spec.bits == 4 and in_features % 2:
+        raise ValueError(f"cannot quantize {label} to int4 (two columns per byte): in_features {in_features} is odd")
+    bad = int((~torch.isfinite(weight.detach())).sum())
+    if bad:
+        raise ValueError(f"cannot quantize {label}: its weight holds NaN or Inf ({bad} non-finite values)")
+
+
 class QuantLinear(nn.Module):
     """x (..., in_features) -> (..., out_features), with a packed int4/int8 weight.
 
@@ -118,18 +135,9 @@ class QuantLinear(nn.Module):
         """
         spec = QuantSpec.of(config)
         weight, bias = _weight_and_bias(module)
-        label = f"module {name!r}" if name else f"{type(module).__name__}"
+        check_quantizable(weight, spec, f"module {name!r}" if name else type(module).__name__)
         out_features, in_features = weight.shape
-        if spec.group_size is not None and in_features % spec.group_size:
-            raise ValueError(
-                f"cannot quantize {label}: group_size {spec.group_size} does not divide its in_features "
-                f"{in_features} (weight {out_features} x {in_features}); use a divisor of {in_features} or "
-                "group_size=None (per output channel)"
-            )
         w = weight.detach()
-        bad = (~torch.isfinite(w)).sum().item()
-        if bad:
-            raise ValueError(f"cannot quantize {label}: its weight holds NaN or Inf ({bad} non-finite values)")
         q = ops.quantize(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
         new = cls(in_features, out_features, spec, bias=bias is not None).to(w.device)
         new.qweight.copy_(ops.pack_int4(q.codes) if spec.bits == 4 else q.codes)

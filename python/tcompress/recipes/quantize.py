@@ -13,6 +13,7 @@ import torch
 
 from .. import models
 from ..nn import QuantLinear, QuantSpec
+from ..nn.quant_linear import check_quantizable
 from .config import RecipeConfig, select
 
 
@@ -75,7 +76,7 @@ class QuantizeConfig(RecipeConfig):
             )
         spec = QuantSpec.of(self)
         for name in names:
-            _check_quantizable(name, candidates[name], spec)
+            check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
         untie = head_name is not None and arch.is_tied(model)
         for name in names:
             models.set_module(model, name, QuantLinear.from_linear(candidates[name], spec, name=name))
@@ -83,19 +84,3 @@ class QuantizeConfig(RecipeConfig):
             # The embedding keeps its fp weights and the head is now a module of its own: a reload must not re-tie.
             model.config.tie_word_embeddings = False
         return {"modules": names, "bits": self.bits, "group_size": self.group_size}
-
-
-def _check_quantizable(name: str, module: torch.nn.Module, spec: QuantSpec) -> None:
-    weight = models.projection_weight(module)
-    out_features, in_features = weight.shape
-    if spec.group_size is not None and in_features % spec.group_size:
-        raise ValueError(
-            f"cannot quantize module {name!r}: group_size {spec.group_size} does not divide its in_features "
-            f"{in_features} (weight {out_features} x {in_features}); use a divisor of {in_features} or "
-            "group_size=None (per output channel)"
-        )
-    if spec.bits == 4 and in_features % 2:
-        raise ValueError(f"cannot quantize module {name!r} to int4: in_features {in_features} is odd")
-    bad = int((~torch.isfinite(weight)).sum())
-    if bad:
-        raise ValueError(f"cannot quantize module {name!r}: its weight holds NaN or Inf ({bad} non-finite values)")
