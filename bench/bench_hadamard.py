@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import tcompress
 import torch
-from conftest import best_seconds
+from conftest import best_seconds, devices, timed
 from tcompress.ops import hadamard_reference, hadamard_transform
 
 ROWS = 4096
@@ -20,43 +20,23 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DENSE_MAX_N = 4096  # beyond this the O(n^2) matmul baseline takes minutes on 2 cores (and H alone is > 256 MB)
 
 
-def _devices():
-    devices = ["cpu"]
-    if tcompress.cuda_available() and torch.cuda.is_available():
-        devices.append("cuda")
-    return devices
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _make(device: str, dtype: torch.dtype, n: int):
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(ROWS, n, generator=gen).to(dtype=dtype, device=device)
     return x, torch.empty_like(x)
 
 
-def _timed(device, fn):
-    def run():
-        fn()
-        _sync(device)
-
-    return run
-
-
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("n", SIZES)
 def test_tcompress(benchmark, record, device, dtype, n):
     x, out = _make(device, DTYPES[dtype], n)
     benchmark.group = f"hadamard {device} {dtype} n={n}"
-    kernel = _timed(device, lambda: hadamard_transform(x, out=out))
+    kernel = timed(device, lambda: hadamard_transform(x, out=out))
     benchmark(kernel)
     t_kernel = benchmark.stats.stats.min
-    t_copy = best_seconds(_timed(device, lambda: out.copy_(x)), repeat=20)
-    t_fwht = best_seconds(_timed(device, lambda: hadamard_reference(x)), repeat=1, warmup=0)
+    t_copy = best_seconds(timed(device, lambda: out.copy_(x)), repeat=20)
+    t_fwht = best_seconds(timed(device, lambda: hadamard_reference(x)), repeat=1, warmup=0)
     nbytes = 2 * x.numel() * x.element_size()
     record(
         benchmark,
@@ -75,26 +55,26 @@ def test_tcompress(benchmark, record, device, dtype, n):
     )
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("n", SIZES)
 def test_copy(benchmark, device, dtype, n):
     x, out = _make(device, DTYPES[dtype], n)
     benchmark.group = f"hadamard {device} {dtype} n={n}"
-    benchmark(_timed(device, lambda: out.copy_(x)))
+    benchmark(timed(device, lambda: out.copy_(x)))
     benchmark.extra_info["gb_per_s"] = 2 * x.numel() * x.element_size() / benchmark.stats.stats.min / 1e9
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("n", SIZES)
 def test_torch_fwht(benchmark, device, dtype, n):
     x, _ = _make(device, DTYPES[dtype], n)
     benchmark.group = f"hadamard {device} {dtype} n={n}"
-    benchmark.pedantic(_timed(device, lambda: hadamard_reference(x)), rounds=2, iterations=1)
+    benchmark.pedantic(timed(device, lambda: hadamard_reference(x)), rounds=2, iterations=1)
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("n", SIZES)
 def test_dense_matmul(benchmark, device, dtype, n):
@@ -103,4 +83,4 @@ def test_dense_matmul(benchmark, device, dtype, n):
     x, _ = _make(device, DTYPES[dtype], n)
     h = tcompress.hadamard_matrix(n, DTYPES[dtype], normalized=True, device=device)
     benchmark.group = f"hadamard {device} {dtype} n={n}"
-    benchmark.pedantic(_timed(device, lambda: x @ h), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(timed(device, lambda: x @ h), rounds=3, iterations=1, warmup_rounds=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import tcompress
 import torch
-from conftest import best_seconds
+from conftest import best_seconds, devices, timed
 from tcompress import _native
 from tcompress.ops import (
     dequantize,
@@ -33,18 +33,6 @@ from tcompress.ops import (
 SHAPES = {"smollm2_mlp": (1536, 576), "gpt2_mlp": (3072, 768), "mistral_qkvo": (4096, 4096)}
 GROUP = 64
 OPS = ("pack_int4", "unpack_int4", "dequantize_int4_bf16", "dequantize_int8_fp32", "quantize_int4_fp32")
-
-
-def _devices():
-    devices = ["cpu"]
-    if tcompress.cuda_available() and torch.cuda.is_available():
-        devices.append("cuda")
-    return devices
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _case(op: str, device: str, shape):
@@ -121,26 +109,18 @@ def _case(op: str, device: str, shape):
     )
 
 
-def _timed(device, fn):
-    def run():
-        fn()
-        _sync(device)
-
-    return run
-
-
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("op", OPS)
 def test_tcompress(benchmark, record, device, op, shape):
     kernel, reference, native, nbytes = _case(op, device, SHAPES[shape])
     benchmark.group = f"quant {device} {op} {shape}"
-    benchmark(_timed(device, kernel))
+    benchmark(timed(device, kernel))
     t_kernel = benchmark.stats.stats.min
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    t_copy = best_seconds(_timed(device, lambda: dst.copy_(src)), repeat=20)
-    t_ref = best_seconds(_timed(device, reference), repeat=3)
+    t_copy = best_seconds(timed(device, lambda: dst.copy_(src)), repeat=20)
+    t_ref = best_seconds(timed(device, reference), repeat=3)
     t_native = best_seconds(native, repeat=20) if native else float("nan")
     record(
         benchmark,

@@ -25,6 +25,30 @@ def best_seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> 
     return best
 
 
+def devices() -> list[str]:
+    """The devices to benchmark on: CPU, and CUDA when the tcompress kernels can run there."""
+    found = ["cpu"]
+    if tcompress.cuda_available() and torch.cuda.is_available():
+        found.append("cuda")
+    return found
+
+
+def sync(device: str) -> None:
+    """Waits for queued CUDA work, so a timer around a launch measures the kernel."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: str, fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` followed by a device synchronisation: what a benchmark should time."""
+
+    def run():
+        fn()
+        sync(device)
+
+    return run
+
+
 @pytest.fixture
 def record():
     """record(benchmark, **fields): stores fields in extra_info and in the end-of-run table."""
