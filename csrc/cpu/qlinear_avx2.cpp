@@ -17,6 +17,10 @@ struct QVec : VecAvx2 {
   }
   // vpermps on 8 lanes indexes only 8 entries: the table decoder is not used.
   static constexpr bool kTable = false;
+  static constexpr bool kTable2 = false;  // (nor the two-group one)
+  static TI table2_hi() { return TI{}; }
+  template <int SHIFT>
+  static T table2_field(TI, TI, T, T) { return zero(); }
   static T iota_magic() { return zero(); }
   template <int SHIFT>
   static T table_field(TI, T) { return zero(); }

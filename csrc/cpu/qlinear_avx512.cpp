@@ -30,6 +30,18 @@ struct QVec : VecAvx512 {
   static T table_field(TI v, T table) {
     return _mm512_permutexvar_ps(SHIFT ? _mm512_srli_epi32(v, SHIFT) : v, table);
   }
+  // Two-group table (int4, group = half a block, i.e. 64 columns): lanes 0-7 look up t0, lanes 8-15 t1, with
+  // vpermt2ps, whose index bit 4 picks the table: idx = ((v >> SHIFT) & 15) | hi, hi = 16 in lanes 8-15.
+  static constexpr bool kTable2 = true;
+  static TI table2_hi() {
+    return _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+  }
+  template <int SHIFT>
+  static T table2_field(TI v, TI hi, T t0, T t1) {
+    const TI s = SHIFT ? _mm512_srli_epi32(v, SHIFT) : v;
+    const TI idx = SHIFT + 4 == 32 ? _mm512_or_si512(s, hi) : _mm512_ternarylogic_epi32(s, _mm512_set1_epi32(15), hi, 0xEA);
+    return _mm512_permutex2var_ps(t0, idx, t1);
+  }
   // ((v >> SHIFT) & (2^BITS - 1)) | bits(2^23) per lane: one vpternlogd after the shift.
   template <int SHIFT, int BITS>
   static T field(TI v) {

@@ -43,7 +43,9 @@ namespace {
 
 constexpr float kMagic = 8388608.0f;         // 2^23: its float has the integer u in its low mantissa bits
 constexpr uint32_t kMagicBits = 0x4B000000u;  // bits of 2^23
-constexpr int64_t kParallelMinWeights = int64_t(1) << 16;
+// GEMV calls below this many weights run on one thread: at 576x192 (110K weights, ~4.5 us) the OpenMP fork and
+// join cost more than the second thread saved (2 threads 5.7-6.2 us); at 576x576 (332K) 2 threads win, 9 vs 11 us.
+constexpr int64_t kParallelMinWeights = int64_t(1) << 18;
 
 template <int N, class F, int... Ks>
 inline void static_for_impl(F&& f, std::integer_sequence<int, Ks...>) {
@@ -110,8 +112,10 @@ struct Layout {
     }
     table = V::kTable && BITS == 4 && mode == kWholeGroups;
     groups_per_block = mode == kSplitBlocks ? BC / g : 0;
+    table2 = V::kTable2 && BITS == 4 && mode == kSplitBlocks && groups_per_block == 2;
   }
   int64_t groups_per_block;  // split mode: BC / g
+  bool table2;  // int4, two groups per block, with a 32-entry two-table permute: decode through two group tables
   int64_t full_blocks() const { return kfull / BC; }
   int64_t blocks() const { return kvec / BC; }
 };
@@ -143,18 +147,31 @@ void permute_row(const void* xrow, int dtype, const Layout<V, BITS>& lay, float*
 }
 
 // The row's scales and zero points of groups [g0, g1) as fp32 (zero points as 2^23 + z), `slack` more entries
-// of scale 0 (read by lanes past the end of the row, which meet zeros in x).
-inline void row_params(const QLinearArgs& a, int64_t n, int64_t g0, int64_t g1, float* sbuf, float* zbuf, int slack) {
-  const float zsym = kMagic + static_cast<float>(1 << (a.bits - 1));
-  for (int64_t j = g0; j < g1; ++j) {
-    const int64_t i = n * a.groups + j;
-    sbuf[j - g0] = load_param(a.scales, i, a.scale_dtype);
-    zbuf[j - g0] = a.zeros ? kMagic + static_cast<float>(a.zeros[i]) : zsym;
+// of scale 0 (read by lanes past the end of the row, which meet zeros in x). With zeros_filled (symmetric codes,
+// zbuf already holds 2^23 + 2^(bits-1) everywhere) only the scales are written. One loop per dtype, which the
+// compiler vectorizes: at short K this runs once per handful of blocks and the per-element dtype switch cost
+// as much as the blocks.
+inline void row_params(const QLinearArgs& a, int64_t n, int64_t g0, int64_t g1, float* sbuf, float* zbuf, int slack,
+                       bool zeros_filled = false) {
+  const int64_t cnt = g1 - g0, base = n * a.groups + g0;
+  if (a.scale_dtype == TC_FLOAT32) {
+    memcpy(sbuf, static_cast<const float*>(a.scales) + base, static_cast<size_t>(cnt) * sizeof(float));
+  } else if (a.scale_dtype == TC_BFLOAT16) {
+    const uint16_t* p = static_cast<const uint16_t*>(a.scales) + base;
+    for (int64_t j = 0; j < cnt; ++j) sbuf[j] = bf16_to_float(p[j]);
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(a.scales) + base;
+    for (int64_t j = 0; j < cnt; ++j) sbuf[j] = f16_to_float(p[j]);
   }
-  for (int j = 0; j < slack; ++j) {
-    sbuf[g1 - g0 + j] = 0.0f;
-    zbuf[g1 - g0 + j] = kMagic;
+  for (int j = 0; j < slack; ++j) sbuf[cnt + j] = 0.0f;
+  if (zeros_filled) return;
+  if (a.zeros) {
+    for (int64_t j = 0; j < cnt; ++j) zbuf[j] = kMagic + static_cast<float>(a.zeros[base + j]);
+  } else {
+    const float zsym = kMagic + static_cast<float>(1 << (a.bits - 1));
+    for (int64_t j = 0; j < cnt; ++j) zbuf[j] = zsym;
   }
+  for (int j = 0; j < slack; ++j) zbuf[cnt + j] = kMagic;
 }
 
 // Lane scale and zero vectors of the block starting at column c0, for the split and gather modes. sbuf/zbuf
@@ -217,6 +234,19 @@ inline void dot_block(const typename V::TI& v, const float* xp, int64_t xstride,
   });
 }
 
+// The same with two tables: lanes of the block's first half read t0, of the second half t1 (hi: table2_hi()).
+template <class V, int M, int NACC>
+inline void dot_block2(const typename V::TI& v, const float* xp, int64_t xstride, const typename V::TI& hi,
+                       typename V::T t0, typename V::T t1, typename V::T (&acc)[M][NACC]) {
+  static_for<8>([&](auto kc) {
+    constexpr int k = decltype(kc)::value;
+    const typename V::T f = V::template table2_field<k * 4>(v, hi, t0, t1);
+    for (int m = 0; m < M; ++m) {
+      acc[m][k % NACC] = V::fmadd(f, V::load(xp + m * xstride + k * V::W), acc[m][k % NACC]);
+    }
+  });
+}
+
 template <class V, int M, int NACC>
 inline typename V::T sum_partials(const typename V::T (&a)[M][NACC], int m) {
   typename V::T s = a[m][0];
@@ -238,7 +268,7 @@ constexpr int64_t kGemvRowBatch = 64;
 constexpr int64_t kGemvChunkFloats = 6144;  // 24 KiB of x per chunk (all M rows together)
 
 // Rows [n0, n1) of y: sum over the row's vector blocks and its one-by-one columns, + bias, converted and stored.
-template <class V, int BITS, int M, bool TABLE>
+template <class V, int BITS, int M, bool TABLE, bool TABLE2 = false>
 void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp, int64_t n0, int64_t n1,
                float* sbuf, float* zbuf, typename V::T* accbuf) {
   using T = typename V::T;
@@ -251,6 +281,10 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
   const int64_t bpg = a.groups == 1 ? nvb : lay.g / L::BC;  // blocks per group in the whole-groups mode
   const int64_t nfull = lay.full_blocks();
   const int tail_lanes = lay.tail_lanes;
+  // Symmetric codes: a two-group table is (u - 2^(bits-1)) * s, one multiply of a constant vector (tried in the
+  // one-table path too: 4096x4096 g128 ran ~10% slower there, so that one keeps group_table).
+  const bool sym = a.zeros == nullptr;
+  const T iz = V::sub(V::iota_magic(), V::splat(kMagic + static_cast<float>(1 << (BITS - 1))));
   int64_t chunk = kGemvChunkFloats / (M * L::BC);
   if (chunk < 1) chunk = 1;
   for (int64_t nb0 = n0; nb0 < n1; nb0 += kGemvRowBatch) {
@@ -266,8 +300,21 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
         const uint8_t* wnext = wrow + row_bytes;
         T* acc = accbuf + (n - nb0) * M;
         // The chunk's scales and zero points as fp32, converted once per row and chunk.
-        row_params(a, n, cg0, cg1, sbuf, zbuf, W);
-        if constexpr (TABLE) {
+        row_params(a, n, cg0, cg1, sbuf, zbuf, W, a.zeros == nullptr);
+        if constexpr (TABLE2) {
+          // Two groups per block (j = 2b - cg0: c0 / g without a division), each through its own table.
+          const typename V::TI hi = V::table2_hi();
+          T part[M][NACC];
+          zero_partials<V, M, NACC>(part);
+          for (int64_t b = cb0; b < cb1; ++b) {
+            const int64_t j = 2 * b - cg0;
+            const T t0 = sym ? V::mul(iz, V::splat(sbuf[j])) : group_table<V>(sbuf[j], zbuf[j]);
+            const T t1 = sym ? V::mul(iz, V::splat(sbuf[j + 1])) : group_table<V>(sbuf[j + 1], zbuf[j + 1]);
+            V::prefetch(wnext + b * L::BB);
+            dot_block2<V, M, NACC>(load_block<V, BITS>(wrow, b, nfull, tail_lanes), xp + b * L::BC, P, hi, t0, t1, part);
+          }
+          for (int m = 0; m < M; ++m) acc[m] = V::add(acc[m], sum_partials<V, M, NACC>(part, m));
+        } else if constexpr (TABLE) {
           // Dequantized values straight from the table: no per-group scaling left to do.
           T part[M][NACC];
           zero_partials<V, M, NACC>(part);
@@ -347,8 +394,14 @@ int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
       float* sbuf = buf + kGemvRowBatch * M * V::W;  // after the (aligned) partial sums
       float* zbuf = sbuf + a.groups + V::W;
       auto* accbuf = reinterpret_cast<typename V::T*>(buf);
+      if (a.zeros == nullptr) {  // symmetric: the zero points are the same everywhere (see row_params)
+        const float zsym = kMagic + static_cast<float>(1 << (BITS - 1));
+        for (int64_t j = 0; j < a.groups + V::W; ++j) zbuf[j] = zsym;
+      }
       if (lay.table) {
         gemv_rows<V, BITS, M, true>(a, lay, xp, n0, n1, sbuf, zbuf, accbuf);
+      } else if (lay.table2) {
+        gemv_rows<V, BITS, M, false, true>(a, lay, xp, n0, n1, sbuf, zbuf, accbuf);
       } else {
         gemv_rows<V, BITS, M, false>(a, lay, xp, n0, n1, sbuf, zbuf, accbuf);
       }

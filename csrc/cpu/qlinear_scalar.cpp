@@ -22,6 +22,10 @@ struct QVec : VecScalar {
   static TI loadi_partial(const uint8_t* p, int lanes) { return lanes > 0 ? loadi(p) : 0u; }
   // No 16-entry permute: the table decoder is not used.
   static constexpr bool kTable = false;
+  static constexpr bool kTable2 = false;  // (nor the two-group one)
+  static TI table2_hi() { return TI{}; }
+  template <int SHIFT>
+  static T table2_field(TI, TI, T, T) { return 0.0f; }
   static T iota_magic() { return 0.0f; }
   template <int SHIFT>
   static T table_field(TI, T) { return 0.0f; }
