@@ -142,3 +142,9 @@ def test_compare_needs_one_vocabulary(tiny_gpt2):
     other = GPT2LMHeadModel(GPT2Config(vocab_size=600, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
     with pytest.raises(ValueError, match="one vocabulary; got logits .1, 7, 512. and .1, 7, 600."):
         evaluate.compare(tiny_gpt2, other, torch.zeros(1, 8, dtype=torch.long), progress=False)
+
+
+def test_windows_longer_than_the_context_are_a_clear_error(tiny_gpt2):
+    windows = torch.zeros(1, tiny_gpt2.config.n_positions + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"windows of 129 tokens are longer than this model's context of 128"):
+        evaluate.perplexity(tiny_gpt2, windows, progress=False)

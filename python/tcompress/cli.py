@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ImportError, ValueError) as exc:
-        # What a user can cause (a missing model, a group size that does not divide ...): one line, exit status 2.
+    except (OSError, ImportError, ValueError) as exc:
+        # What a user can cause (a missing model or hub id, a group size that does not divide ...): one line,
+        # exit status 2.
         parser.exit(2, f"tcompress: error: {exc}\n")
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import TextSource, _bos_id, token_windows
 from .models import architecture
+from .models.table import context_length
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ def _check_windows(who: str, model: nn.Module, windows: torch.Tensor, max_tokens
         if keep < 1:
             raise ValueError(f"{who}: max_tokens={max_tokens} is less than one window of {windows.shape[1]} tokens")
         windows = windows[:keep]
+    context = context_length(model)
+    if context is not None and windows.shape[1] > context:
+        raise ValueError(
+            f"{who}: windows of {windows.shape[1]} tokens are longer than this model's context of {context} tokens"
+        )
     vocab = _vocab_size(model)
     low, high = int(windows.min()), int(windows.max())
     if low < 0 or (vocab is not None and high >= vocab):

@@ -121,3 +121,36 @@ def test_stories260k_w8_barely_moves_the_logits(stories260k):
         got = model(ids).logits
     kl = F.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")
     assert kl < 1e-3 * ids.shape[1]
+
+
+def test_a_failure_while_quantizing_leaves_the_model_untouched(tiny_llama):
+    # The last projection's scale overflows float16 only once its group is quantized, after every check passed.
+    name, module = list(models.architecture(tiny_llama).iter_projections(tiny_llama))[-1]
+    with torch.no_grad():
+        module.weight[0, 0] = 1e6
+    with pytest.raises(ValueError, match="NaN or Inf|overflow|float16"):
+        compress_(tiny_llama, QuantizeConfig(bits=4, group_size=None, scale_dtype="float16"))
+    assert not any(isinstance(m, QuantLinear) for m in tiny_llama.modules())
+    assert not getattr(tiny_llama, "tcompress_config", [])
+
+
+def test_exclude_applies_to_the_head(tiny_gpt2):
+    compress_(tiny_gpt2, QuantizeConfig(bits=8, group_size=None, quantize_head=True, exclude=("lm_head",)))
+    assert not isinstance(models.architecture(tiny_gpt2).head(tiny_gpt2), QuantLinear)
+
+
+def test_quantizing_twice_is_a_clear_error(tiny_mistral):
+    compress_(tiny_mistral, QuantizeConfig(bits=8, group_size=None))
+    with pytest.raises(ValueError, match="already quantized"):
+        compress_(tiny_mistral, QuantizeConfig(bits=4, group_size=None))
+
+
+def test_casting_the_model_keeps_the_scales_as_quantized(tiny_mistral):
+    compress_(tiny_mistral, QuantizeConfig(bits=4, group_size=None))
+    q = next(m for m in tiny_mistral.modules() if isinstance(m, QuantLinear))
+    scales = q.scales.clone()
+    tiny_mistral.to(torch.bfloat16)
+    assert q.scales.dtype == torch.float32 and torch.equal(q.scales, scales)
+    assert next(tiny_mistral.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        assert tiny_mistral(_tokens(tiny_mistral)).logits.dtype == torch.bfloat16

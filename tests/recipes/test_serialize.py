@@ -119,3 +119,22 @@ def test_tcompress_load_reads_a_saved_folder_with_its_tokenizer(stories260k, tmp
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert isinstance(loaded.model.layers[0].mlp.down_proj, QuantLinear)
+
+
+def test_bf16_model_round_trips_with_its_dtypes(tiny_gpt2, tmp_path):
+    model = tiny_gpt2.to(torch.bfloat16)
+    compress_(model, QuantizeConfig(bits=4, group_size=None))
+    loaded = load_compressed(save_compressed(model, tmp_path / "m"))
+    want = {k: v.dtype for k, v in model.state_dict().items()}
+    assert {k: v.dtype for k, v in loaded.state_dict().items()} == want
+    with torch.no_grad():
+        assert torch.equal(loaded(_ids(model)).logits, model(_ids(model)).logits)
+
+
+def test_manifest_without_checksums(saved):
+    path = saved / "tcompress.json"
+    manifest = json.loads(path.read_text())
+    del manifest["files"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="records no size and checksum"):
+        load_compressed(saved)

@@ -109,7 +109,7 @@ class ArchSpec:
         1024 for gpt2 and 2048 for the Llama-style families (the lengths the papers report), so stories260K (context
         512) gets 512.
         """
-        context = _context_length(model)
+        context = context_length(model)
         return self.default_eval_length if context is None else min(self.default_eval_length, context)
 
     # -- per-block parts --------------------------------------------------------------------------------------
@@ -160,7 +160,8 @@ def projection_weight(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"projection_weight: expected an nn.Linear or a transformers Conv1D; got {type(module).__name__}")
 
 
-def _context_length(model: nn.Module) -> int | None:
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's positions cover (from its config), or None when the config does not say."""
     config = getattr(model, "config", None)
     # GPT2Config maps max_position_embeddings to n_positions; n_ctx is the even older name.
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):

@@ -102,7 +102,14 @@ class QuantLinear(nn.Module):
     ``zeros`` (out, groups) uint8 when asymmetric; ``bias`` (out,) when the layer has one. The output has x's dtype.
     """
 
-    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        spec: QuantSpec,
+        bias: bool = True,
+        bias_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if spec.group_size is not None and in_features % spec.group_size:
             raise ValueError(f"QuantLinear: group_size {spec.group_size} does not divide in_features {in_features}")
@@ -118,7 +125,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, packed_in, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=spec.torch_scale_dtype))
         self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype) if bias else None)
 
     @classmethod
     def from_linear(cls, module: nn.Module, config, name: str = "") -> QuantLinear:
@@ -139,7 +146,8 @@ class QuantLinear(nn.Module):
         out_features, in_features = weight.shape
         w = weight.detach()
         q = ops.quantize(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
-        new = cls(in_features, out_features, spec, bias=bias is not None).to(w.device)
+        bias_dtype = bias.dtype if bias is not None else torch.float32
+        new = cls(in_features, out_features, spec, bias=bias is not None, bias_dtype=bias_dtype).to(w.device)
         new.qweight.copy_(ops.pack_int4(q.codes) if spec.bits == 4 else q.codes)
         new.scales.copy_(q.scales)
         if q.zeros is not None:
@@ -147,6 +155,18 @@ class QuantLinear(nn.Module):
         if bias is not None:
             new.bias = bias.detach().clone()
         return new
+
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) / .half() must move the packed state but never re-round the scales: the codes were
+        # computed against the scales in spec.scale_dtype, and rounding them again would add error silently.
+        kept = {name: self._buffers.pop(name) for name in ("scales", "zeros") if self._buffers.get(name) is not None}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = self.qweight.device
+            for name, tensor in kept.items():
+                self._buffers[name] = tensor.to(device)
+        return self
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out, in) fp32: the weight this layer multiplies by (for checks and for fake-quant comparisons)."""

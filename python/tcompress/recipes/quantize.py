@@ -56,8 +56,8 @@ class QuantizeConfig(RecipeConfig):
     def apply_(self, model: torch.nn.Module) -> dict:
         """Quantizes the selected projections of ``model`` in place; returns ``{"modules": [names], ...}``.
 
-        Every selected module is checked (group size, finite weights) before the first one is replaced, so a
-        failure leaves the model untouched.
+        Every selected module is checked (group size, finite weights) and quantized before the first one is
+        replaced, so a failure leaves the model untouched. ``exclude`` also applies to the head.
         """
         arch = models.architecture(model)
         candidates = dict(arch.iter_projections(model))
@@ -67,19 +67,29 @@ class QuantizeConfig(RecipeConfig):
             head_name = next(n for n, m in model.named_modules() if m is head)
             candidates[head_name] = head
         names = select(candidates, self.include, self.exclude)
-        if head_name is not None and head_name not in names:
+        if head_name is not None and head_name not in names and not select([head_name], ("*",), self.exclude):
+            head_name = None  # excluded explicitly
+        elif head_name is not None and head_name not in names:
             names.append(head_name)
         if not names:
             raise ValueError(
                 f"QuantizeConfig: the patterns include={list(self.include)} exclude={list(self.exclude)} select "
                 f"no projection of this {arch.family} model (e.g. {next(iter(candidates), 'none')!r})"
             )
+        already = [n for n in names if isinstance(candidates[n], QuantLinear)]
+        if already:
+            raise ValueError(
+                f"QuantizeConfig: {len(already)} selected module(s) are already quantized (e.g. {already[0]!r}); "
+                "narrow include/exclude to the ones still in floating point"
+            )
         spec = QuantSpec.of(self)
         for name in names:
             check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
         untie = head_name is not None and arch.is_tied(model)
-        for name in names:
-            models.set_module(model, name, QuantLinear.from_linear(candidates[name], spec, name=name))
+        # Quantize everything first (a scale can still overflow its dtype here), then swap: all or nothing.
+        replacements = {name: QuantLinear.from_linear(candidates[name], spec, name=name) for name in names}
+        for name, module in replacements.items():
+            models.set_module(model, name, module)
         if untie:
             # The embedding keeps its fp weights and the head is now a module of its own: a reload must not re-tie.
             model.config.tie_word_embeddings = False

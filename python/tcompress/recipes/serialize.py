@@ -28,6 +28,13 @@ from ..models.load import _dtype_kwargs
 from ..nn import QuantLinear, QuantSpec
 
 MANIFEST = "tcompress.json"
+# The element-type names safetensors reports for the dtypes a replaced module stores.
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.uint8: "U8",
+}
 WEIGHTS = "model.safetensors"
 FORMAT = "tcompress-compressed"
 FORMAT_VERSION = 1
@@ -40,6 +47,7 @@ def _module_record(module: torch.nn.Module) -> dict | None:
             "in_features": module.in_features,
             "out_features": module.out_features,
             "bias": module.bias is not None,
+            "bias_dtype": str(module.bias.dtype).replace("torch.", "") if module.bias is not None else None,
             "spec": module.spec.to_dict(),
         }
     return None
@@ -50,7 +58,10 @@ def _build_module(name: str, record: dict) -> torch.nn.Module:
     if kind == "QuantLinear":
         try:
             spec = QuantSpec.from_dict(record["spec"])
-            return QuantLinear(record["in_features"], record["out_features"], spec, bias=record["bias"])
+            bias_dtype = getattr(torch, record.get("bias_dtype") or "float32")
+            if not isinstance(bias_dtype, torch.dtype):
+                raise ValueError(f"bias_dtype {record.get('bias_dtype')!r} is not a torch dtype")
+            return QuantLinear(record["in_features"], record["out_features"], spec, record["bias"], bias_dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
     raise ValueError(f"{MANIFEST}: module {name!r} has unknown type {kind!r} (expected QuantLinear)")
@@ -128,6 +139,8 @@ def read_manifest(directory) -> dict:
         raise ValueError(f"{path} is not valid JSON ({exc}); the saved model is corrupted") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a tcompress manifest (expected format {FORMAT!r})")
+    if not isinstance(manifest.get("files"), dict) or WEIGHTS not in manifest["files"]:
+        raise ValueError(f"{path} is malformed: it records no size and checksum for {WEIGHTS}")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {manifest['format_version']}, newer than this tcompress reads "
@@ -170,12 +183,19 @@ def _check_shapes(model: torch.nn.Module, records: dict, weights: Path) -> None:
 
     with safe_open(str(weights), framework="pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        stored_dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     for name in records:
         module = model.get_submodule(name)
         for buf_name, buf in module.named_buffers(recurse=False):
             key = f"{name}.{buf_name}"
             if key not in stored:
                 raise ValueError(f"load_compressed: {weights} has no tensor {key!r}, which module {name!r} needs")
+            want = _SAFETENSORS_DTYPES.get(buf.dtype)
+            if want is not None and stored_dtypes[key] != want:
+                raise ValueError(
+                    f"load_compressed: {key} is {stored_dtypes[key]} in {weights}, but module {name!r} as recorded in "
+                    f"{MANIFEST} ({module.extra_repr()}) needs {want}"
+                )
             if stored[key] != tuple(buf.shape):
                 raise ValueError(
                     f"load_compressed: {key} has shape {stored[key]} in {weights}, but module {name!r} as recorded "
