@@ -638,6 +638,7 @@ int run_gemm(const QLinearArgs& a) {
   return status;
 }
 
+#ifndef TC_QLINEAR_NO_KERNEL_TABLE  // (qlinear_avx512_bf16.cpp uses the helpers above, not the table)
 template <int BITS>
 int run_bits(const QLinearArgs& a) {
   if (a.M <= TC_QLINEAR_GEMV_MAX_M) return run_gemv<QVec, BITS>(a);
@@ -645,10 +646,13 @@ int run_bits(const QLinearArgs& a) {
 }
 
 int qlinear(const QLinearArgs& a) { return a.bits == 4 ? run_bits<4>(a) : run_bits<8>(a); }
+#endif
 
 }  // namespace
 
+#ifndef TC_QLINEAR_NO_KERNEL_TABLE
 const QLinearKernels qlinear_kernels = {&qlinear};
+#endif
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

@@ -40,5 +40,11 @@ extern const QLinearKernels qlinear_kernels;
 namespace avx512 {
 extern const QLinearKernels qlinear_kernels;
 }
+// The bf16-x GEMM path with vdpbf16ps (qlinear_avx512_bf16.cpp; call only when the CPU reports AVX512_BF16):
+// kQLinearNotHandled for arguments it does not take (then the avx512 kernels run), else a status.
+constexpr int kQLinearNotHandled = -1;
+namespace avx512bf16 {
+int qlinear_gemm_bf16(const QLinearArgs& args);
+}
 
 }  // namespace tcompress

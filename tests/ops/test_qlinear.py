@@ -100,6 +100,59 @@ def test_awkward_sizes_and_groups(isa, bits, k, group_size):
             check(randn(m, k, seed=m + n), qweight, scales, zeros, bits, group_size, randn(n, seed=n))
 
 
+def bf16_gemm_expected(isa) -> bool:
+    """Whether bf16 x with more than GEMV_MAX_M rows runs the vdpbf16ps GEMM (avx512 variant + AVX512_BF16)."""
+    native = _native.cpu_native()
+    return isa == "avx512" and native is not None and native.cpu_features().get("avx512_bf16", False)
+
+
+# The bf16-x GEMM (vdpbf16ps) takes whole-group layouts: one group per row, or groups a multiple of the vector
+# block (int4 128 columns, int8 64), and int4 groups of 64; other group sizes (g32, ...) fall back to the fp32 GEMM.
+@pytest.mark.parametrize(
+    ("bits", "k", "group_size"),
+    [
+        (4, 384, None),
+        (4, 384, 128),
+        (4, 512, 256),
+        (4, 172, None),  # a partial vector block
+        (4, 384, 64),  # split blocks, two groups per block (reordered)
+        (4, 320, 64),  # ... and a half block at the end
+        (4, 384, 32),  # fallback to the fp32 GEMM
+        (8, 384, None),
+        (8, 384, 64),
+        (8, 384, 128),
+        (8, 173, None),  # odd K: a zero-padded last pair
+        (8, 192, 192),  # groups straddling the 256-column panels
+        (8, 576, 192),
+    ],
+)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_bf16_x_gemm(isa, bits, k, group_size, symmetric):
+    for n, m in ((37, 9), (5, 33), (130, 100), (29, 300)):
+        scale_dtype = (torch.bfloat16, torch.float32, torch.float16)[m % 3]
+        qweight, scales, zeros = weight(n, k, bits, group_size, symmetric, scale_dtype)
+        bias = randn(n, dtype=torch.bfloat16, seed=n) if m % 2 else None
+        check(randn(m, k, dtype=torch.bfloat16, seed=m), qweight, scales, zeros, bits, group_size, bias)
+
+
+def test_bf16_x_gemm_is_used_where_supported(isa):
+    # vdpbf16ps flushes subnormal bf16 inputs: lone subnormal activations times huge weights give exactly 0
+    # there and a nonzero output on the fp32 paths; so this tells which path ran.
+    k, n, m = 320, 16, 12
+    codes = pack_int4_reference(torch.full((n, k), 15, dtype=torch.uint8))
+    x = torch.zeros(m, k, dtype=torch.bfloat16)
+    x[:, 3] = x[:, 300] = 2.0**-130
+    for group_size, bf16_gemm in ((None, True), (64, True), (32, False)):
+        scales = torch.full((n, k // (group_size or k)), 1e30)
+        y = qlinear(x, codes, scales, None, 4, group_size)
+        if bf16_gemm and bf16_gemm_expected(isa):
+            assert torch.equal(y, torch.zeros_like(y)), group_size
+        else:
+            assert (y.float() > 0).all(), group_size
+        # Decode (M <= GEMV_MAX_M) never takes it.
+        assert (qlinear(x[:GEMV_MAX_M], codes, scales, None, 4, group_size).float() > 0).all()
+
+
 def test_leading_dimensions_and_empty(isa):
     qweight, scales, zeros = weight(24, 64, 4, 32, True)
     check(randn(2, 3, 64, seed=1), qweight, scales, zeros, 4, 32)
