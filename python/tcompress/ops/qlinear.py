@@ -243,6 +243,10 @@ def qlinear(
     Returns:
         A new tensor (..., out_features) in x's dtype. Differentiable with respect to x and bias.
 
+    On CPUs with AVX512_BF16, bf16 x with more than 8 rows uses a ``vdpbf16ps`` kernel: the weights stay exact
+    (codes minus zero point are small integers), scales are applied in fp32 per group; results may differ from the
+    fp32 path in summation order, and activations with |x| < 2^-126 count as zero.
+
     Raises:
         TypeError: a tensor has the wrong dtype (x/bias not floating, qweight/zeros not uint8, scales not floating).
         ValueError: bad bits or group_size, inconsistent shapes (the message names both sizes), or tensors on
