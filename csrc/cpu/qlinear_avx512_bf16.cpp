@@ -249,14 +249,7 @@ int run(const QLinearArgs& a) {
             }
           }
         }
-        const int64_t mend = (M - mc0) < mcl ? (M - mc0) : mcl;
-        for (int64_t m = 0; m < mend; ++m) {
-          void* yrow = static_cast<char*>(a.y) + (mc0 + m) * a.y_row_stride * 2;
-          for (int64_t r = 0; r < nr; ++r) {
-            const float bias = a.bias ? load_param(a.bias, n0 + r, a.bias_dtype) : 0.0f;
-            store_value(yrow, n0 + r, a.x_dtype, ctile[r * mc_max + m] + bias);
-          }
-        }
+        store_tile(a, ctile, mc_max, mc0, (M - mc0) < mcl ? (M - mc0) : mcl, n0, nr);
       }
     }
     free(panel);

@@ -73,6 +73,20 @@ inline void store_value(void* row, int64_t i, int dtype, float v) {
   }
 }
 
+// A finished C^T tile (nr output columns x mend rows of x, column r at ctile[r * ld]) -> rows of y, plus bias,
+// converted to y's dtype. Shared by the fp32-panel GEMM and the bf16 GEMM.
+inline void store_tile(const QLinearArgs& a, const float* ctile, int64_t ld, int64_t m0, int64_t mend, int64_t n0,
+                       int64_t nr) {
+  const int64_t ysize = tc_dtype_size(a.x_dtype);
+  for (int64_t m = 0; m < mend; ++m) {
+    void* yrow = static_cast<char*>(a.y) + (m0 + m) * a.y_row_stride * ysize;
+    for (int64_t r = 0; r < nr; ++r) {
+      const float bias = a.bias ? load_param(a.bias, n0 + r, a.bias_dtype) : 0.0f;
+      store_value(yrow, n0 + r, a.x_dtype, ctile[r * ld + m] + bias);
+    }
+  }
+}
+
 inline void* aligned_floats(int64_t n) {
   const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
   return aligned_alloc(64, bytes == 0 ? 64 : bytes);
@@ -547,7 +561,7 @@ int run_gemm(const QLinearArgs& a) {
   const Layout<V, BITS> lay(a.K, a.group_size, a.groups);
   const int64_t P = lay.P, M = a.M, N = a.N;
   const int64_t mblocks = (M + B::MB - 1) / B::MB;
-  const int xsize = tc_dtype_size(a.x_dtype), ysize = xsize;
+  const int xsize = tc_dtype_size(a.x_dtype);
   // x^T, position-major within blocks of MB rows (zero rows pad the last block).
   float* xt = static_cast<float*>(aligned_floats(mblocks * B::MB * P));
   if (xt == nullptr) return TC_ERR_OUT_OF_MEMORY;
@@ -619,15 +633,7 @@ int run_gemm(const QLinearArgs& a) {
             }
           }
         }
-        // C^T tile -> y rows (+ bias, converted).
-        const int64_t mend = (M - mc0) < mcl ? (M - mc0) : mcl;
-        for (int64_t m = 0; m < mend; ++m) {
-          void* yrow = static_cast<char*>(a.y) + (mc0 + m) * a.y_row_stride * ysize;
-          for (int64_t r = 0; r < nr; ++r) {
-            const float bias = a.bias ? load_param(a.bias, n0 + r, a.bias_dtype) : 0.0f;
-            store_value(yrow, n0 + r, a.x_dtype, ctile[r * mc_max + m] + bias);
-          }
-        }
+        store_tile(a, ctile, mc_max, mc0, (M - mc0) < mcl ? (M - mc0) : mcl, n0, nr);
       }
     }
     free(panel);
