@@ -193,11 +193,8 @@ int run(const QLinearArgs& a) {
   }
 
   threads = a.num_threads;
-  int64_t nc = (N + 4 * threads - 1) / (4 * threads);
-  nc = (nc + kR - 1) / kR * kR;
-  if (nc > kNC) nc = kNC;
+  const int64_t nc = output_block_rows(N, threads, kR, kNC);
   const int64_t nblocks = (N + nc - 1) / nc;
-  if (threads > nblocks) threads = static_cast<int>(nblocks);
   const int64_t mc_max = (mblocks * kMB) < kMC ? mblocks * kMB : kMC;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {

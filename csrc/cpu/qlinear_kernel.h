@@ -87,6 +87,17 @@ inline void store_tile(const QLinearArgs& a, const float* ctile, int64_t ld, int
   }
 }
 
+// Output rows per GEMM block: at most nc_max, a multiple of the micro-tile's r rows, and at least ~4 blocks per
+// thread when N allows it (load balance). Lowers `threads` to the block count.
+inline int64_t output_block_rows(int64_t N, int& threads, int64_t r, int64_t nc_max) {
+  int64_t nc = (N + 4 * threads - 1) / (4 * threads);
+  nc = (nc + r - 1) / r * r;
+  if (nc > nc_max) nc = nc_max;
+  const int64_t nblocks = (N + nc - 1) / nc;
+  if (threads > nblocks) threads = static_cast<int>(nblocks);
+  return nc;
+}
+
 inline void* aligned_floats(int64_t n) {
   const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64;
   return aligned_alloc(64, bytes == 0 ? 64 : bytes);
@@ -596,13 +607,9 @@ int run_gemm(const QLinearArgs& a) {
     return status;
   }
 
-  // Output-row blocks: at most NC rows, at least ~4 blocks per thread when N allows it (balance).
   threads = a.num_threads;
-  int64_t nc = (N + 4 * threads - 1) / (4 * threads);
-  nc = (nc + B::R - 1) / B::R * B::R;
-  if (nc > B::NC) nc = B::NC;
+  const int64_t nc = output_block_rows(N, threads, B::R, B::NC);
   const int64_t nblocks = (N + nc - 1) / nc;
-  if (threads > nblocks) threads = static_cast<int>(nblocks);
   const int64_t mc_max = (mblocks * B::MB) < B::MC ? mblocks * B::MB : B::MC;
   const typename V::TI idx = V::expand_index(lay.mode == L::kSplitBlocks ? static_cast<int>(lay.g / L::PER) : 1);
 #pragma omp parallel num_threads(threads) if (threads > 1)
