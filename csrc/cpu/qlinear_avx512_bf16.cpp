@@ -86,10 +86,8 @@ void unscaled_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, int64_t n0
                     int64_t pl, uint32_t* panel, float* sbuf, float* zbuf) {
   using L = Layout<V, BITS>;
   const int64_t row_bytes = a.K * BITS / 8;
-  const int64_t vend = lay.kvec < p0 + pl ? lay.kvec : p0 + pl;
-  const int64_t c_last = p0 + pl > lay.kvec ? lay.kel + (p0 + pl - lay.kvec) - 1 : (vend < a.K ? vend : a.K) - 1;
-  const int64_t c_first = p0 < lay.kvec ? p0 : lay.kel + (p0 - lay.kvec);
-  const int64_t g0 = c_first / lay.g, g1 = c_last / lay.g + 1;
+  const PanelSpan span(a, lay, p0, pl);
+  const int64_t vend = span.vend, g0 = span.g0, g1 = span.g1;
   const int64_t nfull = lay.full_blocks();
   const int tail_lanes = lay.tail_lanes;
   for (int64_t r = 0; r < nr; ++r) {

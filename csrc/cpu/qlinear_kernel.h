@@ -507,6 +507,21 @@ void micro_tile_rows(int rows, const float* wp, const float* xt, int64_t kcl, fl
   }
 }
 
+// What a weight panel of permuted positions [p0, p0 + pl) covers: vector blocks up to position vend (there,
+// positions == columns), then one-by-one columns from kel on; and the groups [g0, g1) of those columns.
+struct PanelSpan {
+  int64_t vend, g0, g1;
+  template <class V, int BITS>
+  PanelSpan(const QLinearArgs& a, const Layout<V, BITS>& lay, int64_t p0, int64_t pl) {
+    vend = lay.kvec < p0 + pl ? lay.kvec : p0 + pl;
+    const int64_t c_last =
+        p0 + pl > lay.kvec ? lay.kel + (p0 + pl - lay.kvec) - 1 : (vend < a.K ? vend : a.K) - 1;
+    const int64_t c_first = p0 < lay.kvec ? p0 : lay.kel + (p0 - lay.kvec);
+    g0 = c_first / lay.g;
+    g1 = c_last / lay.g + 1;
+  }
+};
+
 // panel[r][0 .. pl) = dequantized weights of row n0 + r at permuted positions [p0, p0 + pl), r < nr.
 template <class V, int BITS>
 void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typename V::TI& idx, int64_t n0,
@@ -515,11 +530,8 @@ void dequant_panel(const QLinearArgs& a, const Layout<V, BITS>& lay, const typen
   using L = Layout<V, BITS>;
   using B = Blocking<V>;
   const int64_t row_bytes = a.K * BITS / 8;
-  const int64_t vend = lay.kvec < p0 + pl ? lay.kvec : p0 + pl;  // vector blocks: positions == columns
-  // Columns this panel covers: [p0, vend) in blocks, then one-by-one columns from kel on.
-  const int64_t c_last = p0 + pl > lay.kvec ? lay.kel + (p0 + pl - lay.kvec) - 1 : (vend < a.K ? vend : a.K) - 1;
-  const int64_t c_first = p0 < lay.kvec ? p0 : lay.kel + (p0 - lay.kvec);
-  const int64_t g0 = c_first / lay.g, g1 = c_last / lay.g + 1;
+  const PanelSpan span(a, lay, p0, pl);
+  const int64_t vend = span.vend, g0 = span.g0, g1 = span.g1;
   const int64_t nfull = lay.full_blocks();
   const int tail_lanes = lay.tail_lanes;
   for (int64_t r = 0; r < nr; ++r) {
