@@ -65,4 +65,7 @@ PYBIND11_MODULE(_cuda, m) {
 
   tcompress_bindings::bind_cuda_quant(m);
   tcompress_bindings::bind_cuda_qlinear(m);
+  tcompress_bindings::bind_cuda_qlinear_a8(m);
+  tcompress_bindings::bind_cuda_linear_block(m);
+  tcompress_bindings::bind_cuda_exit_gate(m);
 }

@@ -14,7 +14,7 @@ Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each
 
 __version__ = "0.1.0"
 
-from . import data, evaluate, models, nn, ops, recipes
+from . import analysis, data, evaluate, models, nn, ops, recipes
 from ._native import cuda_available, get_isa, set_isa, supported_isas
 from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
 from .hadamard_constructions import SUPPORTED_FACTORS
@@ -26,6 +26,7 @@ __all__ = [
     "QuantizeConfig",
     "SUPPORTED_FACTORS",
     "__version__",
+    "analysis",
     "compress_",
     "cuda_available",
     "data",

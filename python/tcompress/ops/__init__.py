@@ -4,8 +4,11 @@ Each op has a schema, a fake (meta) implementation for ``torch.compile``, CPU an
 modules, and a pure-torch reference (the fallback and the test oracle).
 """
 
+from .exit_gate import ExitGate, exit_gate, exit_gate_reference
 from .hadamard import hadamard_reference, hadamard_transform, hadamard_transform_
+from .linear_block import linear_block, linear_block_reference
 from .qlinear import qlinear, qlinear_reference
+from .qlinear_a8 import qlinear_a8, qlinear_a8_reference, quantize_activations_reference
 from .quantize import (
     QuantizedWeight,
     dequantize,
@@ -19,6 +22,14 @@ from .quantize import (
 )
 
 __all__ = [
+    "ExitGate",
+    "exit_gate",
+    "exit_gate_reference",
+    "linear_block",
+    "linear_block_reference",
+    "qlinear_a8",
+    "qlinear_a8_reference",
+    "quantize_activations_reference",
     "QuantizedWeight",
     "dequantize",
     "dequantize_reference",
