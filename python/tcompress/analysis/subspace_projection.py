@@ -1,0 +1,166 @@
+"""The projection intervention of finding 1: evaluate a model with the residual stream entering one block replaced by
+its projection onto a k-dimensional subspace, h -> μ + B Bᵀ (h - μ).
+
+B is U_k (the top-variance directions, which keep ≥ 90% of the variance by construction) or G_k (the top gradient
+directions of the same dimension), from :func:`tcompress.analysis.geometry.layer_geometry`. The hook also measures,
+on the evaluation tokens themselves (held out from the calibration windows the bases came from), the share of the
+variance about μ that the projection keeps: Σ||Bᵀ(h - μ)||² / Σ||h - μ||².
+
+With ``skip_first`` (the ``"no_first"`` position set, whose statistics exclude the attention-sink position), the
+first position of every window is passed through unchanged and left out of the retained-variance sums.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import evaluate, models
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionResult:
+    """What evaluating with one projected layer measured.
+
+    Attributes:
+        layer: the block whose input was projected.
+        positions: the position set the bases come from (``"no_first"`` leaves position 0 of each window unchanged).
+        basis: ``"variance"``, ``"gradient"`` or ``"unembedding"``.
+        k: the subspace dimension.
+        retained_variance: Σ||Bᵀ(h - μ)||² / Σ||h - μ||² over the projected evaluation tokens.
+        ppl: perplexity with the projection.
+        baseline_ppl: perplexity of the unmodified model on the same windows.
+        tokens: predicted tokens.
+    """
+
+    layer: int
+    positions: str
+    basis: str
+    k: int
+    retained_variance: float
+    ppl: float
+    baseline_ppl: float
+    tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+
+class SubspaceProjection:
+    """A forward pre-hook: block input h (B, T, d) -> μ + B Bᵀ (h - μ), summing retained variance as it goes.
+
+    Args:
+        mean: (d,) μ.
+        basis: (d, k) orthonormal columns B.
+        skip_first: leave position 0 of every window unchanged (and out of the sums).
+    """
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, skip_first: bool) -> None:
+        if not isinstance(basis, torch.Tensor) or basis.dim() != 2 or not 1 <= basis.shape[1] <= basis.shape[0]:
+            got = tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
+            raise ValueError(f"SubspaceProjection: basis must be (d, k) with 1 ≤ k ≤ d; got {got}")
+        if not isinstance(mean, torch.Tensor) or mean.shape != (basis.shape[0],):
+            got = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+            raise ValueError(f"SubspaceProjection: mean must be ({basis.shape[0]},) to match the basis; got {got}")
+        gram = basis.double().T @ basis.double()
+        if not torch.allclose(gram, torch.eye(basis.shape[1], dtype=torch.float64), atol=1e-6):
+            raise ValueError("SubspaceProjection: basis must have orthonormal columns (BᵀB = I)")
+        self.mean = mean.detach().double()
+        self.basis = basis.detach().double()
+        self.skip_first = bool(skip_first)
+        self.kept = 0.0
+        self.total = 0.0
+
+    @property
+    def retained_variance(self) -> float:
+        """Σ||Bᵀ(h - μ)||² / Σ||h - μ||² over the tokens projected so far (NaN before any)."""
+        return self.kept / self.total if self.total > 0 else float("nan")
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d) projected (in float64, returned in the input's dtype)."""
+        if hidden.shape[-1] != self.basis.shape[0]:
+            raise ValueError(
+                f"SubspaceProjection: hidden states of width {hidden.shape[-1]} do not match the basis's "
+                f"d = {self.basis.shape[0]}"
+            )
+        mean, basis = self.mean.to(hidden.device), self.basis.to(hidden.device)
+        part = hidden[:, 1:] if self.skip_first else hidden
+        centred = part.double() - mean
+        coords = centred @ basis
+        self.kept += float(coords.pow(2).sum())
+        self.total += float(centred.pow(2).sum())
+        projected = (mean + coords @ basis.T).to(hidden.dtype)
+        if self.skip_first:
+            projected = torch.cat((hidden[:, :1], projected), dim=1)
+        return projected
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        hidden = models.block_input_hidden_states(args, kwargs)
+        projected = self.project(hidden)
+        if args and args[0] is hidden:
+            return (projected, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": projected}
+
+
+@contextmanager
+def projected_layer(
+    model: nn.Module, layer: int, mean: torch.Tensor, basis: torch.Tensor, *, skip_first: bool
+) -> Iterator[SubspaceProjection]:
+    """Within the block, block ``layer``'s input is projected (see :class:`SubspaceProjection`); the hook is removed
+    on exit, also on errors.
+
+    Raises:
+        ValueError: a layer index outside the model's blocks, or a bad mean/basis.
+    """
+    blocks = models.architecture(model).blocks(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(blocks):
+        raise ValueError(f"projected_layer: layer must be a block index in [0, {len(blocks)}); got {layer!r}")
+    hook = SubspaceProjection(mean, basis, skip_first)
+    handle = blocks[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield hook
+    finally:
+        handle.remove()
+
+
+def projection_perplexity(
+    model: nn.Module,
+    measure: Callable[[nn.Module], evaluate.PerplexityResult],
+    *,
+    layer: int,
+    mean: torch.Tensor,
+    basis: torch.Tensor,
+    basis_name: str,
+    positions: str,
+    baseline_ppl: float,
+) -> ProjectionResult:
+    """Perplexity, as ``measure(model)`` computes it, with block ``layer``'s input projected onto ``basis`` (d, k).
+
+    ``measure`` is e.g. ``lambda m: evaluate.perplexity(m, windows, progress=False)`` or
+    :func:`tcompress.evaluate.perplexity_of_texts` over held-out texts. ``positions == "no_first"`` leaves the first
+    position of each window unprojected. ``baseline_ppl`` is the unmodified model's perplexity under the same
+    ``measure`` (measured once by the caller), recorded for comparison.
+
+    Raises:
+        ValueError: an unknown position set, or as :func:`projected_layer`.
+    """
+    if positions not in ("no_first", "all"):
+        raise ValueError(f"projection_perplexity: positions must be 'no_first' or 'all'; got {positions!r}")
+    with projected_layer(model, layer, mean, basis, skip_first=positions == "no_first") as hook:
+        result = measure(model)
+    return ProjectionResult(
+        layer=int(layer),
+        positions=positions,
+        basis=str(basis_name),
+        k=int(basis.shape[1]),
+        retained_variance=hook.retained_variance,
+        ppl=result.ppl,
+        baseline_ppl=float(baseline_ppl),
+        tokens=result.tokens,
+    )
