@@ -10,13 +10,26 @@
 from __future__ import annotations
 
 from .load import ModelSource, load, resolve_model
-from .table import ARCHITECTURES, ArchSpec, architecture, projection_weight, set_module, supported_families
+from .table import (
+    ARCHITECTURES,
+    ArchSpec,
+    architecture,
+    block_hidden_states,
+    block_input_hidden_states,
+    block_output_like,
+    projection_weight,
+    set_module,
+    supported_families,
+)
 
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
     "ModelSource",
     "architecture",
+    "block_hidden_states",
+    "block_input_hidden_states",
+    "block_output_like",
     "load",
     "projection_weight",
     "resolve_model",

@@ -160,6 +160,45 @@ def projection_weight(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"projection_weight: expected an nn.Linear or a transformers Conv1D; got {type(module).__name__}")
 
 
+def block_hidden_states(output: object) -> torch.Tensor:
+    """(B, T, d): the hidden states a decoder layer returned.
+
+    transformers 5.x decoder layers (``GPT2Block``, ``LlamaDecoderLayer``, ``MistralDecoderLayer``,
+    ``Qwen2DecoderLayer``) return the tensor itself; older releases returned a tuple whose first item it is.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"block_hidden_states: expected a tensor or a tuple starting with one; got {type(output).__name__}")
+
+
+def block_output_like(original: object, hidden: torch.Tensor) -> object:
+    """What a decoder layer returns, with ``hidden`` (B, T, d) in place of its hidden states.
+
+    ``original`` is an output of the same layer (or of any layer of the model), so the result keeps its shape: the
+    tensor alone for transformers 5.x layers, ``(hidden, *rest)`` for the tuple convention of older releases.
+    """
+    if isinstance(original, torch.Tensor):
+        return hidden
+    if isinstance(original, tuple):
+        return (hidden, *original[1:])
+    raise TypeError(f"block_output_like: expected a tensor or a tuple; got {type(original).__name__}")
+
+
+def block_input_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
+    """(B, T, d): the hidden states a decoder layer was called with (first positional argument, or by keyword).
+
+    Every supported family's layer loop passes them positionally; ``hidden_states=`` is accepted too.
+    """
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    hidden = kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    raise TypeError("block_input_hidden_states: the decoder layer was called without a hidden_states tensor")
+
+
 def context_length(model: nn.Module) -> int | None:
     """The longest sequence the model's positions cover (from its config), or None when the config does not say."""
     config = getattr(model, "config", None)

@@ -1,0 +1,461 @@
+"""Streaming activation statistics of a model's blocks: the input every other analysis reads.
+
+:func:`collect_block_statistics` runs a model over calibration windows with hooks on its decoder layers (found through
+:mod:`tcompress.models`) and accumulates, per captured block l, for the pairs (x, y) = (h_l, h_{l+1}) of the block's
+input and output hidden states at each position:
+
+- the token count, ``Σx``, ``Σy``, ``ΣxᵀX`` (d, d), ``ΣxᵀY`` (d, d) and ``Σy²`` (d,) (the diagonal of ``ΣyᵀY``,
+  all that a per-dimension error or variance needs);
+- with ``gradients=True``, ``Σg`` and ``ΣgᵀG`` (d, d) of g = dL/dh_l, the gradient of the next-token loss at the
+  block's input.
+
+Everything is summed in float64, so memory is O(d²) per block whatever the number of tokens (Mistral 7B: d = 4096,
+two (d, d) float64 matrices = 256 MiB per block and position part and split; ``stats_device="cpu"`` keeps them in host
+memory). A model split over devices with accelerate's ``device_map`` works: each block's sums live on the device its
+hidden states arrive on unless ``stats_device`` says otherwise.
+
+Held-out split: whole windows. A seeded permutation of the window indices puts ``round(holdout · num_windows)`` of
+them (at least one when ``holdout > 0``) in the ``"heldout"`` split and the rest in ``"train"``; every R² and error
+figure of the analyses is computed on the held-out split with maps fitted on the train split. Whole windows, not
+random tokens, because the tokens of one window share context and would leak between the splits.
+
+Position sets. In Llama-family models the first position of every window carries a few huge hidden-state components
+(an attention sink) that can hold > 95% of the total variance, inflating pooled R² towards 1 and making the top
+principal direction a single outlier. So the first position and the others are accumulated apart and every statistic is
+available for ``"no_first"`` (positions 1..T-1 of each window: the default for headline numbers) and ``"all"``
+(positions 0..T-1). The first-position sums are kept on ``first_position_device`` (host memory by default) since they
+are needed only for the ``"all"`` figures.
+
+Gradient convention: the loss of one window is the mean cross-entropy of its T-1 next-token predictions, and a batch's
+loss is the sum over its windows, so g does not depend on the batch size. The last position of a window predicts
+nothing, so its gradient is zero in every block; it is counted like the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import models
+
+POSITION_SETS = ("no_first", "all")
+SPLITS = ("train", "heldout")
+_PARTS = ("first", "rest")  # how position sets are stored: "all" = first + rest, "no_first" = rest
+
+
+@dataclasses.dataclass
+class Moments:
+    """Float64 sums over n paired rows (x_i, y_i) ∈ R^d × R^d, and optionally the gradients g_i at x_i.
+
+    Attributes:
+        count: n, the number of rows (tokens).
+        sum_in: (d,) Σ x_i.
+        sum_out: (d,) Σ y_i.
+        in_in: (d, d) Σ x_iᵀ x_i.
+        in_out: (d, d) Σ x_iᵀ y_i.
+        out_sq: (d,) Σ y_i² per dimension (the diagonal of Σ y_iᵀ y_i).
+        grad_count: rows whose gradient was added (equals ``count`` after a gradient pass; 0 without one).
+        grad_sum: (d,) Σ g_i, or None when gradients were not collected.
+        grad_grad: (d, d) Σ g_iᵀ g_i, or None.
+    """
+
+    count: int
+    sum_in: torch.Tensor
+    sum_out: torch.Tensor
+    in_in: torch.Tensor
+    in_out: torch.Tensor
+    out_sq: torch.Tensor
+    grad_count: int = 0
+    grad_sum: torch.Tensor | None = None
+    grad_grad: torch.Tensor | None = None
+
+    @classmethod
+    def zeros(cls, d: int, device: torch.device | str, gradients: bool = False) -> Moments:
+        """Empty sums for rows of width ``d`` on ``device`` (with gradient sums when ``gradients``)."""
+
+        def z(*shape):
+            return torch.zeros(*shape, dtype=torch.float64, device=device)
+
+        return cls(
+            0, z(d), z(d), z(d, d), z(d, d), z(d), 0, z(d) if gradients else None, z(d, d) if gradients else None
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        """d."""
+        return self.sum_in.shape[0]
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Adds rows x, y: (n, d) each (any float dtype and device; cast to float64 on this object's device)."""
+        x = x.detach().to(device=self.sum_in.device, dtype=torch.float64)
+        y = y.detach().to(device=self.sum_in.device, dtype=torch.float64)
+        self.count += x.shape[0]
+        self.sum_in += x.sum(0)
+        self.sum_out += y.sum(0)
+        self.in_in.addmm_(x.T, x)
+        self.in_out.addmm_(x.T, y)
+        self.out_sq += (y * y).sum(0)
+
+    def update_gradients(self, g: torch.Tensor) -> None:
+        """Adds gradient rows g: (n, d)."""
+        if self.grad_sum is None:
+            raise ValueError("Moments.update_gradients: these moments were created without gradient sums")
+        g = g.detach().to(device=self.sum_in.device, dtype=torch.float64)
+        self.grad_count += g.shape[0]
+        self.grad_sum += g.sum(0)
+        self.grad_grad.addmm_(g.T, g)
+
+    def to(self, device: torch.device | str) -> Moments:
+        """A copy with every tensor on ``device``."""
+        return dataclasses.replace(
+            self, **{f: getattr(self, f).to(device) for f in _TENSOR_FIELDS if getattr(self, f) is not None}
+        )
+
+    def __add__(self, other: Moments) -> Moments:
+        """The sums over both sets of rows (on this object's device)."""
+        if not isinstance(other, Moments):
+            return NotImplemented
+        if other.hidden_size != self.hidden_size:
+            raise ValueError(
+                f"Moments: cannot add sums of width {other.hidden_size} to sums of width {self.hidden_size}"
+            )
+        other = other.to(self.sum_in.device)
+        merged = {}
+        for f in _TENSOR_FIELDS:
+            a, b = getattr(self, f), getattr(other, f)
+            merged[f] = None if a is None or b is None else a + b
+        return Moments(count=self.count + other.count, grad_count=self.grad_count + other.grad_count, **merged)  # type: ignore[arg-type]
+
+    # -- derived statistics (population normalisation: divided by n) -----------------------------------------
+
+    def _need_rows(self, what: str) -> None:
+        if self.count == 0:
+            raise ValueError(f"Moments.{what}: no rows were accumulated")
+
+    def mean_in(self) -> torch.Tensor:
+        """(d,) mean of x."""
+        self._need_rows("mean_in")
+        return self.sum_in / self.count
+
+    def mean_out(self) -> torch.Tensor:
+        """(d,) mean of y."""
+        self._need_rows("mean_out")
+        return self.sum_out / self.count
+
+    def cov_in(self) -> torch.Tensor:
+        """(d, d) covariance of x: E[xᵀx] - μ_xᵀμ_x (divided by n)."""
+        mu = self.mean_in()
+        return self.in_in / self.count - torch.outer(mu, mu)
+
+    def cross_cov(self) -> torch.Tensor:
+        """(d, d) cross-covariance E[xᵀy] - μ_xᵀμ_y."""
+        return self.in_out / self.count - torch.outer(self.mean_in(), self.mean_out())
+
+    def var_out(self) -> torch.Tensor:
+        """(d,) per-dimension variance of y."""
+        mu = self.mean_out()
+        return (self.out_sq / self.count - mu * mu).clamp_min(0.0)
+
+    def grad_second_moment(self) -> torch.Tensor:
+        """(d, d) E[gᵀg], the uncentred second moment of the loss gradient (what "predictive directions" use)."""
+        if self.grad_grad is None or self.grad_count == 0:
+            raise ValueError("Moments.grad_second_moment: no gradients were collected (use gradients=True)")
+        return self.grad_grad / self.grad_count
+
+    def residual_target(self) -> Moments:
+        """The same sums with y replaced by the residual update y - x (the block's contribution to the stream)."""
+        diag_in_out = torch.diagonal(self.in_out)
+        diag_in_in = torch.diagonal(self.in_in)
+        return dataclasses.replace(
+            self,
+            sum_out=self.sum_out - self.sum_in,
+            in_out=self.in_out - self.in_in,
+            out_sq=self.out_sq - 2 * diag_in_out + diag_in_in,
+        )
+
+
+_TENSOR_FIELDS = ("sum_in", "sum_out", "in_in", "in_out", "out_sq", "grad_sum", "grad_grad")
+
+
+@dataclasses.dataclass
+class BlockStatistics:
+    """What :func:`collect_block_statistics` accumulated; read it through :meth:`moments`.
+
+    Attributes:
+        layers: the captured block indices (0-based, in forward order).
+        hidden_size: d.
+        num_windows: windows seen; window_length: tokens per window (T).
+        heldout_windows: indices (into the windows given) of the held-out windows, sorted.
+        holdout: the held-out fraction asked for; seed: the permutation's seed.
+        gradients: whether dL/dh sums were collected.
+        default_positions: the position set headline numbers use (``"no_first"``).
+        parts: ``{(layer, part, split): Moments}`` with part ``"first"`` (position 0) or ``"rest"`` (1..T-1).
+    """
+
+    layers: tuple[int, ...]
+    hidden_size: int
+    num_windows: int
+    window_length: int
+    heldout_windows: tuple[int, ...]
+    holdout: float
+    seed: int
+    gradients: bool
+    default_positions: str = "no_first"
+    parts: dict[tuple[int, str, str], Moments] = dataclasses.field(default_factory=dict, repr=False)
+
+    def moments(self, layer: int, positions: str | None = None, split: str = "train") -> Moments:
+        """The sums of block ``layer`` over a position set (``"no_first"``, ``"all"``; None = the default) and split.
+
+        Raises:
+            ValueError: a layer that was not captured, an unknown position set or split, or an empty split.
+        """
+        positions = self.default_positions if positions is None else positions
+        if positions not in POSITION_SETS:
+            raise ValueError(f"BlockStatistics.moments: positions must be one of {POSITION_SETS}; got {positions!r}")
+        if split not in SPLITS:
+            raise ValueError(f"BlockStatistics.moments: split must be one of {SPLITS}; got {split!r}")
+        if layer not in self.layers:
+            raise ValueError(f"BlockStatistics.moments: block {layer} was not captured; captured: {list(self.layers)}")
+        rest = self.parts.get((layer, "rest", split))
+        if rest is None or rest.count == 0:
+            raise ValueError(f"BlockStatistics.moments: the {split} split is empty (holdout={self.holdout})")
+        if positions == "no_first":
+            return rest
+        return rest + self.parts[(layer, "first", split)]
+
+    def tokens(self, positions: str | None = None, split: str = "train") -> int:
+        """Tokens per block in a position set and split."""
+        return self.moments(self.layers[0], positions, split).count
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (the settings and token counts; not the matrices)."""
+        counts = {
+            f"{p}/{s}": self.tokens(p, s) for p in POSITION_SETS for s in SPLITS if s == "train" or self.heldout_windows
+        }
+        return {
+            "layers": list(self.layers),
+            "hidden_size": self.hidden_size,
+            "num_windows": self.num_windows,
+            "window_length": self.window_length,
+            "heldout_windows": list(self.heldout_windows),
+            "holdout": self.holdout,
+            "seed": self.seed,
+            "gradients": self.gradients,
+            "default_positions": self.default_positions,
+            "tokens_per_block": counts,
+        }
+
+
+def split_windows(num_windows: int, holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices), each sorted: a seeded permutation, ``round(holdout · n)`` held out.
+
+    At least one window is held out when ``holdout > 0``, and at least one is kept for training.
+
+    Raises:
+        ValueError: holdout outside [0, 1), or too few windows to hold any out and keep one.
+    """
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 <= holdout < 1.0:
+        raise ValueError(f"split_windows: holdout must be a fraction in [0, 1); got {holdout!r}")
+    n_heldout = 0 if holdout == 0 else max(1, round(holdout * num_windows))
+    if num_windows - n_heldout < 1:
+        raise ValueError(
+            f"split_windows: {num_windows} window(s) cannot give a held-out fraction of {holdout} and keep one for "
+            "training; pass more windows or holdout=0"
+        )
+    order = torch.randperm(num_windows, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return sorted(order[n_heldout:]), sorted(order[:n_heldout])
+
+
+def _resolve_layers(layers: Sequence[int] | None, num_blocks: int) -> tuple[int, ...]:
+    if layers is None:
+        return tuple(range(num_blocks))
+    if isinstance(layers, int) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ValueError(f"collect_block_statistics: layers must be a sequence of block indices; got {layers!r}")
+    resolved = []
+    for i in layers:
+        if not -num_blocks <= i < num_blocks:
+            raise ValueError(f"collect_block_statistics: block index {i} is out of range for {num_blocks} blocks")
+        resolved.append(i % num_blocks)
+    if not resolved:
+        raise ValueError("collect_block_statistics: layers is empty; pass None for every block")
+    return tuple(sorted(set(resolved)))
+
+
+def _check_windows(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.dtype != torch.long:
+        got = f"{tuple(windows.shape)} {windows.dtype}" if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise ValueError(f"collect_block_statistics: windows must be a (num_windows, T) int64 tensor; got {got}")
+    if windows.shape[0] < 1 or windows.shape[1] < 2:
+        raise ValueError(f"collect_block_statistics: need ≥ 1 window of ≥ 2 tokens; got {tuple(windows.shape)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and (int(windows.min()) < 0 or int(windows.max()) >= vocab):
+        raise ValueError(
+            f"collect_block_statistics: token ids must lie in [0, {vocab}); got [{int(windows.min())}, "
+            f"{int(windows.max())}]"
+        )
+    return windows
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+def per_window_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, V), ids (B, T) -> scalar: Σ over windows of the mean next-token cross-entropy of 0..T-2."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -log_probs.gather(-1, ids[:, 1:, None].to(log_probs.device)).squeeze(-1)
+    return nll.mean(dim=1).sum()
+
+
+class _Collector:
+    """The hooks of one collection run: they add each batch's block inputs/outputs (and gradients) to the sums."""
+
+    def __init__(self, layers, gradients, stats_device, first_position_device):
+        self.layers = layers
+        self.gradients = gradients
+        self.stats_device = stats_device
+        self.first_position_device = first_position_device
+        self.split = "train"
+        self.parts: dict[tuple[int, str, str], Moments] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
+
+    def _part(self, layer: int, part: str, like: torch.Tensor) -> Moments:
+        key = (layer, part, self.split)
+        if key not in self.parts:
+            device = self.first_position_device if part == "first" else (self.stats_device or like.device)
+            for split in SPLITS:  # both splits at once, so they share a device and a width
+                self.parts[(layer, part, split)] = Moments.zeros(like.shape[-1], device, self.gradients)
+        return self.parts[key]
+
+    def pre_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            hidden = models.block_input_hidden_states(args, kwargs)
+            replaced = None
+            if self.gradients and not hidden.requires_grad:
+                # The model's parameters may be frozen; a leaf that requires grad still gets dL/dh.
+                hidden = replaced = hidden.detach().requires_grad_(True)
+            self.inputs[layer] = hidden
+            if self.gradients:
+                split = self.split
+                hidden.register_hook(lambda g: self._add_gradients(layer, split, g))
+            if replaced is None:
+                return None
+            if args and isinstance(args[0], torch.Tensor):
+                return (replaced, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replaced}
+
+        return hook
+
+    def _add_gradients(self, layer: int, split: str, g: torch.Tensor) -> None:
+        d = g.shape[-1]
+        self.parts[(layer, "first", split)].update_gradients(g[:, 0])
+        self.parts[(layer, "rest", split)].update_gradients(g[:, 1:].reshape(-1, d))
+
+    def post_hook(self, layer: int):
+        def hook(module, args, kwargs, output):
+            x = self.inputs.pop(layer)
+            y = models.block_hidden_states(output)
+            d = x.shape[-1]
+            self._part(layer, "first", x).update(x[:, 0], y[:, 0])
+            self._part(layer, "rest", x).update(x[:, 1:].reshape(-1, d), y[:, 1:].reshape(-1, d))
+
+        return hook
+
+
+def collect_block_statistics(
+    model: nn.Module,
+    windows: torch.Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    gradients: bool = False,
+    holdout: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 1,
+    stats_device: torch.device | str | None = None,
+    first_position_device: torch.device | str = "cpu",
+) -> BlockStatistics:
+    """Streams float64 sums of every captured block's input/output hidden states (and loss gradients) over windows.
+
+    ``windows`` (num_windows, T) int64 -> :class:`BlockStatistics` holding, per block, position part and split, a
+    :class:`Moments`. The model runs in eval mode (its flags are restored) without a KV cache; with ``gradients`` it
+    runs with autograd and backpropagates the loss described in the module docstring (run fp32 models for
+    meaningful gradients); the parameters' ``.grad`` fields are left as they were.
+
+    Args:
+        model: a causal LM of a family :mod:`tcompress.models` supports (may be split over devices).
+        windows: token ids, e.g. :func:`tcompress.data.calibration_windows`.
+        layers: block indices to capture (negative counts from the end); None = every block.
+        gradients: also accumulate dL/dh at each captured block's input.
+        holdout: fraction of whole windows kept apart as the ``"heldout"`` split (see :func:`split_windows`).
+        seed: seed of the held-out permutation.
+        batch_size: windows per forward pass (each batch is all-train or all-held-out).
+        stats_device: where the sums live; None = the device each block's hidden states arrive on.
+        first_position_device: where the position-0 sums live (only the ``"all"`` figures need them).
+
+    Raises:
+        ValueError: windows that are not (N, T) int64 ids in the vocabulary, bad layers, holdout or batch size.
+    """
+    spec = models.architecture(model)
+    blocks = spec.blocks(model)
+    layer_ids = _resolve_layers(layers, len(blocks))
+    windows = _check_windows(model, windows)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"collect_block_statistics: batch_size must be a positive int; got {batch_size!r}")
+    train, heldout = split_windows(windows.shape[0], holdout, seed)
+    collector = _Collector(layer_ids, gradients, stats_device, first_position_device)
+    handles = []
+    for i in layer_ids:
+        handles.append(blocks[i].register_forward_pre_hook(collector.pre_hook(i), with_kwargs=True))
+        handles.append(blocks[i].register_forward_hook(collector.post_hook(i), with_kwargs=True))
+    device = spec.embeddings(model).weight.device
+    kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
+    saved_grads = {p: p.grad for p in model.parameters()}
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for split, indices in (("train", train), ("heldout", heldout)):
+            collector.split = split
+            for start in range(0, len(indices), batch_size):
+                ids = windows[indices[start : start + batch_size]].to(device)
+                if gradients:
+                    with torch.enable_grad():
+                        per_window_loss(_logits(model(ids, **kwargs)), ids).backward()
+                else:
+                    with torch.no_grad():
+                        model(ids, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training:
+            m.training = flag
+        for p, g in saved_grads.items():
+            p.grad = g
+    d = next(iter(collector.parts.values())).hidden_size
+    return BlockStatistics(
+        layers=layer_ids,
+        hidden_size=d,
+        num_windows=windows.shape[0],
+        window_length=windows.shape[1],
+        heldout_windows=tuple(heldout),
+        holdout=float(holdout),
+        seed=int(seed),
+        gradients=bool(gradients),
+        parts=collector.parts,
+    )
+
+
+def explained_variance_fraction(cov: torch.Tensor, k: int) -> float:
+    """Fraction of the total variance (trace of ``cov`` (d, d)) held by its top ``k`` principal directions."""
+    if not 0 <= k <= cov.shape[0]:
+        raise ValueError(f"explained_variance_fraction: k must be in [0, {cov.shape[0]}]; got {k}")
+    eig = torch.linalg.eigvalsh(cov).clamp_min(0).flip(0)
+    total = float(eig.sum())
+    return math.nan if total == 0 else float(eig[:k].sum()) / total
