@@ -1,6 +1,6 @@
 """The README's activation-geometry table (issue 5, finding 1: variance is not importance).
 
-For stories260K (TinyStories) and SmolLM2-135M (WikiText-2), at a set of blocks (every 3rd and the last), over the
+For stories260K (TinyStories; all 5 blocks) and SmolLM2-135M (WikiText-2; every 3rd block and the last), over the
 position sets "no_first" (the default: the attention-sink first position of each window left out) and "all":
 k(90%) of the hidden-state variance at the block's input, the overlap and CCA of the top-k variance subspace with the
 top-k gradient (and unembedding) subspace, and perplexity with the block's input projected onto each subspace.
@@ -38,7 +38,7 @@ def default_layers(num_blocks: int) -> list[int]:
     return sorted(set(range(0, num_blocks, 3)) | {num_blocks - 1})
 
 
-def run_model(name, model, calibration, measure, layers, bases_to_project, log):
+def run_model(name, model, calibration, measure, layers, project_positions, log):
     """Geometry + projection perplexities of one model -> a JSON-serializable dict."""
     t0 = time.perf_counter()
     stats = collect_block_statistics(model, calibration, layers=layers, gradients=True, holdout=0.1, seed=0)
@@ -48,9 +48,9 @@ def run_model(name, model, calibration, measure, layers, bases_to_project, log):
     log(f"  {name}: baseline perplexity {baseline.ppl:.4f} over {baseline.tokens} tokens")
     projections = []
     for layer in layers:
-        for positions in POSITION_SETS:
+        for positions in project_positions:
             layer_bases = bases[(layer, positions)]
-            for basis_name in bases_to_project:
+            for basis_name in ("variance", "gradient"):
                 t0 = time.perf_counter()
                 result = projection_perplexity(
                     model,
@@ -106,7 +106,14 @@ def main(argv=None):
     parser.add_argument("--windows", type=int, default=64, help="SmolLM2 calibration windows")
     parser.add_argument("--length", type=int, default=256, help="SmolLM2 calibration window length")
     parser.add_argument("--tokens", type=int, default=16384, help="SmolLM2 WikiText-2 test-token budget")
-    parser.add_argument("--layers", type=int, nargs="*", default=None, help="blocks (default: every 3rd + last)")
+    parser.add_argument("--smol-layers", type=int, nargs="+", default=None, help="SmolLM2 blocks (every 3rd + last)")
+    parser.add_argument(
+        "--project-positions",
+        nargs="+",
+        default=list(POSITION_SETS),
+        choices=POSITION_SETS,
+        help="position sets whose bases get the (costly) projection evaluations",
+    )
     parser.add_argument("--json", default="geometry_experiments.json", help="where to write the results")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -116,7 +123,6 @@ def main(argv=None):
 
     started = datetime.datetime.now(datetime.timezone.utc)
     results = []
-    bases_to_project = ("variance", "gradient")
     if "stories260k" in args.models:
         model, tok = tcompress.load("stories260k")
         stories = data.tinystories_texts()
@@ -126,8 +132,8 @@ def main(argv=None):
         def measure_stories(m):
             return evaluate.perplexity_of_texts(m, tok, evaluation_texts, bos=True, max_length=512)
 
-        layers = args.layers or default_layers(len(models.architecture(model).blocks(model)))
-        result = run_model("stories260K", model, calibration, measure_stories, layers, bases_to_project, log)
+        layers = list(range(len(models.architecture(model).blocks(model))))  # 5 blocks: all of them
+        result = run_model("stories260K", model, calibration, measure_stories, layers, args.project_positions, log)
         result["settings"] = {
             "calibration": f"TinyStories stories 1-5, {tuple(calibration.shape)} windows (BOS + 127 tokens)",
             "evaluation": "TinyStories stories 6-10, each alone with BOS",
@@ -144,8 +150,8 @@ def main(argv=None):
         def measure_smol(m):
             return evaluate.perplexity(m, windows, progress=False)
 
-        layers = args.layers or default_layers(len(models.architecture(model).blocks(model)))
-        result = run_model("SmolLM2-135M", model, calibration, measure_smol, layers, bases_to_project, log)
+        layers = args.smol_layers or default_layers(len(models.architecture(model).blocks(model)))
+        result = run_model("SmolLM2-135M", model, calibration, measure_smol, layers, args.project_positions, log)
         result["settings"] = {
             "calibration": f"{data.calibration_source().label}, {tuple(calibration.shape)} random windows, seed 0",
             "evaluation": f"{source.label}, windows {tuple(windows.shape)}",

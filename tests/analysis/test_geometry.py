@@ -169,7 +169,7 @@ def test_variance_fraction_in_the_top_principal_directions_is_their_eigenvalue_s
 
 def test_unembedding_directions_are_the_pulled_back_logit_principal_directions():
     gen = torch.Generator().manual_seed(12)
-    d, vocab, n = 6, 40, 3000
+    d, vocab = 6, 40
     cov = _random_cov(d, 13)
     w = torch.randn(vocab, d, generator=gen, dtype=torch.float64)
     values, directions = geometry.unembedding_directions(cov, w)
@@ -181,7 +181,6 @@ def test_unembedding_directions_are_the_pulled_back_logit_principal_directions()
         assert geometry.subspace_overlap(directions[:, :k], pulled) == pytest.approx(1.0, abs=1e-8)
     with pytest.raises(ValueError, match=r"head_weight must be \(vocab, 6\)"):
         geometry.unembedding_directions(cov, torch.ones(vocab, d + 1))
-    del n
 
 
 # -- one layer, end to end --------------------------------------------------------------------------------------

@@ -276,7 +276,9 @@ class LayerGeometry:
         return dataclasses.asdict(self)
 
 
-def compare_subspaces(kind: str, cov: torch.Tensor, variance_basis: torch.Tensor, predictive_basis: torch.Tensor):
+def compare_subspaces(
+    kind: str, cov: torch.Tensor, variance_basis: torch.Tensor, predictive_basis: torch.Tensor
+) -> SubspaceComparison:
     """Σ (d, d), U_k (d, k), P_k (d, k) -> :class:`SubspaceComparison` (overlap, CCA, variance held by P_k)."""
     d, k = variance_basis.shape
     correlations = canonical_correlations(cov, variance_basis, predictive_basis)
