@@ -4,9 +4,10 @@
 //
 // Two paths:
 // - GEMV (M <= TC_LINEAR_BLOCK_GEMV_MAX_M, decoding): memory-bound, so U and V are each streamed exactly once and
-//   widened (bf16/fp16/int8 -> fp32) in registers. Phase 1 splits the d rows of U over the threads (each keeps a
-//   partial t of M x r floats), the partials are summed, phase 2 splits the columns of V over the threads and
-//   writes y = x + b + t V for its columns straight away.
+//   widened (bf16/fp16/int8 -> fp32) in registers, front to back (whole rows, four at a time: sequential reads
+//   that the prefetchers follow). Phase 1 splits the d rows of U over the threads (each keeps a partial t of
+//   M x r floats in L1), the partials are summed, phase 2 splits the columns of V over the threads and writes
+//   y = x + b + t V for its columns straight away.
 // - GEMM (prefill): U and V are widened once per call into fp32 panels padded to whole vectors (scales folded in),
 //   then each thread takes blocks of kBlockRows rows and runs two register-blocked GEMMs, the block's r-wide
 //   intermediate staying in a per-thread buffer that fits in L2.
@@ -34,9 +35,8 @@ namespace {
 using LV = LBVec;
 using VT = typename LV::T;
 constexpr int kW = LV::W;
-// GEMV: row groups of up to 4 and column chunks of 4 vectors: 16 accumulators, 4 factor vectors, 1 broadcast.
+// GEMV: rows of x in groups of up to 4 (4 x 4 broadcasts, 4 factor vectors and one sum in registers).
 constexpr int kGemvRows = 4;
-constexpr int kGemvVecs = 4;
 // GEMM micro-tile: kMR rows x kNV vectors of accumulators (AVX-512: 6 x 4 = 24 of 32 registers; AVX2 and the
 // scalar build: 4 x 3 = 12 of 16), plus the kNV factor vectors and one broadcast.
 constexpr int kMR = LV::NREG >= 32 ? 6 : 4;
@@ -134,54 +134,68 @@ void* row_ptr(void* base, int dtype, int64_t row, int64_t stride) {
 // GEMV path.
 // ---------------------------------------------------------------------------------------------------------------
 
-// acc (MG x NV vectors) = sum over k in [k0, k1) of a[m, k] * F[k, j0 : j0 + NV*kW], F row-major with ldf columns;
-// a row-major with lda columns. Stores into out (row m at out + m * ldo).
-template <int FT, int MG, int NV>
-void gemv_tile(const float* a, int64_t lda, const void* f, int64_t ldf, int64_t k0, int64_t k1, int64_t j0,
-               float* out, int64_t ldo) {
-  VT acc[MG][NV];
-  for (int m = 0; m < MG; ++m)
-    for (int v = 0; v < NV; ++v) acc[m][v] = LV::zero();
-  for (int64_t k = k0; k < k1; ++k) {
-    VT fv[NV];
-    for (int v = 0; v < NV; ++v) fv[v] = load_factor<FT>(f, k * ldf + j0 + v * kW);
-    for (int m = 0; m < MG; ++m) {
-      const VT s = LV::splat(a[m * lda + k]);
-      for (int v = 0; v < NV; ++v) acc[m][v] = LV::fmadd(s, fv[v], acc[m][v]);
+// out[m, 0:n] += sum_{k0 <= k < k1} a[m, k] * F[k, c0 : c0 + n] for MG rows; F row-major with ldf columns and
+// f_numel elements in all; out rows ldo >= round_up(n, kW) floats apart. Factor rows are streamed front to back,
+// four at a time (one load and store of the sums per four multiply-adds). The last partial vector of a row is
+// read as a whole vector (its extra lanes land in out's padding) unless that would read past F's end.
+template <int FT, int MG>
+void axpy_rows(const float* a, int64_t lda, const void* f, int64_t ldf, int64_t f_numel, int64_t k0, int64_t k1,
+               int64_t c0, int64_t n, float* out, int64_t ldo) {
+  const int64_t n_pad = round_up(n, kW);
+  int64_t k = k0;
+  for (; k + 4 <= k1; k += 4) {
+    VT s[MG][4];
+    for (int m = 0; m < MG; ++m)
+      for (int q = 0; q < 4; ++q) s[m][q] = LV::splat(a[m * lda + k + q]);
+    const int64_t base = k * ldf + c0;
+    const int64_t n_vec = base + 3 * ldf + n_pad <= f_numel ? n_pad : n / kW * kW;
+    int64_t j = 0;
+    for (; j < n_vec; j += kW) {
+      const VT f0 = load_factor<FT>(f, base + j), f1 = load_factor<FT>(f, base + ldf + j);
+      const VT f2 = load_factor<FT>(f, base + 2 * ldf + j), f3 = load_factor<FT>(f, base + 3 * ldf + j);
+      for (int m = 0; m < MG; ++m) {
+        VT acc = LV::load(out + m * ldo + j);
+        acc = LV::fmadd(s[m][0], f0, acc);
+        acc = LV::fmadd(s[m][1], f1, acc);
+        acc = LV::fmadd(s[m][2], f2, acc);
+        acc = LV::fmadd(s[m][3], f3, acc);
+        LV::store(out + m * ldo + j, acc);
+      }
+    }
+    for (; j < n; ++j) {
+      const float f0 = elem_to_float(f, FT, base + j), f1 = elem_to_float(f, FT, base + ldf + j);
+      const float f2 = elem_to_float(f, FT, base + 2 * ldf + j), f3 = elem_to_float(f, FT, base + 3 * ldf + j);
+      for (int m = 0; m < MG; ++m) {
+        const float* am = a + m * lda + k;
+        out[m * ldo + j] += am[0] * f0 + am[1] * f1 + am[2] * f2 + am[3] * f3;
+      }
     }
   }
-  for (int m = 0; m < MG; ++m)
-    for (int v = 0; v < NV; ++v) LV::store(out + m * ldo + v * kW, acc[m][v]);
-}
-
-// out[m, c - c0] = sum_{k0 <= k < k1} a[m, k] * F[k, c] for columns c in [c0, c1), mg rows; c1 - c0 a multiple of
-// kW, except that the columns past the last whole vector of F's row (n_vec) are summed one by one.
-template <int FT, int MG>
-void gemv_columns(const float* a, int64_t lda, const void* f, int64_t ldf, int64_t k0, int64_t k1, int64_t c0,
-                  int64_t c1, int64_t n_vec, float* out, int64_t ldo) {
-  int64_t c = c0;
-  const int64_t vec_end = std::min(c1, n_vec);
-  for (; c + kGemvVecs * kW <= vec_end; c += kGemvVecs * kW)
-    gemv_tile<FT, MG, kGemvVecs>(a, lda, f, ldf, k0, k1, c, out + (c - c0), ldo);
-  for (; c + kW <= vec_end; c += kW) gemv_tile<FT, MG, 1>(a, lda, f, ldf, k0, k1, c, out + (c - c0), ldo);
-  for (; c < c1; ++c) {  // the columns of the last partial vector
-    float s[MG] = {};
-    for (int64_t k = k0; k < k1; ++k) {
-      const float fk = elem_to_float(f, FT, k * ldf + c);
-      for (int m = 0; m < MG; ++m) s[m] += a[m * lda + k] * fk;
+  for (; k < k1; ++k) {  // the last rows of the range, one at a time
+    VT s[MG];
+    for (int m = 0; m < MG; ++m) s[m] = LV::splat(a[m * lda + k]);
+    const int64_t base = k * ldf + c0;
+    const int64_t n_vec = base + n_pad <= f_numel ? n_pad : n / kW * kW;
+    int64_t j = 0;
+    for (; j < n_vec; j += kW) {
+      const VT f0 = load_factor<FT>(f, base + j);
+      for (int m = 0; m < MG; ++m) LV::store(out + m * ldo + j, LV::fmadd(s[m], f0, LV::load(out + m * ldo + j)));
     }
-    for (int m = 0; m < MG; ++m) out[m * ldo + (c - c0)] = s[m];
+    for (; j < n; ++j) {
+      const float f0 = elem_to_float(f, FT, base + j);
+      for (int m = 0; m < MG; ++m) out[m * ldo + j] += a[m * lda + k] * f0;
+    }
   }
 }
 
 template <int FT>
-void gemv_columns_rows(int mg, const float* a, int64_t lda, const void* f, int64_t ldf, int64_t k0, int64_t k1,
-                       int64_t c0, int64_t c1, int64_t n_vec, float* out, int64_t ldo) {
+void axpy_rows_group(int mg, const float* a, int64_t lda, const void* f, int64_t ldf, int64_t f_numel, int64_t k0,
+                     int64_t k1, int64_t c0, int64_t n, float* out, int64_t ldo) {
   switch (mg) {
-    case 1: gemv_columns<FT, 1>(a, lda, f, ldf, k0, k1, c0, c1, n_vec, out, ldo); break;
-    case 2: gemv_columns<FT, 2>(a, lda, f, ldf, k0, k1, c0, c1, n_vec, out, ldo); break;
-    case 3: gemv_columns<FT, 3>(a, lda, f, ldf, k0, k1, c0, c1, n_vec, out, ldo); break;
-    default: gemv_columns<FT, 4>(a, lda, f, ldf, k0, k1, c0, c1, n_vec, out, ldo); break;
+    case 1: axpy_rows<FT, 1>(a, lda, f, ldf, f_numel, k0, k1, c0, n, out, ldo); break;
+    case 2: axpy_rows<FT, 2>(a, lda, f, ldf, f_numel, k0, k1, c0, n, out, ldo); break;
+    case 3: axpy_rows<FT, 3>(a, lda, f, ldf, f_numel, k0, k1, c0, n, out, ldo); break;
+    default: axpy_rows<FT, 4>(a, lda, f, ldf, f_numel, k0, k1, c0, n, out, ldo); break;
   }
 }
 
@@ -189,44 +203,50 @@ template <int FT>
 int run_gemv(const LinearBlockArgs& a, const float* b, const float* mu) {
   const int64_t M = a.M, d = a.d, r = a.r;
   const int64_t work = 2 * M * d * r;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work / kGemvWorkPerThread)));
-  FloatScratch xc(M * d), t(M * r), partial(static_cast<int64_t>(threads) * M * r);
-  FloatScratch yacc(static_cast<int64_t>(threads) * M * kGemvVecs * kW);
+  const int threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.num_threads, work / kGemvWorkPerThread)));
+  const int64_t rp = round_up(r, kW), dp = round_up(d, kW);
+  // Phase-2 column ranges: whole vectors per thread, the last one ending at d.
+  const int64_t d_vecs = dp / kW;
+  FloatScratch xc(M * d), t(M * r), partial(static_cast<int64_t>(threads) * M * rp);
+  FloatScratch yacc(M * (dp + static_cast<int64_t>(threads) * kW));
   if (xc.p == nullptr || t.p == nullptr || partial.p == nullptr || yacc.p == nullptr) return TC_ERR_OUT_OF_MEMORY;
-  for (int64_t m = 0; m < M; ++m) x_minus_mu(row_ptr(a.x, a.x_dtype, m, a.x_row_stride), a.x_dtype, mu, xc.p + m * d, d);
-  const int64_t r_vec = r / kW * kW, d_vec = d / kW * kW;
-  const int64_t chunk = kGemvVecs * kW;             // phase-2 columns per task
-  const int64_t chunks = (d + chunk - 1) / chunk;
+  for (int64_t m = 0; m < M; ++m)
+    x_minus_mu(row_ptr(a.x, a.x_dtype, m, a.x_row_stride), a.x_dtype, mu, xc.p + m * d, d);
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    // Phase 1: this thread's rows of U, all r columns -> its partial t (M x r).
+    // Phase 1: this thread's rows of U, all r columns -> its partial t (M x r, rows rp apart).
     const int64_t k0 = d * tid / nt, k1 = d * (tid + 1) / nt;
-    float* mine = partial.p + static_cast<int64_t>(tid) * M * r;
+    float* mine = partial.p + static_cast<int64_t>(tid) * M * rp;
+    memset(mine, 0, static_cast<size_t>(M * rp) * sizeof(float));
     for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
       const int mg = static_cast<int>(std::min<int64_t>(kGemvRows, M - m0));
-      gemv_columns_rows<FT>(mg, xc.p + m0 * d, d, a.U, r, k0, k1, 0, r, r_vec, mine + m0 * r, r);
+      axpy_rows_group<FT>(mg, xc.p + m0 * d, d, a.U, r, d * r, k0, k1, 0, r, mine + m0 * rp, rp);
     }
 #pragma omp barrier
     // Sum the partials (and apply u_scale) over this thread's share of t.
-    const int64_t n = M * r, e0 = n * tid / nt, e1 = n * (tid + 1) / nt;
+    const int64_t e0 = M * r * tid / nt, e1 = M * r * (tid + 1) / nt;
     for (int64_t e = e0; e < e1; ++e) {
+      const int64_t m = e / r, i = e % r;
       float s = 0.0f;
-      for (int p = 0; p < nt; ++p) s += partial.p[static_cast<int64_t>(p) * n + e];
-      t.p[e] = a.u_scale != nullptr ? s * a.u_scale[e % r] : s;
+      for (int p = 0; p < nt; ++p) s += partial.p[(static_cast<int64_t>(p) * M + m) * rp + i];
+      t.p[e] = a.u_scale != nullptr ? s * a.u_scale[i] : s;
     }
 #pragma omp barrier
-    // Phase 2: column chunks of V, each finished with the epilogue while its sums are in L1.
-    float* acc = yacc.p + static_cast<int64_t>(tid) * M * chunk;
-    for (int64_t c = tid; c < chunks; c += nt) {
-      const int64_t c0 = c * chunk, c1 = std::min(d, c0 + chunk);
+    // Phase 2: this thread's columns of V, all r rows, then y = x + b + acc for those columns.
+    const int64_t c0 = d_vecs * tid / nt * kW, c1 = std::min(d, d_vecs * (tid + 1) / nt * kW);
+    if (c1 > c0) {
+      const int64_t n = c1 - c0, ldo = round_up(n, kW);
+      float* acc = yacc.p + M * (c0 + static_cast<int64_t>(tid) * kW);  // M rows of ldo floats, own region
+      memset(acc, 0, static_cast<size_t>(M * ldo) * sizeof(float));
       for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
         const int mg = static_cast<int>(std::min<int64_t>(kGemvRows, M - m0));
-        gemv_columns_rows<FT>(mg, t.p + m0 * r, r, a.V, d, 0, r, c0, c1, d_vec, acc + m0 * chunk, chunk);
+        axpy_rows_group<FT>(mg, t.p + m0 * r, r, a.V, d, r * d, 0, r, c0, n, acc + m0 * ldo, ldo);
       }
       for (int64_t m = 0; m < M; ++m) {
-        float* row = acc + m * chunk;
+        float* row = acc + m * ldo;
         if (a.v_scale != nullptr)
           for (int64_t j = c0; j < c1; ++j) row[j - c0] *= a.v_scale[j];
         epilogue(row_ptr(a.x, a.x_dtype, m, a.x_row_stride), a.x_dtype, row, b,
