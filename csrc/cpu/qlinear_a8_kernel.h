@@ -1,0 +1,328 @@
+// The qlinear_a8 driver, compiled once per ISA translation unit (qlinear_a8_<isa>.cpp defines TC_ISA_NS and a
+// micro-kernel `A8Tile` before including this header):
+//
+//   1. activations: each row quantized to int8 codes (per-token scale sx), stored with every group padded to a
+//      multiple of 4 columns, plus the sum of the codes of each (row, group) for the zero-point correction;
+//   2. weights: per panel of A8Tile::NR output columns, the codes are unpacked and re-laid out so that the 4
+//      codes of one column for 4 consecutive k are adjacent ("k4 blocks": panel[t][column][4]), which is the
+//      operand layout of vpdpbusd (and of vpmaddubsw + vpmaddwd); a panel stays in L2 while every row tile runs;
+//   3. A8Tile::tile multiplies A8Tile::MR rows of codes (4 bytes broadcast per k4 block) by the panel into int32
+//      accumulators per group; the driver subtracts z * sum(codes) (exact), converts to fp32, multiplies by the
+//      group scale and adds into an fp32 tile; at the end y = c * sx + bias.
+//
+// A8Tile interface:
+//   static constexpr int MR, NR;                         rows and columns of one tile (NR a multiple of 16)
+//   template <int R, bool INT4> static void tile(const int8_t* a, int64_t a_stride, const uint8_t* panel,
+//                                                int64_t t0, int64_t t1, int32_t* acc);
+//     acc[r * NR + j] = sum over k4 blocks t in [t0, t1) and b < 4 of panel[(t * NR + j) * 4 + b] *
+//                       a[r * a_stride + 4 * t + b], for r < R (R <= MR); INT4: every weight code is <= 15.
+#pragma once
+#ifndef TC_ISA_NS
+#error "define TC_ISA_NS before including qlinear_a8_kernel.h"
+#endif
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "qlinear_a8_table.h"
+#include "simd_scalar.h"
+#include "tcompress/status.h"
+
+namespace tcompress {
+namespace TC_ISA_NS {
+namespace {
+
+// 64-byte aligned scratch memory, freed on scope exit.
+class Scratch {
+ public:
+  explicit Scratch(size_t bytes) : p_(aligned_alloc(64, ((bytes + 63) / 64) * 64 + 64)) {}
+  ~Scratch() { free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  bool ok() const { return p_ != nullptr; }
+
+ private:
+  void* p_;
+};
+
+inline float load_float(const void* p, int dtype, int64_t i) {
+  switch (dtype) {
+    case TC_FLOAT16: return f16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case TC_BFLOAT16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+inline void store_float(void* p, int dtype, int64_t i, float v) {
+  switch (dtype) {
+    case TC_FLOAT16: static_cast<uint16_t*>(p)[i] = float_to_f16(v); break;
+    case TC_BFLOAT16: static_cast<uint16_t*>(p)[i] = float_to_bf16(v); break;
+    default: static_cast<float*>(p)[i] = v;
+  }
+}
+
+// One row of x (K elements of dtype DT) -> its per-token scale and codes (x / sx, rounded half to even, as
+// torch.round does, clamped to [-qmax, qmax]). False when the row holds NaN or Inf.
+template <int DT>
+bool quantize_row(const void* x, int64_t K, int qmax, float* row_f32, int8_t* codes, float* sx) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = load_float(x, DT, k);
+    row_f32[k] = v;
+    amax = std::max(amax, fabsf(v));
+  }
+  if (!(amax <= 3.4028234663852886e38f) || amax != amax) return false;
+  const float scale = amax > 0.0f ? amax / static_cast<float>(qmax) : 1.0f;
+  const float lo = -static_cast<float>(qmax), hi = static_cast<float>(qmax);
+  for (int64_t k = 0; k < K; ++k) {
+    // A division, not a multiplication by 1/scale: the codes must equal the reference's x / scale exactly.
+    const float q = nearbyintf(row_f32[k] / scale);
+    codes[k] = static_cast<int8_t>(std::min(hi, std::max(lo, q)));
+  }
+  *sx = scale;
+  return true;
+}
+
+bool quantize_row_any(int dtype, const void* x, int64_t K, int qmax, float* row_f32, int8_t* codes, float* sx) {
+  switch (dtype) {
+    case TC_FLOAT16: return quantize_row<TC_FLOAT16>(x, K, qmax, row_f32, codes, sx);
+    case TC_BFLOAT16: return quantize_row<TC_BFLOAT16>(x, K, qmax, row_f32, codes, sx);
+    default: return quantize_row<TC_FLOAT32>(x, K, qmax, row_f32, codes, sx);
+  }
+}
+
+int quantize_activations(const QLinearA8Args& a, int8_t* codes, float* act_scales) {
+  const int qmax = (1 << (a.act_bits - 1)) - 1;
+  const int esize = tc_dtype_size(a.x_dtype);
+  std::atomic<int> status{TC_OK};
+  const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, a.M));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch row(static_cast<size_t>(a.K) * sizeof(float));
+    if (!row.ok()) status = TC_ERR_OUT_OF_MEMORY;
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      if (!row.ok()) continue;
+      const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
+      if (!quantize_row_any(a.x_dtype, xr, a.K, qmax, row.as<float>(), codes + m * a.K, act_scales + m)) {
+        status = TC_ERR_NOT_FINITE;
+      }
+    }
+  }
+  return status.load();
+}
+
+// Geometry shared by the packing and the tiles: groups padded to gp (a multiple of 4) columns.
+struct Geometry {
+  int64_t gs, groups, gp, kp, k4_per_group;
+};
+
+Geometry geometry_of(const QLinearA8Args& a) {
+  Geometry g;
+  g.gs = a.group_size;
+  g.groups = a.groups;
+  g.gp = (g.gs + 3) / 4 * 4;
+  g.kp = g.groups * g.gp;
+  g.k4_per_group = g.gp / 4;
+  return g;
+}
+
+// Activations in the padded layout (M rows of kp codes) with per-(row, group) code sums; rows quantized from x,
+// or copied from the given codes. Scales go to sx (quantized rows only).
+int prepare_activations(const QLinearA8Args& a, const Geometry& geo, int8_t* padded, int32_t* sums, float* sx) {
+  const int qmax = a.act_bits > 0 ? (1 << (a.act_bits - 1)) - 1 : 127;
+  const int esize = a.x != nullptr ? tc_dtype_size(a.x_dtype) : 0;
+  std::atomic<int> status{TC_OK};
+  const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, a.M));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch row_f32(static_cast<size_t>(a.K) * sizeof(float)), row_codes(static_cast<size_t>(a.K));
+    if (!row_f32.ok() || !row_codes.ok()) status = TC_ERR_OUT_OF_MEMORY;
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      if (!row_f32.ok() || !row_codes.ok()) continue;
+      const int8_t* codes = a.codes != nullptr ? a.codes + m * a.K : row_codes.as<int8_t>();
+      if (a.codes == nullptr) {
+        const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
+        if (!quantize_row_any(a.x_dtype, xr, a.K, qmax, row_f32.as<float>(), row_codes.as<int8_t>(), sx + m)) {
+          status = TC_ERR_NOT_FINITE;
+          continue;
+        }
+      }
+      int8_t* dst = padded + m * geo.kp;
+      for (int64_t g = 0; g < geo.groups; ++g) {
+        const int8_t* src = codes + g * geo.gs;
+        int32_t s = 0;
+        for (int64_t i = 0; i < geo.gs; ++i) s += src[i];
+        sums[m * geo.groups + g] = s;
+        memcpy(dst + g * geo.gp, src, static_cast<size_t>(geo.gs));
+        memset(dst + g * geo.gp + geo.gs, 0, static_cast<size_t>(geo.gp - geo.gs));
+      }
+    }
+  }
+  return status.load();
+}
+
+// Weight code (n row given) at column k.
+inline uint8_t weight_code(const uint8_t* row, int bits, int64_t k) {
+  if (bits == 8) return row[k];
+  const uint8_t byte = row[k >> 1];
+  return (k & 1) ? static_cast<uint8_t>(byte >> 4) : static_cast<uint8_t>(byte & 0x0F);
+}
+
+// Panel p (columns p * NR ..) in k4-block layout, with its scales and zero points per group (zeros past N).
+template <int NR>
+void pack_panel(const QLinearA8Args& a, const Geometry& geo, int64_t p, uint8_t* panel, float* pscale,
+                int32_t* pzero) {
+  const int64_t row_bytes = a.bits == 4 ? a.K / 2 : a.K;
+  const int64_t t_count = geo.kp / 4;
+  const int32_t implicit_zero = 1 << (a.bits - 1);
+  for (int j = 0; j < NR; ++j) {
+    const int64_t n = p * NR + j;
+    if (n >= a.N) {
+      for (int64_t t = 0; t < t_count; ++t) memset(panel + (t * NR + j) * 4, 0, 4);
+      for (int64_t g = 0; g < geo.groups; ++g) {
+        pscale[g * NR + j] = 0.0f;
+        pzero[g * NR + j] = 0;
+      }
+      continue;
+    }
+    const uint8_t* row = a.qweight + n * row_bytes;
+    for (int64_t g = 0; g < geo.groups; ++g) {
+      pscale[g * NR + j] = a.scales != nullptr ? load_float(a.scales, a.scale_dtype, n * geo.groups + g) : 0.0f;
+      pzero[g * NR + j] = a.zeros != nullptr ? a.zeros[n * geo.groups + g] : implicit_zero;
+    }
+    if (geo.gp == geo.gs && a.bits == 8) {
+      for (int64_t t = 0; t < t_count; ++t) memcpy(panel + (t * NR + j) * 4, row + 4 * t, 4);
+    } else if (geo.gp == geo.gs) {
+      for (int64_t t = 0; t < t_count; ++t) {
+        const uint8_t b0 = row[2 * t], b1 = row[2 * t + 1];
+        uint8_t* d = panel + (t * NR + j) * 4;
+        d[0] = b0 & 0x0F;
+        d[1] = b0 >> 4;
+        d[2] = b1 & 0x0F;
+        d[3] = b1 >> 4;
+      }
+    } else {
+      for (int64_t g = 0; g < geo.groups; ++g) {
+        for (int64_t i = 0; i < geo.gp; ++i) {
+          const int64_t kk = g * geo.gp + i;
+          panel[((kk >> 2) * NR + j) * 4 + (kk & 3)] = i < geo.gs ? weight_code(row, a.bits, g * geo.gs + i) : 0;
+        }
+      }
+    }
+  }
+}
+
+template <int R, bool INT4>
+void tile_rows(const int8_t* act, int64_t kp, const uint8_t* panel, int64_t t0, int64_t t1, int32_t* acc) {
+  A8Tile::template tile<R, INT4>(act, kp, panel, t0, t1, acc);
+}
+
+template <bool INT4>
+void tile_any(int rows, const int8_t* act, int64_t kp, const uint8_t* panel, int64_t t0, int64_t t1, int32_t* acc) {
+  static_assert(A8Tile::MR <= 8, "tile_any dispatches up to 8 rows");
+  switch (rows) {
+    case 1: tile_rows<1, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 2: if constexpr (A8Tile::MR >= 2) tile_rows<2, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 3: if constexpr (A8Tile::MR >= 3) tile_rows<3, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 4: if constexpr (A8Tile::MR >= 4) tile_rows<4, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 5: if constexpr (A8Tile::MR >= 5) tile_rows<5, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 6: if constexpr (A8Tile::MR >= 6) tile_rows<6, INT4>(act, kp, panel, t0, t1, acc); break;
+    case 7: if constexpr (A8Tile::MR >= 7) tile_rows<7, INT4>(act, kp, panel, t0, t1, acc); break;
+    default: if constexpr (A8Tile::MR >= 8) tile_rows<8, INT4>(act, kp, panel, t0, t1, acc); break;
+  }
+}
+
+// All row tiles of one packed panel: fp32 output (a.y) or the int32 accumulators (a.acc).
+void run_panel(const QLinearA8Args& a, const Geometry& geo, int64_t p, const int8_t* act, const int32_t* sums,
+               const float* sx, const uint8_t* panel, const float* pscale, const int32_t* pzero, int32_t* acc,
+               float* c) {
+  constexpr int MR = A8Tile::MR, NR = A8Tile::NR;
+  const int64_t n0 = p * NR;
+  const int cols = static_cast<int>(std::min<int64_t>(NR, a.N - n0));
+  const int esize = a.y != nullptr ? tc_dtype_size(a.x_dtype) : 0;
+  for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, a.M - m0));
+    for (int i = 0; i < MR * NR; ++i) c[i] = 0.0f;
+    for (int64_t g = 0; g < geo.groups; ++g) {
+      const int64_t t0 = g * geo.k4_per_group, t1 = t0 + geo.k4_per_group;
+      if (a.bits == 4) {
+        tile_any<true>(rows, act + m0 * geo.kp, geo.kp, panel, t0, t1, acc);
+      } else {
+        tile_any<false>(rows, act + m0 * geo.kp, geo.kp, panel, t0, t1, acc);
+      }
+      const float* s = pscale + g * NR;
+      const int32_t* z = pzero + g * NR;
+      for (int r = 0; r < rows; ++r) {
+        const int32_t sum = sums[(m0 + r) * geo.groups + g];
+        int32_t* ar = acc + r * NR;
+        // Exact: |sum_k u a| and |z sum_k a| are each below 255 * 128 * 65536 < 2^31 (TC_QLINEAR_A8_MAX_GROUP).
+        for (int j = 0; j < NR; ++j) ar[j] -= z[j] * sum;
+        if (a.acc != nullptr) {
+          for (int j = 0; j < cols; ++j) a.acc[((m0 + r) * a.N + n0 + j) * geo.groups + g] = ar[j];
+        } else {
+          float* cr = c + r * NR;
+          for (int j = 0; j < NR; ++j) cr[j] += static_cast<float>(ar[j]) * s[j];
+        }
+      }
+    }
+    if (a.y == nullptr) continue;
+    for (int r = 0; r < rows; ++r) {
+      void* yr = static_cast<char*>(a.y) + (m0 + r) * a.y_row_stride * esize;
+      const float* cr = c + r * NR;
+      const float scale = sx[m0 + r];
+      for (int j = 0; j < cols; ++j) {
+        float v = cr[j] * scale;
+        if (a.bias != nullptr) v += load_float(a.bias, a.bias_dtype, n0 + j);
+        store_float(yr, a.x_dtype, n0 + j, v);
+      }
+    }
+  }
+}
+
+int qlinear_a8(const QLinearA8Args& a) {
+  constexpr int MR = A8Tile::MR, NR = A8Tile::NR;
+  const Geometry geo = geometry_of(a);
+  Scratch act(static_cast<size_t>(a.M * geo.kp)), sums(static_cast<size_t>(a.M * geo.groups) * 4),
+      sx(static_cast<size_t>(a.M) * 4);
+  if (!act.ok() || !sums.ok() || !sx.ok()) return TC_ERR_OUT_OF_MEMORY;
+  int status = prepare_activations(a, geo, act.as<int8_t>(), sums.as<int32_t>(), sx.as<float>());
+  if (status != TC_OK) return status;
+  const int64_t panels = (a.N + NR - 1) / NR;
+  std::atomic<int> st{TC_OK};
+  const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, panels));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch panel(static_cast<size_t>(geo.kp * NR)), pscale(static_cast<size_t>(geo.groups * NR) * 4),
+        pzero(static_cast<size_t>(geo.groups * NR) * 4), acc(MR * NR * 4), c(MR * NR * 4);
+    const bool ok = panel.ok() && pscale.ok() && pzero.ok() && acc.ok() && c.ok();
+    if (!ok) st = TC_ERR_OUT_OF_MEMORY;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+      if (!ok) continue;
+      pack_panel<NR>(a, geo, p, panel.as<uint8_t>(), pscale.as<float>(), pzero.as<int32_t>());
+      run_panel(a, geo, p, act.as<int8_t>(), sums.as<int32_t>(), sx.as<float>(), panel.as<uint8_t>(),
+                pscale.as<float>(), pzero.as<int32_t>(), acc.as<int32_t>(), c.as<float>());
+    }
+  }
+  return st.load();
+}
+
+}  // namespace
+
+extern const QLinearA8Kernels qlinear_a8_kernels;
+const QLinearA8Kernels qlinear_a8_kernels = {A8Tile::kName, qlinear_a8, quantize_activations};
+
+}  // namespace TC_ISA_NS
+}  // namespace tcompress
