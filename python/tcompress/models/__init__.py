@@ -10,7 +10,15 @@
 from __future__ import annotations
 
 from .load import ModelSource, load, resolve_model
-from .table import ARCHITECTURES, ArchSpec, architecture, projection_weight, set_module, supported_families
+from .table import (
+    ARCHITECTURES,
+    ArchSpec,
+    architecture,
+    norm_parameters,
+    projection_weight,
+    set_module,
+    supported_families,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -18,6 +26,7 @@ __all__ = [
     "ModelSource",
     "architecture",
     "load",
+    "norm_parameters",
     "projection_weight",
     "resolve_model",
     "set_module",

@@ -1,5 +1,7 @@
 """Modules that replace parts of a model (no architecture names here: ``models/`` knows where they go)."""
 
+from .hadamard_linear import HadamardLinear
 from .quant_linear import QuantLinear, QuantSpec
+from .scale_free_norm import ScaleFreeRMSNorm
 
-__all__ = ["QuantLinear", "QuantSpec"]
+__all__ = ["HadamardLinear", "QuantLinear", "QuantSpec", "ScaleFreeRMSNorm"]
