@@ -20,10 +20,11 @@ from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
 from .hadamard_constructions import SUPPORTED_FACTORS
 from .info import info
 from .models import load
-from .recipes import QuantizeConfig, compress_, load_compressed, save_compressed
+from .recipes import QuantizeConfig, RotateConfig, compress_, load_compressed, save_compressed
 
 __all__ = [
     "QuantizeConfig",
+    "RotateConfig",
     "SUPPORTED_FACTORS",
     "__version__",
     "analysis",

@@ -5,7 +5,7 @@ tcompress info [--json]
 tcompress selfcheck [--rows N]
 tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L]
 tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmetric] [--scale-dtype D]
-                   [--eval-tokens N]
+                   [--act-bits 8|4] [--rotate [--online-hadamard] [--rotate-seed S]] [--eval-tokens N]
 """
 
 from __future__ import annotations
@@ -61,18 +61,28 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from . import data
     from .models import load
-    from .recipes import QuantizeConfig, compress_, save_compressed
+    from .recipes import QuantizeConfig, RotateConfig, compress_, save_compressed
 
+    if args.online_hadamard and not args.rotate:
+        raise ValueError("--online-hadamard is part of the rotation: pass it together with --rotate")
     config = QuantizeConfig(
-        bits=args.bits, group_size=args.group_size, symmetric=not args.asymmetric, scale_dtype=args.scale_dtype
+        bits=args.bits,
+        group_size=args.group_size,
+        symmetric=not args.asymmetric,
+        scale_dtype=args.scale_dtype,
+        act_bits=args.act_bits,
     )
+    configs = [config]
+    if args.rotate:
+        configs.insert(0, RotateConfig(seed=args.rotate_seed, online_hadamard=args.online_hadamard))
     model, tokenizer = load(args.model)
     source = data.default_text_source() if args.eval_tokens else None
     before = _measure(model, tokenizer, source, args.eval_tokens, None) if source else None
-    compress_(model, config)
+    compress_(model, *configs)
     path = save_compressed(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     n = sum(1 for m in model.modules() if type(m).__name__ == "QuantLinear")
-    print(f"quantized {n} projections of {args.model} ({config.to_dict()}); saved to {path}")
+    rotation = f"rotated ({configs[0].to_dict()}), then " if args.rotate else ""
+    print(f"{rotation}quantized {n} projections of {args.model} ({config.to_dict()}); saved to {path}")
     if before is not None:
         after = _measure(model, tokenizer, source, args.eval_tokens, None)
         print(
@@ -128,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=_group_size, default=128, help="input columns per scale, or none (per channel)")
     p.add_argument("--asymmetric", action="store_true", help="asymmetric codes with zero points")
     p.add_argument("--scale-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument(
+        "--act-bits", type=int, choices=(8, 4), help="also quantize the projections' inputs per token (W8A8, W4A8 ...)"
+    )
+    p.add_argument("--rotate", action="store_true", help="QuaRot-style Hadamard rotation of the residual stream first")
+    p.add_argument(
+        "--online-hadamard", action="store_true", help="with --rotate: also rotate the down-projection inputs online"
+    )
+    p.add_argument("--rotate-seed", type=int, default=0, help="seed of the rotation's random signs (default 0)")
     p.add_argument("--eval-tokens", type=_positive_int, help="also report perplexity before/after on this many tokens")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_cmd_quantize)

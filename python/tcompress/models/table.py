@@ -18,8 +18,10 @@ role        llama / mistral / qwen2                gpt2
 ``down``    ``mlp.down_proj``                      ``mlp.c_proj``: 4·d -> d, writes the residual
 ==========  =====================================  =====================================================
 
-So ``o`` and ``down`` are the two projections that write the residual stream in every family, and the projections
-that read a normalized residual are listed by :attr:`ArchSpec.norm_consumers`.
+So ``o`` and ``down`` are the two projections that write the residual stream in every family
+(:attr:`ArchSpec.residual_writer_roles`), and the projections that read a normalized residual are listed by
+:attr:`ArchSpec.norm_consumers` (the head reads the final norm). ``down`` is the projection whose input a rotation
+recipe may transform online (:attr:`ArchSpec.online_hadamard_roles`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class ArchSpec:
             into the projections that follow it.
         transposed_weights: True where projections are ``transformers`` ``Conv1D`` (weight stored (in, out)).
         default_eval_length: the usual perplexity window for the family (capped by the model's context length).
+        residual_writer_roles: projection roles whose output is added to the residual stream.
+        online_hadamard_roles: projection roles whose input (inside the block, not the residual stream) may be
+            rotated at run time by an online Hadamard transform.
     """
 
     family: str
@@ -67,6 +72,8 @@ class ArchSpec:
     norm_consumers: tuple[tuple[str, tuple[str, ...]], ...]
     transposed_weights: bool
     default_eval_length: int
+    residual_writer_roles: tuple[str, ...] = ("o", "down")
+    online_hadamard_roles: tuple[str, ...] = ("down",)
 
     # -- whole-model parts ------------------------------------------------------------------------------------
 
@@ -103,6 +110,18 @@ class ArchSpec:
             return True
         return head_w.shape == emb_w.shape and head_w.device == emb_w.device and head_w.data_ptr() == emb_w.data_ptr()
 
+    def untie_head_(self, model: nn.Module) -> nn.Module:
+        """Gives the head a weight of its own (a copy) when it shares the embedding's; returns the head.
+
+        Also sets ``config.tie_word_embeddings = False`` so that a saved and reloaded model is not re-tied.
+        """
+        head = self.head(model)
+        if self.is_tied(model):
+            head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+        if getattr(model, "config", None) is not None:
+            model.config.tie_word_embeddings = False
+        return head
+
     def eval_length(self, model: nn.Module) -> int:
         """The standard perplexity window: the family's usual length, never more than the model's context length.
 
@@ -133,6 +152,27 @@ class ArchSpec:
         for i, block in enumerate(self.blocks(model)):
             for role, module in self.projections(block).items():
                 yield f"{self.blocks_path}.{i}.{dict(self.projection_paths)[role]}", module
+
+    def iter_roles(self, model: nn.Module, roles: tuple[str, ...]) -> Iterator[tuple[str, nn.Module]]:
+        """Yields (qualified name, module) of the projections with one of ``roles``, block by block."""
+        paths = dict(self.projection_paths)
+        for i, block in enumerate(self.blocks(model)):
+            for role in roles:
+                yield f"{self.blocks_path}.{i}.{paths[role]}", block.get_submodule(paths[role])
+
+    def iter_norms(self, model: nn.Module) -> Iterator[tuple[str, nn.Module, list[tuple[str, nn.Module]]]]:
+        """Yields (norm name, norm module, [(name, module) of each projection that reads the norm's output]).
+
+        Every norm of every block, then the final norm, whose reader is the head.
+        """
+        paths = dict(self.projection_paths)
+        consumers = dict(self.norm_consumers)
+        for i, block in enumerate(self.blocks(model)):
+            prefix = f"{self.blocks_path}.{i}."
+            for role, path in self.block_norm_paths:
+                readers = [(prefix + paths[r], block.get_submodule(paths[r])) for r in consumers[role]]
+                yield prefix + path, block.get_submodule(path), readers
+        yield self.final_norm_path, self.final_norm(model), [(self.head_path, self.head(model))]
 
     def projection_weight(self, module: nn.Module) -> torch.Tensor:
         """(out_features, in_features): a projection's weight in ``nn.Linear`` orientation, as a view (no copy).
@@ -197,6 +237,20 @@ def block_input_hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
     if isinstance(hidden, torch.Tensor):
         return hidden
     raise TypeError("block_input_hidden_states: the decoder layer was called without a hidden_states tensor")
+
+
+def norm_parameters(module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """(scale (d,) or None, bias (d,) or None, eps) of a LayerNorm, a transformers RMSNorm or a ScaleFreeRMSNorm.
+
+    Raises:
+        TypeError: the module is no norm this table knows.
+    """
+    if isinstance(module, nn.LayerNorm):
+        return module.weight, module.bias, float(module.eps)
+    for eps_name in ("variance_epsilon", "eps"):  # LlamaRMSNorm and its copies / ScaleFreeRMSNorm
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, eps_name):
+            return getattr(module, "weight", None), getattr(module, "bias", None), float(getattr(module, eps_name))
+    raise TypeError(f"norm_parameters: expected a LayerNorm or an RMSNorm; got {type(module).__name__}")
 
 
 def context_length(model: nn.Module) -> int | None:

@@ -1,6 +1,8 @@
 """Modules that replace parts of a model (no architecture names here: ``models/`` knows where they go)."""
 
+from .hadamard_linear import HadamardLinear
 from .linear_block import LinearBlock
 from .quant_linear import QuantLinear, QuantSpec
+from .scale_free_norm import ScaleFreeRMSNorm
 
-__all__ = ["LinearBlock", "QuantLinear", "QuantSpec"]
+__all__ = ["HadamardLinear", "LinearBlock", "QuantLinear", "QuantSpec", "ScaleFreeRMSNorm"]

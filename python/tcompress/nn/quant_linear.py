@@ -1,7 +1,10 @@
 """QuantLinear: a linear layer whose weight is stored packed (int8, or two int4 per byte) and multiplied by
 :func:`tcompress.ops.qlinear` without ever materialising the fp32 weight.
 
-Storage format: :mod:`tcompress.ops.quantize`. The buffers (``qweight``, ``scales``, ``zeros`` when asymmetric,
+Storage format: :mod:`tcompress.ops.quantize`. Two run-time options: ``online_hadamard`` (the input goes through
+:func:`tcompress.ops.hadamard_transform` first; the weight already holds the matching H, see
+:class:`~tcompress.nn.HadamardLinear`) and ``act_bits`` (the input is quantized per token, symmetric, to 8 or 4 bits
+and multiplied by :func:`tcompress.ops.qlinear_a8`). The buffers (``qweight``, ``scales``, ``zeros`` when asymmetric,
 ``bias``) are ordinary state-dict entries, so a model holding QuantLinears saves and loads with safetensors.
 """
 
@@ -14,6 +17,9 @@ from torch import nn
 
 from .. import ops
 from ..ops.quantize import num_groups
+from .hadamard_linear import HadamardLinear, check_hadamard_size
+
+ACT_BITS = (None, 8, 4)
 
 _SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -109,8 +115,14 @@ class QuantLinear(nn.Module):
         spec: QuantSpec,
         bias: bool = True,
         bias_dtype: torch.dtype = torch.float32,
+        *,
+        online_hadamard: bool = False,
+        act_bits: int | None = None,
     ):
         super().__init__()
+        check_act_bits(act_bits, "QuantLinear")
+        if online_hadamard:
+            check_hadamard_size(in_features, "QuantLinear")
         if spec.group_size is not None and in_features % spec.group_size:
             raise ValueError(f"QuantLinear: group_size {spec.group_size} does not divide in_features {in_features}")
         if spec.bits == 4 and in_features % 2:
@@ -120,6 +132,8 @@ class QuantLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.spec = spec
+        self.online_hadamard = bool(online_hadamard)
+        self.act_bits = act_bits
         groups = num_groups(in_features, spec.group_size)
         packed_in = in_features // 2 if spec.bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, packed_in, dtype=torch.uint8))
@@ -128,14 +142,17 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype) if bias else None)
 
     @classmethod
-    def from_linear(cls, module: nn.Module, config, name: str = "") -> QuantLinear:
+    def from_linear(cls, module: nn.Module, config, name: str = "", act_bits: int | None = None) -> QuantLinear:
         """Quantizes an ``nn.Linear`` or transformers ``Conv1D`` (round to nearest) into a new QuantLinear.
+
+        A :class:`HadamardLinear` becomes a QuantLinear with ``online_hadamard=True`` (same weight, same transform).
 
         Args:
             module: the layer; its weight must be finite.
             config: a :class:`QuantSpec`, or any object with ``bits``, ``group_size``, ``symmetric`` (and
                 optionally ``scale_dtype``), e.g. ``tcompress.recipes.QuantizeConfig``.
             name: the module's name, used in error messages.
+            act_bits: None (fp activations), 8 or 4 (dynamic per-token symmetric activation quantization).
 
         Raises:
             TypeError: not a linear layer. ValueError: a group size that does not divide in_features, NaN/Inf.
@@ -147,7 +164,16 @@ class QuantLinear(nn.Module):
         w = weight.detach()
         q = ops.quantize(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
         bias_dtype = bias.dtype if bias is not None else torch.float32
-        new = cls(in_features, out_features, spec, bias=bias is not None, bias_dtype=bias_dtype).to(w.device)
+        online = isinstance(module, HadamardLinear)
+        new = cls(
+            in_features,
+            out_features,
+            spec,
+            bias=bias is not None,
+            bias_dtype=bias_dtype,
+            online_hadamard=online,
+            act_bits=act_bits,
+        ).to(w.device)
         new.qweight.copy_(ops.pack_int4(q.codes) if spec.bits == 4 else q.codes)
         new.scales.copy_(q.scales)
         if q.zeros is not None:
@@ -174,6 +200,12 @@ class QuantLinear(nn.Module):
         return ops.dequantize_reference(codes, self.scales, self.zeros, self.spec.bits, self.spec.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.online_hadamard:
+            x = ops.hadamard_transform(x)
+        if self.act_bits is not None:
+            return ops.qlinear_a8(
+                x, self.qweight, self.scales, self.zeros, self.spec.bits, self.spec.group_size, self.act_bits, self.bias
+            )
         return ops.qlinear(x, self.qweight, self.scales, self.zeros, self.spec.bits, self.spec.group_size, self.bias)
 
     def extra_repr(self) -> str:
@@ -182,4 +214,12 @@ class QuantLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, int{self.spec.bits}, {g}, {kind}, "
             f"scales={self.spec.scale_dtype}, bias={self.bias is not None}"
+            + (", online_hadamard=True" if self.online_hadamard else "")
+            + (f", act_bits={self.act_bits}" if self.act_bits is not None else "")
         )
+
+
+def check_act_bits(act_bits, label: str) -> None:
+    """Raises ValueError naming ``label`` unless ``act_bits`` is None (fp activations), 8 or 4."""
+    if act_bits not in ACT_BITS or isinstance(act_bits, bool):
+        raise ValueError(f"{label}: act_bits must be None (floating-point activations), 8 or 4; got {act_bits!r}")

@@ -3,11 +3,13 @@
 from .compress import compress_
 from .config import RecipeConfig, config_from_dict
 from .quantize import QuantizeConfig
+from .rotate import RotateConfig
 from .serialize import load_compressed, read_manifest, save_compressed
 
 __all__ = [
     "QuantizeConfig",
     "RecipeConfig",
+    "RotateConfig",
     "compress_",
     "config_from_dict",
     "load_compressed",

@@ -13,7 +13,7 @@ import torch
 
 from .. import models
 from ..nn import QuantLinear, QuantSpec
-from ..nn.quant_linear import check_quantizable
+from ..nn.quant_linear import check_act_bits, check_quantizable
 from .config import RecipeConfig, select
 
 
@@ -30,10 +30,14 @@ class QuantizeConfig(RecipeConfig):
         include: fnmatch patterns over module names (``model.named_modules()``) selecting projections.
         exclude: patterns removing projections from the selection.
         quantize_head: also quantize the output head (untied from the embedding when the model ties them).
+        act_bits: None (floating-point activations), 8 or 4: quantize the inputs of the quantized projections
+            dynamically (W8A8, W4A8, W4A4), multiplied by :func:`tcompress.ops.qlinear_a8`.
+        act_granularity: how activation scales are shared; only ``"per_token"`` (one symmetric scale per row).
     """
 
     kind = "quantize"
-    version = 1
+    # 2: act_bits / act_granularity (a version-1 reader would drop them silently).
+    version = 2
 
     bits: int = 4
     group_size: int | None = 128
@@ -42,9 +46,17 @@ class QuantizeConfig(RecipeConfig):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     quantize_head: bool = False
+    act_bits: int | None = None
+    act_granularity: str = "per_token"
 
     def __post_init__(self):
         QuantSpec.of(self)  # validates bits, group_size, scale_dtype with their own messages
+        check_act_bits(self.act_bits, "QuantizeConfig")
+        if self.act_granularity != "per_token":
+            raise ValueError(
+                f"QuantizeConfig: act_granularity must be 'per_token' (the only one implemented); "
+                f"got {self.act_granularity!r}"
+            )
         for field in ("include", "exclude"):
             value = getattr(self, field)
             if isinstance(value, str):
@@ -87,10 +99,12 @@ class QuantizeConfig(RecipeConfig):
             check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
         untie = head_name is not None and arch.is_tied(model)
         # Quantize everything first (a scale can still overflow its dtype here), then swap: all or nothing.
-        replacements = {name: QuantLinear.from_linear(candidates[name], spec, name=name) for name in names}
+        replacements = {
+            name: QuantLinear.from_linear(candidates[name], spec, name=name, act_bits=self.act_bits) for name in names
+        }
         for name, module in replacements.items():
             models.set_module(model, name, module)
         if untie:
             # The embedding keeps its fp weights and the head is now a module of its own: a reload must not re-tie.
             model.config.tie_word_embeddings = False
-        return {"modules": names, "bits": self.bits, "group_size": self.group_size}
+        return {"modules": names, "bits": self.bits, "group_size": self.group_size, "act_bits": self.act_bits}

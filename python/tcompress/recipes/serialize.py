@@ -22,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .. import __version__, models
 from ..models.load import _dtype_kwargs
-from ..nn import QuantLinear, QuantSpec
+from ..nn import HadamardLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
 
 MANIFEST = "tcompress.json"
 # The element-type names safetensors reports for the dtypes a replaced module stores.
@@ -49,8 +50,41 @@ def _module_record(module: torch.nn.Module) -> dict | None:
             "bias": module.bias is not None,
             "bias_dtype": str(module.bias.dtype).replace("torch.", "") if module.bias is not None else None,
             "spec": module.spec.to_dict(),
+            "online_hadamard": module.online_hadamard,
+            "act_bits": module.act_bits,
+        }
+    if isinstance(module, ScaleFreeRMSNorm):
+        return {"type": "ScaleFreeRMSNorm", "dim": module.dim, "eps": module.eps}
+    if isinstance(module, nn.Linear):
+        # A HadamardLinear, or a head that a rotation gave a bias (GPT-2's final LayerNorm bias, fused).
+        return {
+            "type": type(module).__name__,
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias is not None,
+            "dtype": str(module.weight.dtype).replace("torch.", ""),
         }
     return None
+
+
+def _records(model: torch.nn.Module, arch) -> dict:
+    """{name: record} of every module a config-built model would not have as it is here."""
+    head = arch.head(model)
+    records = {}
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and not (module is head and module.bias is not None):
+            continue  # a plain linear layer the config builds itself
+        record = _module_record(module)
+        if record is not None:
+            records[name] = record
+    return records
+
+
+def _torch_dtype(name) -> torch.dtype:
+    dtype = getattr(torch, name or "float32", None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype {name!r} is not a torch dtype")
+    return dtype
 
 
 def _build_module(name: str, record: dict) -> torch.nn.Module:
@@ -61,10 +95,30 @@ def _build_module(name: str, record: dict) -> torch.nn.Module:
             bias_dtype = getattr(torch, record.get("bias_dtype") or "float32")
             if not isinstance(bias_dtype, torch.dtype):
                 raise ValueError(f"bias_dtype {record.get('bias_dtype')!r} is not a torch dtype")
-            return QuantLinear(record["in_features"], record["out_features"], spec, record["bias"], bias_dtype)
+            return QuantLinear(
+                record["in_features"],
+                record["out_features"],
+                spec,
+                record["bias"],
+                bias_dtype,
+                online_hadamard=bool(record.get("online_hadamard", False)),
+                act_bits=record.get("act_bits"),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
-    raise ValueError(f"{MANIFEST}: module {name!r} has unknown type {kind!r} (expected QuantLinear)")
+    linear_types = {"Linear": nn.Linear, "HadamardLinear": HadamardLinear}
+    try:
+        if kind == "ScaleFreeRMSNorm":
+            return ScaleFreeRMSNorm(record["dim"], record["eps"])
+        if kind in linear_types:
+            dtype = _torch_dtype(record.get("dtype"))
+            return linear_types[kind](record["in_features"], record["out_features"], bias=record["bias"], dtype=dtype)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
+    raise ValueError(
+        f"{MANIFEST}: module {name!r} has unknown type {kind!r} "
+        "(expected QuantLinear, HadamardLinear, Linear or ScaleFreeRMSNorm)"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -97,7 +151,7 @@ def save_compressed(model: torch.nn.Module, directory, *, tokenizer=None, overwr
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
         model.config.save_pretrained(tmp)
-        records = {name: r for name, m in model.named_modules() if (r := _module_record(m)) is not None}
+        records = _records(model, arch)
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"tcompress {__version__}"})
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
         manifest = {
