@@ -1,5 +1,6 @@
 """Modules that replace parts of a model (no architecture names here: ``models/`` knows where they go)."""
 
+from .low_rank_linear import LowRankLinear
 from .quant_linear import QuantLinear, QuantSpec
 
-__all__ = ["QuantLinear", "QuantSpec"]
+__all__ = ["LowRankLinear", "QuantLinear", "QuantSpec"]

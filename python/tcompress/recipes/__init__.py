@@ -2,14 +2,17 @@
 
 from .compress import compress_
 from .config import RecipeConfig, config_from_dict
+from .factorize import FactorizeConfig, factorize_
 from .quantize import QuantizeConfig
 from .serialize import load_compressed, read_manifest, save_compressed
 
 __all__ = [
+    "FactorizeConfig",
     "QuantizeConfig",
     "RecipeConfig",
     "compress_",
     "config_from_dict",
+    "factorize_",
     "load_compressed",
     "read_manifest",
     "save_compressed",
