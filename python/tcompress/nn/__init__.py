@@ -2,7 +2,8 @@
 
 from .hadamard_linear import HadamardLinear
 from .linear_block import LinearBlock
+from .low_rank_linear import LowRankLinear
 from .quant_linear import QuantLinear, QuantSpec
 from .scale_free_norm import ScaleFreeRMSNorm
 
-__all__ = ["HadamardLinear", "LinearBlock", "QuantLinear", "QuantSpec", "ScaleFreeRMSNorm"]
+__all__ = ["HadamardLinear", "LinearBlock", "LowRankLinear", "QuantLinear", "QuantSpec", "ScaleFreeRMSNorm"]

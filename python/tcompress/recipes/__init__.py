@@ -2,16 +2,19 @@
 
 from .compress import compress_
 from .config import RecipeConfig, config_from_dict
+from .factorize import FactorizeConfig, factorize_
 from .quantize import QuantizeConfig
 from .rotate import RotateConfig
 from .serialize import load_compressed, read_manifest, save_compressed
 
 __all__ = [
+    "FactorizeConfig",
     "QuantizeConfig",
     "RecipeConfig",
     "RotateConfig",
     "compress_",
     "config_from_dict",
+    "factorize_",
     "load_compressed",
     "read_manifest",
     "save_compressed",

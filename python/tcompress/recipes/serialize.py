@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import __version__, models
 from ..models.load import _dtype_kwargs
-from ..nn import HadamardLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
+from ..nn import HadamardLinear, LowRankLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
 
 MANIFEST = "tcompress.json"
 # The element-type names safetensors reports for the dtypes a replaced module stores.
@@ -64,6 +64,8 @@ def _module_record(module: torch.nn.Module) -> dict | None:
             "bias": module.bias is not None,
             "dtype": str(module.weight.dtype).replace("torch.", ""),
         }
+    if isinstance(module, LowRankLinear):
+        return _low_rank_record(module)
     return None
 
 
@@ -107,6 +109,8 @@ def _build_module(name: str, record: dict) -> torch.nn.Module:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
     linear_types = {"Linear": nn.Linear, "HadamardLinear": HadamardLinear}
+    if kind == "LowRankLinear":
+        return _build_low_rank(name, record)
     try:
         if kind == "ScaleFreeRMSNorm":
             return ScaleFreeRMSNorm(record["dim"], record["eps"])
@@ -117,8 +121,98 @@ def _build_module(name: str, record: dict) -> torch.nn.Module:
         raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
     raise ValueError(
         f"{MANIFEST}: module {name!r} has unknown type {kind!r} "
-        "(expected QuantLinear, HadamardLinear, Linear or ScaleFreeRMSNorm)"
+        "(expected QuantLinear, LowRankLinear, HadamardLinear, Linear or ScaleFreeRMSNorm)"
     )
+
+
+# -- LowRankLinear (tcompress.recipes.factorize): two factors, each a bias-free nn.Linear or a QuantLinear -----------
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _low_rank_record(module: LowRankLinear) -> dict:
+    factors = {}
+    for label in ("in_proj", "out_proj"):
+        factor = getattr(module, label)
+        if isinstance(factor, QuantLinear):
+            factors[label] = _module_record(factor)
+        else:
+            factors[label] = {
+                "type": "Linear",
+                "in_features": factor.in_features,
+                "out_features": factor.out_features,
+                "dtype": _dtype_name(factor.weight.dtype),
+            }
+    return {
+        "type": "LowRankLinear",
+        "in_features": module.in_features,
+        "out_features": module.out_features,
+        "rank": module.rank,
+        "bias": module.bias is not None,
+        "bias_dtype": _dtype_name(module.bias.dtype) if module.bias is not None else None,
+        "factors": factors,
+    }
+
+
+def _build_low_rank(name: str, record: dict) -> LowRankLinear:
+    try:
+        factors = {}
+        for label in ("in_proj", "out_proj"):
+            sub = record["factors"][label]
+            if sub.get("type") == "Linear":
+                dtype = getattr(torch, sub["dtype"])
+                if not isinstance(dtype, torch.dtype):
+                    raise ValueError(f"{label} dtype {sub['dtype']!r} is not a torch dtype")
+                factors[label] = torch.nn.Linear(sub["in_features"], sub["out_features"], bias=False, dtype=dtype)
+            elif sub.get("type") == "QuantLinear":
+                factors[label] = _build_module(f"{name}.{label}", sub)
+            else:
+                raise ValueError(f"{label} has type {sub.get('type')!r} (expected Linear or QuantLinear)")
+        bias = None
+        if record["bias"]:
+            bias_dtype = getattr(torch, record.get("bias_dtype") or "float32")
+            if not isinstance(bias_dtype, torch.dtype):
+                raise ValueError(f"bias_dtype {record.get('bias_dtype')!r} is not a torch dtype")
+            bias = torch.zeros(record["out_features"], dtype=bias_dtype)
+        module = LowRankLinear(factors["in_proj"], factors["out_proj"], bias)
+        if (module.in_features, module.out_features, module.rank) != (
+            record["in_features"],
+            record["out_features"],
+            record["rank"],
+        ):
+            raise ValueError(
+                f"its factors give {module.out_features} x {module.in_features} at rank {module.rank}, but it records "
+                f"{record['out_features']} x {record['in_features']} at rank {record['rank']}"
+            )
+        return module
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
+
+
+def _check_low_rank_shapes(model: torch.nn.Module, records: dict, weights: Path) -> None:
+    """The plain (nn.Linear) factors' weights of every LowRankLinear against the file, with clear errors."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for name, record in records.items():
+        if record.get("type") != "LowRankLinear":
+            continue
+        module = model.get_submodule(name)
+        for label in ("in_proj", "out_proj"):
+            factor = getattr(module, label)
+            if isinstance(factor, QuantLinear):
+                continue  # its buffers are checked as a module of its own
+            key = f"{name}.{label}.weight"
+            if key not in stored:
+                raise ValueError(f"load_compressed: {weights} has no tensor {key!r}, which module {name!r} needs")
+            if stored[key] != tuple(factor.weight.shape):
+                raise ValueError(
+                    f"load_compressed: {key} has shape {stored[key]} in {weights}, but module {name!r} as recorded "
+                    f"in {MANIFEST} (rank {module.rank}) needs {tuple(factor.weight.shape)}"
+                )
 
 
 def _sha256(path: Path) -> str:
@@ -288,6 +382,7 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
             raise ValueError(f"{MANIFEST}: module {name!r} does not exist in a {type(model).__name__}") from None
         models.set_module(model, name, _build_module(name, record))
     _check_shapes(model, records, weights)
+    _check_low_rank_shapes(model, records, weights)
     missing, unexpected = load_model(model, str(weights), strict=False)
     # Tied tensors are stored once (under one of their names): a missing name is fine when its tensor is the same
     # object as one that was loaded.

@@ -1,0 +1,348 @@
+"""The reconstruction wall (the paper's finding 3): direct quantization Q(W) against factored quantized components
+Q(A)·Q(B) and against Q(W − A·B) + A·B, at equal bits per weight.
+
+Every variant quantizes with symmetric round-to-nearest (the :func:`tcompress.ops.quantize_reference` format) and
+fp16 scales, one per ``group_size`` input columns (per output row when ``group_size`` is None, i.e. g = in), and is
+applied as dequantized fp32 weights ("fake quant", which gives the same numbers as the packed kernels). Bits are
+counted exactly per layer: a b-bit code per weight plus 16 bits per scale, and 16 bits per element of any fp16
+low-rank part.
+
+The bit rule (the same for both models):
+
+- ``direct-int4``: Q₄(W), 4 + 16/g bits per weight.
+- ``factored-int4``: Q₄(A)·Q₄(B) with A (out, r), B (r, in) from the truncated SVD of W (singular values split
+  evenly), each factor quantized with the same group size along its own input (r for A, in for B), at the largest
+  rank whose total bits do not exceed ``direct-int4``'s: r ≤ out·in/(out+in), rounded down to a multiple of g (A's
+  groups run along r) and to an even number (int4 packs two per byte).
+- ``direct-int5``: Q₅(W), 5 + 16/g bits per weight: direct quantization given one more bit per weight.
+- ``residual-int4+lr``: Q₄(W − L) + L (LoftQ / LQ-LoRA style) with L = A·B the rank-r truncated SVD of W kept in
+  fp16 and counted: the low-rank part gets the same extra bit per weight as ``direct-int5``, so
+  r = ⌊out·in / (16·(out+in))⌋ and the total stays ≤ 5 + 16/g. A layer too small for rank 1 keeps r = 0 (it is then
+  ``direct-int4``); ``refinements`` > 0 alternates L = SVD_r(W − Q₄(W − L)) as LoftQ does.
+
+So the pairs at equal budget are (``direct-int4``, ``factored-int4``) and (``direct-int5``, ``residual-int4+lr``).
+
+Measured per layer and pooled over layers: ||W − Ŵ||/||W||; the output error on the calibration inputs
+||X·(W − Ŵ)ᵀ||/||X·Wᵀ|| (from XᵀX, see :mod:`tcompress.analysis.projection_inputs`); for Q(A)·Q(B) the terms of
+Q(A)Q(B) − W = (AB − W) + ε_A·B + A·ε_B + ε_A·ε_B with ε = Q(·) − (·), as Frobenius norms next to ||A·B||, in weight
+space and in output space; and, with a ``measure`` callable, the perplexity of each variant's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .. import models
+from ..analysis.projection_inputs import InputMoment, collect_input_moments
+from ..ops.quantize import dequantize_reference, quantize_reference
+from .factorize import truncated_svd
+
+VARIANTS = ("direct-int4", "factored-int4", "direct-int5", "residual-int4+lr")
+SCALE_BITS = 16
+LOWRANK_BITS = 16
+CROSS_TERMS = ("truncation", "eps_a_b", "a_eps_b", "eps_a_eps_b", "ab")
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """w (out, in) -> (out, in) fp32: symmetric RTN with fp16 scales, dequantized (any bits in 2..8)."""
+    codes, scales, zeros = quantize_reference(w.detach().float(), bits, group_size, True, torch.float16)
+    return dequantize_reference(codes, scales, zeros, bits, group_size)
+
+
+def quantized_bits(out_features: int, in_features: int, bits: int, group_size: int | None) -> int:
+    """Bits of an (out, in) matrix quantized to ``bits`` with one fp16 scale per group (per row when None)."""
+    groups = 1 if group_size is None else in_features // group_size
+    return out_features * in_features * bits + out_features * groups * SCALE_BITS
+
+
+def factored_rank(out_features: int, in_features: int, group_size: int | None) -> int:
+    """The largest rank r at which Q₄(A)·Q₄(B) costs no more bits than Q₄(W) (see the module docstring); ≥ 0."""
+    budget = quantized_bits(out_features, in_features, 4, group_size)
+    step = 2 if group_size is None else group_size if group_size % 2 == 0 else 2 * group_size
+    r = (out_features * in_features // (out_features + in_features)) // step * step
+    while r > 0 and _factored_bits(out_features, in_features, r, group_size) > budget:
+        r -= step
+    return r
+
+
+def _factored_bits(out_features: int, in_features: int, rank: int, group_size: int | None) -> int:
+    return quantized_bits(out_features, rank, 4, group_size) + quantized_bits(rank, in_features, 4, group_size)
+
+
+def residual_rank(out_features: int, in_features: int) -> int:
+    """r = ⌊out·in / (16·(out+in))⌋: the fp16 rank that one extra bit per weight pays for."""
+    return out_features * in_features // (LOWRANK_BITS * (out_features + in_features))
+
+
+@dataclasses.dataclass
+class WallLayer:
+    """One projection under one variant.
+
+    Attributes:
+        name: the module name. shape: (out, in). rank: the rank used (0 for direct variants).
+        bits: total bits of the stored layer. weight_sq_norm / weight_error_sq: ||W||², ||W − Ŵ||².
+        output_sq_norm / output_error_sq: ||X·Wᵀ||², ||X·(W − Ŵ)ᵀ||² over the calibration tokens.
+        cross_terms: for ``factored-int4``, squared Frobenius norms {term: (weight space, output space)} of
+            ``truncation`` (AB − W), ``eps_a_b``, ``a_eps_b``, ``eps_a_eps_b`` and ``ab``; else empty.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    rank: int
+    bits: int
+    weight_sq_norm: float
+    weight_error_sq: float
+    output_sq_norm: float
+    output_error_sq: float
+    cross_terms: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def weight_rel_error(self) -> float:
+        return math.sqrt(self.weight_error_sq / self.weight_sq_norm) if self.weight_sq_norm else 0.0
+
+    @property
+    def output_rel_error(self) -> float:
+        return math.sqrt(self.output_error_sq / self.output_sq_norm) if self.output_sq_norm else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bits / (self.shape[0] * self.shape[1])
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        d["cross_terms"] = {k: list(v) for k, v in self.cross_terms.items()}
+        d.update(
+            weight_rel_error=self.weight_rel_error,
+            output_rel_error=self.output_rel_error,
+            bits_per_weight=self.bits_per_weight,
+        )
+        return d
+
+
+@dataclasses.dataclass
+class WallVariant:
+    """One variant over every projection: per-layer rows and the totals pooled over layers.
+
+    Attributes:
+        variant: one of :data:`VARIANTS`. layers: the per-layer rows.
+        perplexity: the variant's model's perplexity when a ``measure`` was given, else None.
+    """
+
+    variant: str
+    layers: list[WallLayer]
+    perplexity: float | None = None
+
+    def _pooled(self, num: str, den: str) -> float:
+        d = sum(getattr(layer, den) for layer in self.layers)
+        return math.sqrt(sum(getattr(layer, num) for layer in self.layers) / d) if d else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Σ bits / Σ weights over all projections."""
+        return sum(la.bits for la in self.layers) / sum(la.shape[0] * la.shape[1] for la in self.layers)
+
+    @property
+    def weight_rel_error(self) -> float:
+        """sqrt(Σ ||W − Ŵ||² / Σ ||W||²) over all projections."""
+        return self._pooled("weight_error_sq", "weight_sq_norm")
+
+    @property
+    def output_rel_error(self) -> float:
+        """sqrt(Σ ||X(W − Ŵ)ᵀ||² / Σ ||XWᵀ||²) over all projections."""
+        return self._pooled("output_error_sq", "output_sq_norm")
+
+    def cross_term_totals(self) -> dict[str, tuple[float, float]]:
+        """{term: (weight-space norm, output-space norm)} pooled over layers (sqrt of summed squares); {} if none."""
+        if not any(layer.cross_terms for layer in self.layers):
+            return {}
+        return {
+            term: tuple(math.sqrt(sum(la.cross_terms[term][i] for la in self.layers)) for i in range(2))
+            for term in CROSS_TERMS
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "variant": self.variant,
+            "bits_per_weight": self.bits_per_weight,
+            "weight_rel_error": self.weight_rel_error,
+            "output_rel_error": self.output_rel_error,
+            "perplexity": self.perplexity,
+            "cross_terms": {k: list(v) for k, v in self.cross_term_totals().items()},
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+@dataclasses.dataclass
+class WallResult:
+    """The whole experiment: settings, the reference perplexity, and one :class:`WallVariant` per variant."""
+
+    group_size: int | None
+    preprocess: list[dict]
+    calibration_tokens: int
+    baseline_perplexity: float | None
+    variants: list[WallVariant]
+
+    def to_dict(self) -> dict:
+        return {
+            "group_size": self.group_size,
+            "preprocess": self.preprocess,
+            "calibration_tokens": self.calibration_tokens,
+            "baseline_perplexity": self.baseline_perplexity,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+
+def reconstruct(
+    weight: torch.Tensor, variant: str, group_size: int | None, moment: InputMoment, refinements: int = 0
+) -> tuple[torch.Tensor, WallLayer]:
+    """weight (out, in) -> (Ŵ (out, in) fp32, its :class:`WallLayer` with name ""), for one variant."""
+    w = weight.detach().to(torch.float64)
+    out_features, in_features = w.shape
+    terms: dict[str, tuple[float, float]] = {}
+    rank = 0
+    if variant == "direct-int4" or variant == "direct-int5":
+        bits = 4 if variant == "direct-int4" else 5
+        w_hat = fake_quantize(w, bits, group_size).double()
+        total_bits = quantized_bits(out_features, in_features, bits, group_size)
+    elif variant == "factored-int4":
+        rank = factored_rank(out_features, in_features, group_size)
+        if rank == 0:
+            raise ValueError(
+                f"reconstruction_wall: a {out_features} x {in_features} weight admits no rank for Q(A)·Q(B) at "
+                f"group size {group_size} within the bits of direct int4"
+            )
+        f = truncated_svd(w, rank=rank)
+        q_a = fake_quantize(f.a, 4, group_size).double()
+        q_b = fake_quantize(f.b, 4, group_size).double()
+        w_hat = q_a @ q_b
+        eps_a, eps_b = q_a - f.a, q_b - f.b
+        for term, matrix in (
+            ("truncation", f.a @ f.b - w),
+            ("eps_a_b", eps_a @ f.b),
+            ("a_eps_b", f.a @ eps_b),
+            ("eps_a_eps_b", eps_a @ eps_b),
+            ("ab", f.a @ f.b),
+        ):
+            terms[term] = (float((matrix**2).sum()), moment.output_sq_norm(matrix))
+        total_bits = _factored_bits(out_features, in_features, rank, group_size)
+    elif variant == "residual-int4+lr":
+        rank = residual_rank(out_features, in_features)
+        low_rank = _fp16_low_rank(w, rank)
+        q = fake_quantize(w - low_rank, 4, group_size).double()
+        for _ in range(refinements if rank > 0 else 0):
+            low_rank = _fp16_low_rank(w - q, rank)
+            q = fake_quantize(w - low_rank, 4, group_size).double()
+        w_hat = q + low_rank
+        total_bits = quantized_bits(out_features, in_features, 4, group_size) + LOWRANK_BITS * rank * (
+            out_features + in_features
+        )
+    else:
+        raise ValueError(f"reconstruction_wall: unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    error = w_hat - w
+    layer = WallLayer(
+        name="",
+        shape=(out_features, in_features),
+        rank=rank,
+        bits=total_bits,
+        weight_sq_norm=float((w**2).sum()),
+        weight_error_sq=float((error**2).sum()),
+        output_sq_norm=moment.output_sq_norm(w),
+        output_error_sq=moment.output_sq_norm(error),
+        cross_terms=terms,
+    )
+    return w_hat.float(), layer
+
+
+def reconstruction_wall(
+    model: torch.nn.Module,
+    calibration: torch.Tensor,
+    *,
+    group_size: int | None = 64,
+    rotate: bool = False,
+    preprocess: Sequence = (),
+    variants: Sequence[str] = VARIANTS,
+    measure: Callable[[torch.nn.Module], object] | None = None,
+    refinements: int = 0,
+) -> WallResult:
+    """Runs the reconstruction-wall experiment on a copy of ``model`` (the model itself is not changed).
+
+    Args:
+        model: a model of a family :mod:`tcompress.models` knows, with dense projections.
+        calibration: (n, L) int64 calibration windows for the inputs' second moments (taken after ``preprocess``).
+        group_size: input columns per fp16 scale (must divide every in_features and suit the factor ranks); None =
+            one scale per output row.
+        rotate: prepend ``RotateConfig(seed=0)`` (``tcompress.recipes.rotate``) to ``preprocess``.
+        preprocess: recipe configs applied with ``compress_`` to the copy before anything is measured.
+        variants: which of :data:`VARIANTS` to run.
+        measure: model -> a number or an object with ``ppl`` (e.g. a perplexity closure); called on the
+            preprocessed model and on each variant's model.
+        refinements: LoftQ alternations for ``residual-int4+lr``.
+
+    Raises:
+        ValueError: an unknown variant, or a group size that does not divide some in_features.
+        ImportError: ``rotate=True`` where ``tcompress.recipes.rotate`` is not available.
+    """
+    from .compress import compress_
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"reconstruction_wall: unknown variant(s) {unknown}; expected some of {', '.join(VARIANTS)}")
+    configs = list(preprocess)
+    if rotate:
+        from .rotate import RotateConfig  # the rotation recipe (issue 4, branch i4-rotate)
+
+        configs.insert(0, RotateConfig(seed=0))
+    base = copy.deepcopy(model)
+    if configs:
+        compress_(base, *configs)
+    arch = models.architecture(base)
+    projections = dict(arch.iter_projections(base))
+    for name, module in projections.items():
+        in_features = models.projection_weight(module).shape[1]
+        if group_size is not None and in_features % group_size:
+            raise ValueError(
+                f"reconstruction_wall: group_size {group_size} does not divide in_features {in_features} of {name!r}"
+            )
+    moments = collect_input_moments(base, calibration)
+    baseline = _ppl(measure(base)) if measure is not None else None
+    results = []
+    for variant in variants:
+        layers, rebuilt = [], {}
+        for name, module in projections.items():
+            w_hat, layer = reconstruct(
+                models.projection_weight(module), variant, group_size, moments[name], refinements
+            )
+            layer.name = name
+            layers.append(layer)
+            rebuilt[name] = w_hat
+        perplexity = None
+        if measure is not None:
+            candidate = copy.deepcopy(base)
+            with torch.no_grad():
+                for name, module in arch.iter_projections(candidate):
+                    weight = models.projection_weight(module)
+                    weight.copy_(rebuilt[name].to(weight.dtype))  # a view (transposed for Conv1D) of the module's
+            perplexity = _ppl(measure(candidate))
+            del candidate
+        results.append(WallVariant(variant, layers, perplexity))
+    tokens = next(iter(moments.values())).tokens if moments else 0
+    return WallResult(group_size, [c.to_dict() for c in configs], tokens, baseline, results)
+
+
+def _fp16_low_rank(w: torch.Tensor, rank: int) -> torch.Tensor:
+    """w (out, in) float64 -> A·B (out, in) float64 from the rank-r truncated SVD with A and B rounded to fp16, as
+    stored (zeros when rank is 0)."""
+    if rank == 0:
+        return torch.zeros_like(w)
+    f = truncated_svd(w, rank=rank)
+    return f.a.half().double() @ f.b.half().double()
+
+
+def _ppl(value) -> float:
+    return float(getattr(value, "ppl", value))
