@@ -4,7 +4,7 @@ Each op has a schema, a fake (meta) implementation for ``torch.compile``, CPU an
 modules, and a pure-torch reference (the fallback and the test oracle).
 """
 
-from .exit_gate import ExitGate, exit_gate, exit_gate_reference
+from .exit_gate import ExitGate, ExitGateHead, exit_gate, exit_gate_head, exit_gate_reference
 from .hadamard import hadamard_reference, hadamard_transform, hadamard_transform_
 from .linear_block import linear_block, linear_block_reference
 from .qlinear import qlinear, qlinear_reference
@@ -25,6 +25,8 @@ __all__ = [
     "ExitGate",
     "exit_gate",
     "exit_gate_reference",
+    "ExitGateHead",
+    "exit_gate_head",
     "linear_block",
     "linear_block_reference",
     "qlinear_a8",
