@@ -10,16 +10,21 @@
 from __future__ import annotations
 
 from .load import ModelSource, load, resolve_model
+from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
 from .table import ARCHITECTURES, ArchSpec, architecture, projection_weight, set_module, supported_families
 
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
+    "BlockStepper",
     "ModelSource",
     "architecture",
+    "block_outputs",
+    "block_stepper",
     "load",
     "projection_weight",
     "resolve_model",
     "set_module",
+    "StepContext",
     "supported_families",
 ]

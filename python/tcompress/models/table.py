@@ -51,6 +51,9 @@ class ArchSpec:
             into the projections that follow it.
         transposed_weights: True where projections are ``transformers`` ``Conv1D`` (weight stored (in, out)).
         default_eval_length: the usual perplexity window for the family (capped by the model's context length).
+        rotary_path: the rotary position-embedding module (called once per forward, shared by all blocks), or None.
+        step_style: how a block is called and where it keeps K/V (``"llama"`` or ``"gpt2"``); see
+            :mod:`tcompress.models.stepping`.
     """
 
     family: str
@@ -67,6 +70,8 @@ class ArchSpec:
     norm_consumers: tuple[tuple[str, tuple[str, ...]], ...]
     transposed_weights: bool
     default_eval_length: int
+    rotary_path: str | None = None
+    step_style: str = "llama"
 
     # -- whole-model parts ------------------------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ _LLAMA_LAYOUT = dict(
     norm_consumers=(("attn", ("q", "k", "v")), ("mlp", ("gate", "up"))),
     transposed_weights=False,
     default_eval_length=2048,
+    rotary_path="model.rotary_emb",
 )
 
 #: Every supported family. Llama, Mistral and Qwen2 share one module layout (Qwen2 adds biases to q/k/v, which
@@ -211,6 +217,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         norm_consumers=(("attn", ("qkv",)), ("mlp", ("up",))),
         transposed_weights=True,
         default_eval_length=1024,
+        step_style="gpt2",
     ),
     ArchSpec(family="llama", model_types=("llama",), class_names=("LlamaForCausalLM",), **_LLAMA_LAYOUT),
     ArchSpec(family="mistral", model_types=("mistral",), class_names=("MistralForCausalLM",), **_LLAMA_LAYOUT),
