@@ -245,18 +245,21 @@ class ExitEvalResult:
 
 
 def policy_logits(
-    runner: EarlyExitLM, ids: torch.Tensor, forced_depths: torch.Tensor | None = None
+    runner: EarlyExitLM, ids: torch.Tensor, forced_depths: torch.Tensor | None = None, prompt_length: int = 0
 ) -> tuple[torch.Tensor, list[int]]:
     """ids (1, L) -> ((L, vocab) emitted logits, depths): the policy run token by token on a given text.
 
     Position t is fed the true token t (teacher forcing) and attends over the cache the policy built for 0..t-1, so
     the skipped blocks' propagated keys/values affect later tokens exactly as in generation. ``forced_depths`` (L,)
-    replaces the gate by a given exit depth per position.
+    replaces the gate by a given exit depth per position. The first ``prompt_length`` positions run every block, as
+    the prompt does in :meth:`EarlyExitLM.generate`.
     """
     cache = runner.new_cache()
     rows, depths = [], []
     for t in range(ids.shape[1]):
         force = None if forced_depths is None else int(forced_depths[t])
+        if t < prompt_length:
+            force = runner.stepper.num_blocks
         logits, depth = runner.step(ids[:, t : t + 1], cache, force_depth=force)
         rows.append(logits[0])
         depths.append(depth)

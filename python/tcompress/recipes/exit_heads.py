@@ -119,7 +119,7 @@ def train_exit_heads(
             optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
             optimizer.step()
-            values = [float(x) for x in losses]
+            values = [float(x.detach()) for x in losses]
             kl_first = kl_first or values
             kl_last = values
             tokens += n
