@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from .load import ModelSource, load, resolve_model
+from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
 from .table import (
     ARCHITECTURES,
     ArchSpec,
@@ -26,15 +27,19 @@ from .table import (
 __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
+    "BlockStepper",
     "ModelSource",
     "architecture",
     "block_hidden_states",
     "block_input_hidden_states",
     "block_output_like",
+    "block_outputs",
+    "block_stepper",
     "load",
     "norm_parameters",
     "projection_weight",
     "resolve_model",
     "set_module",
+    "StepContext",
     "supported_families",
 ]

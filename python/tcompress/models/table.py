@@ -56,6 +56,9 @@ class ArchSpec:
         residual_writer_roles: projection roles whose output is added to the residual stream.
         online_hadamard_roles: projection roles whose input (inside the block, not the residual stream) may be
             rotated at run time by an online Hadamard transform.
+        rotary_path: the rotary position-embedding module (called once per forward, shared by all blocks), or None.
+        step_style: how a block is called and where it keeps K/V (``"llama"`` or ``"gpt2"``); see
+            :mod:`tcompress.models.stepping`.
     """
 
     family: str
@@ -74,6 +77,8 @@ class ArchSpec:
     default_eval_length: int
     residual_writer_roles: tuple[str, ...] = ("o", "down")
     online_hadamard_roles: tuple[str, ...] = ("down",)
+    rotary_path: str | None = None
+    step_style: str = "llama"
 
     # -- whole-model parts ------------------------------------------------------------------------------------
 
@@ -284,6 +289,7 @@ _LLAMA_LAYOUT = dict(
     norm_consumers=(("attn", ("q", "k", "v")), ("mlp", ("gate", "up"))),
     transposed_weights=False,
     default_eval_length=2048,
+    rotary_path="model.rotary_emb",
 )
 
 #: Every supported family. Llama, Mistral and Qwen2 share one module layout (Qwen2 adds biases to q/k/v, which
@@ -304,6 +310,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         norm_consumers=(("attn", ("qkv",)), ("mlp", ("up",))),
         transposed_weights=True,
         default_eval_length=1024,
+        step_style="gpt2",
     ),
     ArchSpec(family="llama", model_types=("llama",), class_names=("LlamaForCausalLM",), **_LLAMA_LAYOUT),
     ArchSpec(family="mistral", model_types=("mistral",), class_names=("MistralForCausalLM",), **_LLAMA_LAYOUT),

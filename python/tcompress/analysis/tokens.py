@@ -1,0 +1,253 @@
+"""Token difficulty: at which depth does an exit head already predict what the full model predicts?
+
+Per token and head depth k: KL(p_final ‖ p_k) and whether the head's argmax equals the final one. A token is *easy at
+depth k* (for a KL threshold τ) when the argmaxes agree and KL < τ at k; the strict variant also asks this at every
+later head depth. The curves are the easy fraction against depth and τ; a token's exit depth is the first depth at
+which it is (strictly) easy, and the summary gives the fraction exiting at or before 50% and 75% of the depth.
+
+:func:`kl_sensitivity` checks that the KL criterion means what it seems to: for the tokens judged easy, it actually
+skips the remaining blocks (token by token, with the skipped blocks' keys/values propagated from the exited state, see
+:mod:`tcompress.recipes.early_exit`) and measures the KL and loss change that skipping really causes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import block_outputs, block_stepper
+from ..nn.exit_head import ExitHeads
+
+DEFAULT_TAUS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass
+class TokenStats:
+    """Per-token measurements over all predicted positions of all windows (N tokens, D head depths).
+
+    Attributes:
+        depths: the head depths, increasing.
+        num_blocks: the model's number of blocks.
+        kl: (N, D) float32 KL(p_final ‖ p_k) in nats.
+        agree: (N, D) bool, head argmax == final argmax.
+        window_length: L of the windows (positions 0..L-2 of each are measured).
+    """
+
+    depths: list[int]
+    num_blocks: int
+    kl: torch.Tensor
+    agree: torch.Tensor
+    window_length: int
+
+    def easy(self, tau: float, strict: bool = False) -> torch.Tensor:
+        """(N, D) bool: easy at each depth (strict: also at every later head depth)."""
+        ok = self.agree & (self.kl < tau)
+        if strict:
+            # Suffix-AND over depths: flip, cumulative product, flip back.
+            ok = ok.flip(1).to(torch.int8).cumprod(1).flip(1).bool()
+        return ok
+
+    def exit_depths(self, tau: float, strict: bool = False) -> torch.Tensor:
+        """(N,) int64: the first depth at which each token is easy, or num_blocks where none is."""
+        ok = self.easy(tau, strict)
+        depths = torch.tensor(self.depths + [self.num_blocks])
+        first = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), torch.full((ok.shape[0],), len(self.depths)))
+        return depths[first]
+
+
+@dataclass
+class DifficultySummary:
+    """The curves and fractions of :func:`summarize`, JSON-ready (dict keys are strings).
+
+    Attributes:
+        kind: the heads' kind (``"lens"`` or ``"tuned"``).
+        depths, num_blocks, tokens: as in :class:`TokenStats`.
+        kl_mean, kl_median, agreement: per depth.
+        easy_fraction, easy_fraction_strict: ``{tau: {depth: fraction}}``.
+        exit_by_50pct, exit_by_75pct: ``{tau: fraction}`` of tokens whose strict exit depth is <= 50% / 75% of
+            num_blocks.
+        exit_by_50pct_loose, exit_by_75pct_loose: the same with the first (not necessarily lasting) easy depth.
+    """
+
+    kind: str
+    depths: list[int]
+    num_blocks: int
+    tokens: int
+    kl_mean: dict[str, float]
+    kl_median: dict[str, float]
+    agreement: dict[str, float]
+    easy_fraction: dict[str, dict[str, float]]
+    easy_fraction_strict: dict[str, dict[str, float]]
+    exit_by_50pct: dict[str, float]
+    exit_by_75pct: dict[str, float]
+    exit_by_50pct_loose: dict[str, float]
+    exit_by_75pct_loose: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serializable dict."""
+        return asdict(self)
+
+
+@torch.inference_mode()
+def token_stats(model: nn.Module, heads: ExitHeads, windows: torch.Tensor, *, progress: bool = False) -> TokenStats:
+    """KL(p_final ‖ p_k) and argmax agreement per token and head depth over ``windows`` (n, L).
+
+    One full forward per window (block outputs kept by hooks), then each head on every position 0..L-2.
+
+    Raises:
+        ValueError: windows that are not (n, L >= 2) integer ids.
+    """
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+        raise ValueError(f"token_stats: windows must be (n, L >= 2) int64 ids; got {windows!r:.80}")
+    device = next(model.parameters()).device
+    kls, agrees = [], []
+    for w in tqdm(range(windows.shape[0]), desc="token difficulty", unit="window", disable=not progress):
+        ids = windows[w : w + 1].long().to(device)
+        hidden, logits = block_outputs(model, ids)
+        log_p = F.log_softmax(logits[0, :-1].float(), dim=-1)
+        top = log_p.argmax(-1)
+        kl_cols, agree_cols = [], []
+        for k in heads.depths:
+            log_q = F.log_softmax(heads.logits(k, hidden[k - 1][0, :-1]).float(), dim=-1)
+            kl_cols.append(F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).clamp_min(0))
+            agree_cols.append(log_q.argmax(-1) == top)
+        kls.append(torch.stack(kl_cols, 1).cpu())
+        agrees.append(torch.stack(agree_cols, 1).cpu())
+    return TokenStats(list(heads.depths), block_stepper(model).num_blocks, torch.cat(kls), torch.cat(agrees),
+                      windows.shape[1])
+
+
+def summarize(stats: TokenStats, kind: str, taus: tuple[float, ...] = DEFAULT_TAUS) -> DifficultySummary:
+    """The easy-token curves and exit fractions of ``stats`` for each τ in ``taus``."""
+    depth_keys = [str(k) for k in stats.depths]
+    n = stats.kl.shape[0]
+
+    def by_depth(values: torch.Tensor) -> dict[str, float]:
+        return dict(zip(depth_keys, (float(v) for v in values)))
+
+    easy, strict, by50, by75, by50_loose, by75_loose = {}, {}, {}, {}, {}, {}
+    for tau in taus:
+        key = f"{tau:g}"
+        easy[key] = by_depth(stats.easy(tau).float().mean(0))
+        strict[key] = by_depth(stats.easy(tau, strict=True).float().mean(0))
+        for out, is_strict in ((by50, True), (by50_loose, False)):
+            out[key] = float((stats.exit_depths(tau, is_strict) <= 0.5 * stats.num_blocks).float().mean())
+        for out, is_strict in ((by75, True), (by75_loose, False)):
+            out[key] = float((stats.exit_depths(tau, is_strict) <= 0.75 * stats.num_blocks).float().mean())
+    return DifficultySummary(
+        kind=kind,
+        depths=list(stats.depths),
+        num_blocks=stats.num_blocks,
+        tokens=n,
+        kl_mean=by_depth(stats.kl.mean(0)),
+        kl_median=by_depth(stats.kl.median(0).values),
+        agreement=by_depth(stats.agree.float().mean(0)),
+        easy_fraction=easy,
+        easy_fraction_strict=strict,
+        exit_by_50pct=by50,
+        exit_by_75pct=by75,
+        exit_by_50pct_loose=by50_loose,
+        exit_by_75pct_loose=by75_loose,
+    )
+
+
+@dataclass
+class SensitivityResult:
+    """What skipping really costs for tokens judged easy (:func:`kl_sensitivity`).
+
+    Attributes:
+        tau: the KL threshold that judged tokens easy (first easy depth, loose criterion).
+        easy_tokens, other_tokens: counts.
+        predicted_kl_easy: mean KL at the judged depth in the full-depth analysis (what the criterion saw).
+        actual_kl_easy: mean KL(p_full ‖ p_emitted) when the remaining blocks are skipped for real.
+        actual_kl_other: the same for the tokens that ran every block (they see the propagated keys/values).
+        loss_change_easy, loss_change_other: mean change of the next-token NLL (emitted minus full), nats.
+        ppl_full, ppl_skipped: perplexity of the full model and of the skipping policy on the same tokens.
+        mean_depth: mean blocks run per token under the policy.
+    """
+
+    tau: float
+    easy_tokens: int
+    other_tokens: int
+    predicted_kl_easy: float
+    actual_kl_easy: float
+    actual_kl_other: float
+    loss_change_easy: float
+    loss_change_other: float
+    ppl_full: float
+    ppl_skipped: float
+    mean_depth: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serializable dict."""
+        return asdict(self)
+
+
+@torch.inference_mode()
+def kl_sensitivity(
+    model: nn.Module, heads: ExitHeads, windows: torch.Tensor, stats: TokenStats, tau: float, *, progress: bool = False
+) -> SensitivityResult:
+    """Skips the blocks after each token's first easy depth (τ) for real and measures KL and loss change.
+
+    ``stats`` must come from :func:`token_stats` on the same model, heads and windows. Each position exits at its
+    judged depth (an oracle gate); the last position of a window, which predicts nothing, runs the full depth.
+    """
+    # Imported here: recipes build on analysis-free parts, and this is the one analysis that runs a recipe.
+    from ..recipes.early_exit import EarlyExitLM, policy_logits
+
+    n_windows, length = windows.shape
+    if stats.kl.shape[0] != n_windows * (length - 1):
+        raise ValueError(
+            f"kl_sensitivity: stats cover {stats.kl.shape[0]} tokens; windows {tuple(windows.shape)} predict "
+            f"{n_windows * (length - 1)} (compute stats on the same windows)"
+        )
+    exit_depths = stats.exit_depths(tau).view(n_windows, length - 1)
+    runner = EarlyExitLM(model, heads, threshold=2.0, check_layers=[])
+    device = next(model.parameters()).device
+    kl_at_exit = torch.cat([stats.kl, torch.zeros(stats.kl.shape[0], 1)], 1)
+    column = {k: c for c, k in enumerate(stats.depths + [stats.num_blocks])}
+    predicted = kl_at_exit.gather(1, torch.tensor([column[int(d)] for d in exit_depths.flatten()])[:, None])[:, 0]
+    actual_kl, loss_change = [], []
+    nll_full = nll_skip = 0.0
+    depth_sum = 0
+    for w in tqdm(range(n_windows), desc="kl sensitivity", unit="window", disable=not progress):
+        ids = windows[w : w + 1].long().to(device)
+        forced = torch.cat([exit_depths[w], torch.tensor([stats.num_blocks])])
+        emitted, depths = policy_logits(runner, ids, forced)
+        full = model(ids, use_cache=False).logits[0]
+        log_p = F.log_softmax(emitted[:-1].float(), dim=-1)
+        log_r = F.log_softmax(full[:-1].float(), dim=-1)
+        target = ids[0, 1:, None]
+        nll_p, nll_r = -log_p.gather(-1, target)[:, 0], -log_r.gather(-1, target)[:, 0]
+        actual_kl.append(F.kl_div(log_p, log_r, log_target=True, reduction="none").sum(-1).cpu())
+        loss_change.append((nll_p - nll_r).cpu())
+        nll_full += float(nll_r.double().sum())
+        nll_skip += float(nll_p.double().sum())
+        depth_sum += sum(depths[:-1])
+    actual = torch.cat(actual_kl)
+    change = torch.cat(loss_change)
+    easy = exit_depths.flatten() < stats.num_blocks
+    tokens = actual.numel()
+
+    def mean(x: torch.Tensor) -> float:
+        return float(x.double().mean()) if x.numel() else math.nan
+
+    return SensitivityResult(
+        tau=tau,
+        easy_tokens=int(easy.sum()),
+        other_tokens=int((~easy).sum()),
+        predicted_kl_easy=mean(predicted[easy]),
+        actual_kl_easy=mean(actual[easy]),
+        actual_kl_other=mean(actual[~easy]),
+        loss_change_easy=mean(change[easy]),
+        loss_change_other=mean(change[~easy]),
+        ppl_full=math.exp(nll_full / tokens),
+        ppl_skipped=math.exp(nll_skip / tokens),
+        mean_depth=depth_sum / tokens,
+    )

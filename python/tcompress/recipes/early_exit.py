@@ -1,0 +1,332 @@
+"""Adaptive-depth inference: generation that really skips the blocks after a confident exit head, and the
+teacher-forced evaluation of the same policy.
+
+Per generated token, :class:`EarlyExitLM` runs the blocks in order; after each checkpoint depth it reads the exit head
+there and asks :func:`tcompress.ops.exit_gate` whether the head is confident. If it is, the token is emitted from that
+head and the remaining blocks are skipped. Later tokens still attend to this token in the skipped blocks, so their
+keys and values are filled by running only those blocks' attention norm and K/V projections on the exited hidden state
+(CALM's state propagation); the cache is the standard ``transformers`` ``DynamicCache``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import block_stepper
+from ..nn.exit_head import ExitHeads
+from ..ops import exit_gate
+from ..ops.exit_gate import CRITERIA
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What :meth:`EarlyExitLM.generate` produced.
+
+    Attributes:
+        tokens: (1, prompt + new) int64: the prompt followed by the generated tokens.
+        depths: blocks run for each generated token (the first comes from the full-depth prefill).
+        seconds: wall-clock time of prefill and decoding.
+    """
+
+    tokens: torch.Tensor
+    depths: list[int]
+    seconds: float
+
+
+class EarlyExitLM:
+    """A causal LM that exits early per token: ``generate`` at batch 1, ``prefill`` at any batch.
+
+    Args:
+        model: a Llama-family (Llama, Mistral, Qwen2) or GPT-2 causal LM, in eval mode.
+        heads: exit heads around ``model`` (:func:`tcompress.recipes.exit_heads.build_exit_heads`), with a head at
+            every checkpoint depth.
+        threshold: the gate's threshold (see :func:`tcompress.ops.exit_gate`; > 1 with ``"max_prob"`` never exits).
+        check_layers: the checkpoint depths (blocks run before the gate is asked), a subset of ``heads.depths``.
+        criterion: the gate's criterion: ``"max_prob"``, ``"margin"`` or ``"entropy"``.
+
+    Raises:
+        ValueError: a checkpoint without a head, an unknown criterion, or a model of no supported family.
+        NotImplementedError: a family without block stepping (see :func:`tcompress.models.block_stepper`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: ExitHeads,
+        threshold: float,
+        check_layers: list[int] | tuple[int, ...],
+        criterion: str = "max_prob",
+    ) -> None:
+        self.stepper = block_stepper(model)
+        self.model = model
+        self.heads = heads
+        if criterion not in CRITERIA:
+            raise ValueError(f"EarlyExitLM: criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+        missing = [k for k in check_layers if k not in heads.depths]
+        if missing:
+            raise ValueError(
+                f"EarlyExitLM: check_layers {missing} have no exit head; heads exist at depths {list(heads.depths)}"
+            )
+        self.threshold = float(threshold)
+        self.criterion = criterion
+        self.check_layers = tuple(sorted(int(k) for k in check_layers))
+        # One flag per block, so the per-block loop does no set lookups or sorting.
+        self._check_after = [(i + 1) in self.check_layers for i in range(self.stepper.num_blocks)]
+
+    def new_cache(self):
+        """An empty ``DynamicCache`` for this model."""
+        return self.stepper.new_cache()
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """ids (B, T) -> (B, vocab) logits of the last position, running every block (prompts are never cut short)."""
+        start = cache.get_seq_length()
+        position_ids = torch.arange(start, start + ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        h = self.stepper.embed(ids, position_ids)
+        ctx = self.stepper.context(h, position_ids, cache)
+        for i in range(self.stepper.num_blocks):
+            h = self.stepper.run_block(i, h, ctx, cache)
+        return self.stepper.logits(h[:, -1])
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor, cache, force_depth: int | None = None) -> tuple[torch.Tensor, int]:
+        """token (1, 1) -> ((1, vocab) logits, depth): one token through the blocks with the exit policy.
+
+        ``force_depth`` exits at that depth whatever the gate says (an oracle policy, for analysis); it must have a
+        head, or equal the number of blocks (no exit).
+        """
+        stepper = self.stepper
+        position = cache.get_seq_length()
+        position_ids = torch.full((1, 1), position, dtype=torch.long, device=token.device)
+        h = stepper.embed(token, position_ids)
+        ctx = stepper.context(h, position_ids, cache)
+        num_blocks = stepper.num_blocks
+        for i in range(num_blocks):
+            h = stepper.run_block(i, h, ctx, cache)
+            depth = i + 1
+            if depth == num_blocks:
+                break
+            if force_depth is not None:
+                if depth != force_depth:
+                    continue
+                logits = self.heads.logits(depth, h[:, -1])
+            elif self._check_after[i]:
+                logits = self.heads.logits(depth, h[:, -1])
+                if not bool(exit_gate(logits.float(), self.threshold, self.criterion).exit_mask[0]):
+                    continue
+            else:
+                continue
+            for j in range(depth, num_blocks):
+                stepper.fill_kv(j, h, ctx, cache)
+            return logits, depth
+        return stepper.logits(h[:, -1]), num_blocks
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        eos_token_id: int | None = None,
+    ) -> GenerationResult:
+        """prompt (1, T) -> :class:`GenerationResult`: greedy (or sampled) decoding of ``max_new_tokens`` tokens.
+
+        Raises:
+            ValueError: a prompt that is not (1, T) integer ids, or a non-positive ``max_new_tokens``.
+        """
+        _check_prompt("EarlyExitLM.generate", prompt, max_new_tokens)
+        start = time.perf_counter()
+        cache = self.new_cache()
+        logits = self.prefill(prompt, cache)
+        tokens = [prompt]
+        depths = [self.stepper.num_blocks]
+        for n in range(max_new_tokens):
+            token = _next_token(logits, do_sample, temperature, top_k, generator)
+            tokens.append(token)
+            if n == max_new_tokens - 1 or (eos_token_id is not None and int(token) == eos_token_id):
+                break
+            logits, depth = self.step(token, cache)
+            depths.append(depth)
+        return GenerationResult(torch.cat(tokens, dim=1), depths, time.perf_counter() - start)
+
+
+def _check_prompt(who: str, prompt: torch.Tensor, max_new_tokens: int) -> None:
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[0] != 1 or prompt.shape[1] < 1:
+        what = f"shape {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise ValueError(f"{who}: prompt must be (1, T) int64 token ids with T >= 1 (batch 1); got {what}")
+    if prompt.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{who}: prompt must hold integer token ids; got {prompt.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"{who}: max_new_tokens must be a positive int; got {max_new_tokens!r}")
+
+
+def _next_token(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(1, vocab) logits -> (1, 1) int64: the argmax, or a sample at ``temperature`` from the ``top_k`` best."""
+    if not do_sample:
+        return logits.argmax(dim=-1, keepdim=True)
+    scores = logits.float() / max(temperature, 1e-6)
+    if top_k is not None:
+        kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+
+
+@torch.inference_mode()
+def full_model_generate(model: nn.Module, prompt: torch.Tensor, max_new_tokens: int) -> GenerationResult:
+    """prompt (1, T) -> greedy decoding with the plain model loop: ``model(token, past_key_values=cache)`` per token.
+
+    The baseline :class:`EarlyExitLM` is timed against (same prompt, same cache type, batch 1).
+    """
+    _check_prompt("full_model_generate", prompt, max_new_tokens)
+    from transformers import DynamicCache
+
+    start = time.perf_counter()
+    cache = DynamicCache(config=model.config)
+    logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+    tokens = [prompt]
+    for n in range(max_new_tokens):
+        token = logits.argmax(dim=-1, keepdim=True)
+        tokens.append(token)
+        if n == max_new_tokens - 1:
+            break
+        logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+    num_blocks = block_stepper(model).num_blocks
+    return GenerationResult(torch.cat(tokens, dim=1), [num_blocks] * max_new_tokens, time.perf_counter() - start)
+
+
+@dataclass
+class ExitEvalResult:
+    """Teacher-forced measurement of an exit policy over windows (:func:`evaluate_exit_policy`).
+
+    Attributes:
+        threshold: the gate threshold (None for a forced-depth policy).
+        check_layers: the checkpoint depths.
+        ppl: perplexity of the emitted distributions.
+        ppl_full: perplexity of the full model on the same tokens.
+        agreement: fraction of positions whose emitted argmax equals the full model's.
+        kl_mean: mean KL(p_full ‖ p_emitted) per position, nats.
+        mean_depth: mean blocks run per token (exited tokens count their exit depth).
+        depth_fraction: mean_depth / num_blocks.
+        exit_counts: {depth: tokens that stopped there} (the full depth included).
+        tokens: predicted positions.
+    """
+
+    threshold: float | None
+    check_layers: list[int]
+    ppl: float
+    ppl_full: float
+    agreement: float
+    kl_mean: float
+    mean_depth: float
+    depth_fraction: float
+    exit_counts: dict[int, int] = field(default_factory=dict)
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serializable dict."""
+        d = asdict(self)
+        d["exit_counts"] = {str(k): v for k, v in self.exit_counts.items()}
+        return d
+
+
+def policy_logits(
+    runner: EarlyExitLM, ids: torch.Tensor, forced_depths: torch.Tensor | None = None, prompt_length: int = 0
+) -> tuple[torch.Tensor, list[int]]:
+    """ids (1, L) -> ((L, vocab) emitted logits, depths): the policy run token by token on a given text.
+
+    Position t is fed the true token t (teacher forcing) and attends over the cache the policy built for 0..t-1, so
+    the skipped blocks' propagated keys/values affect later tokens exactly as in generation. ``forced_depths`` (L,)
+    replaces the gate by a given exit depth per position. The first ``prompt_length`` positions run every block, as
+    the prompt does in :meth:`EarlyExitLM.generate`.
+    """
+    cache = runner.new_cache()
+    rows, depths = [], []
+    for t in range(ids.shape[1]):
+        force = None if forced_depths is None else int(forced_depths[t])
+        if t < prompt_length:
+            force = runner.stepper.num_blocks
+        logits, depth = runner.step(ids[:, t : t + 1], cache, force_depth=force)
+        rows.append(logits[0])
+        depths.append(depth)
+    return torch.stack(rows), depths
+
+
+@torch.inference_mode()
+def evaluate_exit_policy(
+    runner: EarlyExitLM, windows: torch.Tensor, *, forced_depths: torch.Tensor | None = None, progress: bool = False
+) -> ExitEvalResult:
+    """Teacher-forced perplexity, top-1 agreement with the full model, KL and mean depth of ``runner``'s policy.
+
+    Tokens 1..L-1 of each window are predicted, as in :func:`tcompress.evaluate.perplexity` (with a gate that never
+    fires the two agree to fp32 rounding). ``forced_depths`` (n, L) exits each position at a given depth instead.
+
+    Raises:
+        ValueError: windows that are not (n, L) integer ids with L >= 2.
+    """
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
+        raise ValueError(f"evaluate_exit_policy: windows must be (n, L >= 2) int64 ids; got {windows!r:.80}")
+    model = runner.model
+    device = next(model.parameters()).device
+    nll = nll_full = kl = 0.0
+    agree = tokens = 0
+    depth_sum = 0
+    counts: Counter[int] = Counter()
+    for w in tqdm(range(windows.shape[0]), desc="exit policy", unit="window", disable=not progress):
+        ids = windows[w : w + 1].long().to(device)
+        forced = None if forced_depths is None else forced_depths[w]
+        emitted, depths = policy_logits(runner, ids, forced)
+        full = model(ids, use_cache=False).logits[0]
+        log_p = F.log_softmax(emitted[:-1].float(), dim=-1)
+        log_r = F.log_softmax(full[:-1].float(), dim=-1)
+        target = ids[0, 1:, None]
+        nll -= float(log_p.gather(-1, target).double().sum())
+        nll_full -= float(log_r.gather(-1, target).double().sum())
+        kl += float(F.kl_div(log_p, log_r, log_target=True, reduction="none").sum(-1).double().sum())
+        agree += int((log_p.argmax(-1) == log_r.argmax(-1)).sum())
+        tokens += ids.shape[1] - 1
+        depth_sum += sum(depths[:-1])
+        counts.update(depths[:-1])
+    mean_depth = depth_sum / tokens
+    return ExitEvalResult(
+        threshold=None if forced_depths is not None else runner.threshold,
+        check_layers=list(runner.check_layers),
+        ppl=math.exp(nll / tokens),
+        ppl_full=math.exp(nll_full / tokens),
+        agreement=agree / tokens,
+        kl_mean=kl / tokens,
+        mean_depth=mean_depth,
+        depth_fraction=mean_depth / runner.stepper.num_blocks,
+        exit_counts=dict(sorted(counts.items())),
+        tokens=tokens,
+    )
+
+
+def threshold_sweep(
+    model: nn.Module,
+    heads: ExitHeads,
+    windows: torch.Tensor,
+    thresholds: list[float],
+    check_layers: list[int],
+    criterion: str = "max_prob",
+    progress: bool = False,
+) -> list[ExitEvalResult]:
+    """One :func:`evaluate_exit_policy` per threshold: the speed/quality curve (mean depth vs perplexity)."""
+    return [
+        evaluate_exit_policy(EarlyExitLM(model, heads, t, check_layers, criterion), windows, progress=progress)
+        for t in thresholds
+    ]
