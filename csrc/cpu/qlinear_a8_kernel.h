@@ -76,12 +76,14 @@ inline void store_float(void* p, int dtype, int64_t i, float v) {
 template <int DT>
 bool quantize_row(const void* x, int64_t K, int qmax, float* row_f32, int8_t* codes, float* sx) {
   float amax = 0.0f;
+  bool finite = true;
   for (int64_t k = 0; k < K; ++k) {
     const float v = load_float(x, DT, k);
     row_f32[k] = v;
+    finite &= fabsf(v) <= 3.4028234663852886e38f;  // false for NaN too, which std::max would silently drop
     amax = std::max(amax, fabsf(v));
   }
-  if (!(amax <= 3.4028234663852886e38f) || amax != amax) return false;
+  if (!finite) return false;
   const float scale = amax > 0.0f ? amax / static_cast<float>(qmax) : 1.0f;
   const float lo = -static_cast<float>(qmax), hi = static_cast<float>(qmax);
   for (int64_t k = 0; k < K; ++k) {

@@ -72,7 +72,8 @@ def test_quantizing_a_hadamard_linear_keeps_the_online_transform():
     assert q.online_hadamard and "online_hadamard=True" in repr(q)
     expected = ops.hadamard_transform(x) @ q.dequantized_weight().T
     torch.testing.assert_close(q(x), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(q(x), x @ w.T, rtol=2e-2, atol=2e-2)  # int8 per channel: close to the original
+    exact = x @ w.T
+    assert float((q(x) - exact).norm() / exact.norm()) < 0.02  # int8 per channel: close to the original
 
 
 @pytest.mark.parametrize("bad", [2, 16, 8.0, True, "8"])

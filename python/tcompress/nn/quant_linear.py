@@ -221,5 +221,5 @@ class QuantLinear(nn.Module):
 
 def check_act_bits(act_bits, label: str) -> None:
     """Raises ValueError naming ``label`` unless ``act_bits`` is None (fp activations), 8 or 4."""
-    if act_bits not in ACT_BITS or isinstance(act_bits, bool):
+    if act_bits is not None and (type(act_bits) is not int or act_bits not in ACT_BITS):
         raise ValueError(f"{label}: act_bits must be None (floating-point activations), 8 or 4; got {act_bits!r}")
