@@ -4,13 +4,18 @@ from .compress import compress_
 from .config import RecipeConfig, config_from_dict
 from .quantize import QuantizeConfig
 from .serialize import load_compressed, read_manifest, save_compressed
+from .substitute import SubstituteConfig, SubstitutedBlock, SubstitutionReport, substitute_
 
 __all__ = [
     "QuantizeConfig",
     "RecipeConfig",
+    "SubstituteConfig",
+    "SubstitutedBlock",
+    "SubstitutionReport",
     "compress_",
     "config_from_dict",
     "load_compressed",
     "read_manifest",
     "save_compressed",
+    "substitute_",
 ]
