@@ -47,6 +47,11 @@ def test_low_rank_parameters_and_full_rank_matches_dense(quantize):
     windows = _windows()
     low = FACTORIES["llama"]()
     report = substitute_(low, windows, SubstituteConfig(blocks=(0,), rank=8, quantize=quantize))
+    reused = FACTORIES["llama"]()
+    stats = collect_block_statistics(reused, windows, holdout=0.0)
+    substitute_(reused, windows, SubstituteConfig(blocks=(0,), rank=8, quantize=quantize), statistics=stats)
+    with torch.no_grad():
+        torch.testing.assert_close(reused(windows).logits, low(windows).logits)
     extra = 8 + 64 if quantize else 0
     assert report.layers[0].map_parameters == 2 * 64 * 8 + 2 * 64 + extra
     full, dense = FACTORIES["llama"](), FACTORIES["llama"]()
@@ -106,6 +111,9 @@ def test_bad_configs_and_rollback():
     with pytest.raises(ValueError, match="singular"):  # block 1's fit fails after block 0 was replaced
         substitute_(model, _windows(n=1, t=4), SubstituteConfig(blocks=(0, 1), ridge=0.0, fit="sequential"))
     assert not any(isinstance(b, SubstitutedBlock) for b in model.model.layers)
+    partial = collect_block_statistics(model, _windows(), layers=[0])
+    with pytest.raises(ValueError, match=r"do not cover blocks \[1\]"):
+        substitute_(model, _windows(), SubstituteConfig(blocks=(1,), rank=4), statistics=partial)
     substitute_(model, _windows(), SubstituteConfig(blocks=(1,), rank=4))
     with pytest.raises(ValueError, match=r"blocks \[1\] are already substituted"):
         substitute_(model, _windows(), SubstituteConfig(blocks=(1,), rank=4))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..analysis.activations import POSITION_SETS, collect_block_statistics
+from ..analysis.activations import POSITION_SETS, BlockStatistics, collect_block_statistics
 from ..analysis.linearity import fit_affine, reduced_rank_factors
 from ..nn import LinearBlock
 from .config import RecipeConfig
@@ -190,12 +190,15 @@ def substitute_(
     *,
     batch_size: int = 1,
     stats_device: torch.device | str | None = None,
+    statistics: BlockStatistics | None = None,
 ) -> SubstitutionReport:
     """Replaces ``config.blocks`` of ``model`` in place by fitted linear maps; returns what it did.
 
     ``windows`` (num_windows, T) int64 calibration token ids; every window is used for fitting (no held-out split:
-    evaluate the result with :func:`tcompress.evaluate.perplexity` on other text). The config is appended to
-    ``model.tcompress_config``. If anything fails, layers already replaced by this call are put back.
+    evaluate the result with :func:`tcompress.evaluate.perplexity` on other text). With ``fit="clean"``,
+    ``statistics`` collected earlier on the unmodified model (covering the blocks) can stand in for the clean pass;
+    their train split is used. The config is appended to ``model.tcompress_config``. If anything fails, layers
+    already replaced by this call are put back.
 
     Raises:
         ValueError: bad block indices (out of range, repeated, already substituted), a rank above d, bad windows.
@@ -210,7 +213,15 @@ def substitute_(
     if config.rank is not None and config.rank > d:
         raise ValueError(f"substitute_: rank {config.rank} exceeds the hidden size d = {d}")
     collect = dict(holdout=0.0, batch_size=batch_size, stats_device=stats_device)
-    clean = collect_block_statistics(model, windows, layers=indices, **collect) if config.fit == "clean" else None
+    clean = None
+    if config.fit == "clean":
+        if statistics is not None:
+            missing = [i for i in indices if i not in statistics.layers]
+            if missing:
+                raise ValueError(f"substitute_: the statistics given do not cover blocks {missing}")
+            clean = statistics
+        else:
+            clean = collect_block_statistics(model, windows, layers=indices, **collect)
     replaced: list[tuple[str, nn.Module]] = []
     layers = []
     try:
