@@ -258,6 +258,47 @@ def norm_parameters(module: nn.Module) -> tuple[torch.Tensor | None, torch.Tenso
     raise TypeError(f"norm_parameters: expected a LayerNorm or an RMSNorm; got {type(module).__name__}")
 
 
+def decoder_layer_output(hidden: torch.Tensor) -> object:
+    """What a decoder layer of the installed transformers returns, built from its hidden states (B, T, d).
+
+    transformers 5.x layers return the tensor; 4.x layers returned a tuple whose first item it was (the layer loop
+    reads ``outputs[0]``). For a module that stands in for a whole decoder layer (a substituted block).
+    """
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return hidden if major >= 5 else (hidden,)
+
+
+def block_call_cache(args: tuple, kwargs: dict) -> object | None:
+    """The KV cache a decoder layer was called with, or None.
+
+    Llama-style loops pass ``past_key_values=`` by keyword; GPT-2's passes it as the second positional argument. Any
+    argument with the Cache interface (``update`` and ``get_seq_length``) counts.
+    """
+    candidates = [kwargs.get("past_key_values"), kwargs.get("past_key_value"), *args[1:]]
+    for value in candidates:
+        if value is not None and hasattr(value, "update") and hasattr(value, "get_seq_length"):
+            return value
+    return None
+
+
+def advance_cache_(cache: object, layer_idx: int, hidden: torch.Tensor) -> None:
+    """Tells a KV cache that decoder layer ``layer_idx`` saw T more positions, for a layer that keeps no keys/values.
+
+    A substituted block has no attention, but transformers reads the sequence length (hence the positions of the next
+    tokens and the attention-mask sizes) from the cache of layer 0; if that layer never wrote to the cache, generation
+    would restart positions at 0. So a one-element-per-position placeholder (B, 1, T, 1) is written instead.
+    ``cache`` None (no cache in use) does nothing.
+    """
+    if cache is None:
+        return
+    if not hasattr(cache, "update"):
+        raise TypeError(f"advance_cache_: expected a transformers Cache; got {type(cache).__name__}")
+    placeholder = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], 1)
+    cache.update(placeholder, placeholder, layer_idx)
+
+
 def context_length(model: nn.Module) -> int | None:
     """The longest sequence the model's positions cover (from its config), or None when the config does not say."""
     config = getattr(model, "config", None)
