@@ -4,6 +4,8 @@ layouts, autograd, opcheck, torch.compile and bad inputs. CUDA tests skip withou
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tcompress import _native
@@ -208,11 +210,106 @@ def test_native_rejects_overlapping_output():
 # ------------------------------------------------------------------------------------------------------------
 
 
+def cuda_native():
+    """tcompress._cuda when it was built with the linear_block kernel, else None."""
+    native = _native._cuda
+    return native if native is not None and hasattr(native, "linear_block") else None
+
+
+def check_cuda(device, x, U, V, b, mu, u_scale=None, v_scale=None):
+    """check() on `device`, refusing a silent fallback to the pure-torch reference (it warns)."""
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = check(to(x), to(U), to(V), to(b), to(mu), to(u_scale), to(v_scale))
+    assert got.device.type == "cuda"
+    return got
+
+
 @pytest.mark.parametrize("factor_dtype", FACTOR_DTYPES, ids=str)
 def test_cuda_matches_reference(cuda_device, factor_dtype):
     U, V, b, mu, us, vs = make_factors(576, 72, factor_dtype)
-    to = lambda t: None if t is None else t.to(cuda_device)  # noqa: E731
     for x_dtype in X_DTYPES:
         for rows in (1, 3, 8, 9, 130):
-            x = torch.randn(rows, 576, generator=gen(rows)).to(x_dtype).to(cuda_device)
-            check(x, to(U), to(V), to(b), to(mu), to(us), to(vs))
+            x = torch.randn(rows, 576, generator=gen(rows)).to(x_dtype)
+            check_cuda(cuda_device, x, U, V, b, mu, us, vs)
+
+
+@pytest.mark.parametrize("factor_dtype", FACTOR_DTYPES, ids=str)
+@pytest.mark.parametrize("d,r", [(100, 13), (4096, 512)])
+def test_cuda_awkward_and_mistral_sizes(cuda_device, factor_dtype, d, r):
+    """Odd sizes (partial column and K tiles) and d = 4096, where the decode path splits K over many blocks."""
+    U, V, b, mu, us, vs = make_factors(d, r, factor_dtype, seed=d + r)
+    for x_dtype in (torch.float32, torch.bfloat16):
+        for rows in (1, 5, GEMV_MAX_M, GEMV_MAX_M + 1, 70):
+            check_cuda(cuda_device, torch.randn(rows, d, generator=gen(rows)).to(x_dtype), U, V, b, mu, us, vs)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 30])
+def test_cuda_layouts_and_dtypes(cuda_device, rows):
+    U, V, b, mu, _, _ = make_factors(64, 8, torch.float32)
+    wide = torch.randn(rows, 200, generator=gen(2)).to(cuda_device)
+    check_cuda(cuda_device, wide[:, 10:74], U, V, b, mu)  # rows of a wider buffer (already there): read in place
+    check_cuda(cuda_device, torch.randn(64, rows, generator=gen(3)).t(), U, V, b, mu)  # transposed: copied first
+    check_cuda(cuda_device, torch.randn(rows, 0, 64), U, V, b, mu)  # no rows
+    x = torch.randn(2, rows, 64, generator=gen(4)).to(torch.float16)
+    check_cuda(cuda_device, x, U, V, b.to(torch.bfloat16), mu.to(torch.float16))  # leading dims, b/mu dtypes
+
+
+def test_cuda_more_row_tiles_than_the_grid_has_rows(cuda_device):
+    """More than 65535 row tiles of 64: the GEMM blocks loop over the row tiles beyond the grid."""
+    U, V, b, mu, _, _ = make_factors(8, 2, torch.float32)
+    check_cuda(cuda_device, torch.randn(65535 * 64 + 65, 8, generator=gen(10)), U, V, b, mu)
+
+
+def test_cuda_side_stream_and_current_device(cuda_device):
+    """The kernel runs on the caller's current stream and leaves the current device as it was."""
+    U, V, b, mu, us, vs = make_factors(576, 72, torch.int8)
+    x = torch.randn(3, 576, generator=gen(11))
+    want = linear_block_reference(x, U, V, b, mu, us, vs)
+    args = [t.to(cuda_device) for t in (x, U, V, b, mu, us, vs)]
+    before = torch.cuda.current_device()
+    stream = torch.cuda.Stream(cuda_device)
+    stream.wait_stream(torch.cuda.current_stream(cuda_device))
+    with torch.cuda.stream(stream):
+        got = linear_block(*args)
+    torch.cuda.current_stream(cuda_device).wait_stream(stream)
+    assert torch.cuda.current_device() == before
+    assert rel_error(got.cpu(), want) <= TOL[torch.float32]
+
+
+def test_cuda_opcheck(cuda_device):
+    U, V, b, mu, us, vs = make_factors(32, 4, torch.int8)
+    to = lambda t: t.to(cuda_device)  # noqa: E731
+    for rows in (1, 12):
+        x = torch.randn(rows, 32, generator=gen(rows)).to(cuda_device).requires_grad_()
+        torch.library.opcheck(torch.ops.tcompress.linear_block.default, (x, *map(to, (U, V, b, mu, us, vs))))
+
+
+@pytest.mark.skipif(cuda_native() is None, reason="tcompress._cuda is not built with linear_block")
+def test_cuda_entry_point_checks_arguments():
+    """The native CUDA entry point re-checks its arguments before touching a device, so this runs without a GPU:
+    the pointers are made up and never dereferenced."""
+    C = cuda_native()
+    args = dict(x=1 << 20, x_dtype=0, M=2, d=16, x_row_stride=16, U=2 << 20, V=3 << 20, factor_dtype=0, r=2,
+                u_scale=0, v_scale=0, b=4 << 20, b_dtype=0, mu=5 << 20, mu_dtype=0, y=6 << 20, y_row_stride=16,
+                device=0, stream=0)  # fmt: skip
+    call = r"tcompress\._cuda\.linear_block\(M=2, d=16, r=2"
+    with pytest.raises(ValueError, match=call + r".*invalid argument"):
+        C.linear_block(**{**args, "y": args["x"]})  # y overlaps x
+    with pytest.raises(ValueError, match=r"invalid argument"):
+        C.linear_block(**{**args, "x": args["x"] + 2})  # fp32 x not 4-byte aligned
+    with pytest.raises(ValueError, match=r"invalid argument"):
+        C.linear_block(**{**args, "u_scale": 7 << 20, "v_scale": 8 << 20})  # scales with float factors
+    with pytest.raises(ValueError, match=r"a required pointer is null"):
+        C.linear_block(**{**args, "factor_dtype": C.LINEAR_BLOCK_INT8})  # int8 factors without scales
+    with pytest.raises(ValueError, match=r"unknown dtype code"):
+        C.linear_block(**{**args, "x_dtype": 9})
+    with pytest.raises(ValueError, match=r"invalid row stride"):
+        C.linear_block(**{**args, "x_row_stride": 15})
+    with pytest.raises(ValueError, match=r"unsupported size"):
+        C.linear_block(**{**args, "r": 0})
+    C.linear_block(**{**args, "M": 0})  # no rows: nothing to do, no device needed
+    if C.device_count() == 0:
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            C.linear_block(**args)
