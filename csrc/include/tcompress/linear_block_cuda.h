@@ -1,5 +1,9 @@
 /* CUDA launcher of the fused linear block; arguments exactly as tc_linear_block_cpu (tcompress/linear_block.h),
- * all pointers on `device`, plus the raw cudaStream_t. Returns a tc_status. */
+ * all pointers on `device`, plus the raw cudaStream_t. Every pointer must be aligned to its element size
+ * (TC_ERR_BAD_ARGUMENT otherwise; torch's tensors always are). The work is only enqueued: the fp32 intermediate
+ * (M x r) is allocated and freed in stream order (cudaMallocAsync / cudaFreeAsync on `stream`; TC_ERR_OUT_OF_MEMORY
+ * when that allocation fails). Argument checks come before any CUDA call, so they answer without a device.
+ * Returns a tc_status. */
 #ifndef TCOMPRESS_LINEAR_BLOCK_CUDA_H
 #define TCOMPRESS_LINEAR_BLOCK_CUDA_H
 
