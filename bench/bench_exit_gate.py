@@ -114,7 +114,7 @@ def _smollm2_block():
 
     def step():
         with torch.inference_mode():
-            cache.crop(CACHE_TOKENS)
+            cache.crop(-(cache.get_seq_length() - CACHE_TOKENS))  # a positive crop is refused by transformers 5
             model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
 
     return step, config

@@ -64,7 +64,9 @@ def _torch_dynamic_int8_seconds(rows: int, k: int, n: int) -> float:
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
         layer = DynamicLinear(k, n, bias_=False, dtype=torch.qint8)
-        w = torch.quantize_per_channel(_weights(k, n), _weights(k, n).abs().amax(1) / 127, torch.zeros(n, dtype=torch.long), 0, torch.qint8)  # fmt: skip
+        w_fp32 = _weights(k, n)
+        zero_points = torch.zeros(n, dtype=torch.long)
+        w = torch.quantize_per_channel(w_fp32, w_fp32.abs().amax(1) / 127, zero_points, 0, torch.qint8)
         layer.set_weight_bias(w, None)
         x = torch.randn(rows, k)
         layer(x)

@@ -42,7 +42,9 @@ def _data(name: str, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor, str]:
         evaluation = token_windows("\n".join(stories[6:]), tokenizer, args.length, bos=True)
         return calib, evaluation[: args.eval_windows], "TinyStories valid-first10: stories 1-6 train, 7-10 measure"
     calib = calibration_windows(tokenizer, args.calib_windows, args.length, seed=0)
-    evaluation = token_windows(wikitext2_test_text(), tokenizer, args.length, max_tokens=args.length * args.eval_windows)
+    evaluation = token_windows(
+        wikitext2_test_text(), tokenizer, args.length, max_tokens=args.length * args.eval_windows
+    )
     return calib, evaluation, "WikiText-2 validation (train) / test (measure)"
 
 
@@ -136,14 +138,21 @@ def main() -> None:
         stats[kind] = token_stats(model, heads, evaluation, progress=True)
         results[f"difficulty_{kind}"] = summarize(stats[kind], kind, taus).to_dict()
     results["sensitivity"] = {
-        kind: kl_sensitivity(model, heads, evaluation[: args.sweep_windows],
-                             _first_windows(stats[kind], args.sweep_windows), args.sensitivity_tau).to_dict()
+        kind: kl_sensitivity(
+            model,
+            heads,
+            evaluation[: args.sweep_windows],
+            _first_windows(stats[kind], args.sweep_windows),
+            args.sensitivity_tau,
+        ).to_dict()
         for kind, heads in (("lens", lens), ("tuned", tuned))
     }
     sweep_windows = evaluation[: args.sweep_windows]
     thresholds = _floats(args.thresholds)
     results["sweep"] = {
-        kind: [r.to_dict() for r in threshold_sweep(model, heads, sweep_windows, thresholds, check_layers, progress=True)]
+        kind: [
+            r.to_dict() for r in threshold_sweep(model, heads, sweep_windows, thresholds, check_layers, progress=True)
+        ]
         for kind, heads in (("lens", lens), ("tuned", tuned))
     }
     prompt = evaluation[:1, :16]
@@ -171,7 +180,8 @@ def print_tables(results: dict) -> None:
     print(
         f"Trained heads: {cost['head_parameters']:,} parameters ({100 * cost['fraction_of_model']:.2f}% of the model's "
         f"{cost['model_parameters']:,}), rank {cost['rank'] or 'full'}, {results['training']['steps']} steps x "
-        f"{results['training']['tokens'] // results['training']['steps']} tokens, {results['training']['seconds']:.0f} s\n"
+        f"{results['training']['tokens'] // results['training']['steps']} tokens, "
+        f"{results['training']['seconds']:.0f} s\n"
     )
     for kind in ("lens", "tuned"):
         d = results[f"difficulty_{kind}"]
@@ -191,8 +201,10 @@ def print_tables(results: dict) -> None:
             )
         print()
     print("KL sensitivity (tokens judged easy at their first easy depth, blocks then skipped for real):\n")
-    print("| heads | τ | easy tokens | judged KL | actual KL (easy) | Δloss easy | actual KL (rest) | Δloss rest | "
-          "ppl full → skipped | mean depth |")
+    print(
+        "| heads | τ | easy tokens | judged KL | actual KL (easy) | Δloss easy | actual KL (rest) | Δloss rest | "
+        "ppl full → skipped | mean depth |"
+    )
     print("|---" * 10 + "|")
     for kind, s in results["sensitivity"].items():
         print(
@@ -201,8 +213,10 @@ def print_tables(results: dict) -> None:
             f"{s['actual_kl_other']:.4f} | {s['loss_change_other']:+.4f} | {s['ppl_full']:.3f} → "
             f"{s['ppl_skipped']:.3f} | {s['mean_depth']:.2f} |"
         )
-    print("\nThreshold sweep (teacher-forced, max_prob gate at check layers "
-          f"{results['sweep']['tuned'][0]['check_layers']}):\n")
+    print(
+        "\nThreshold sweep (teacher-forced, max_prob gate at check layers "
+        f"{results['sweep']['tuned'][0]['check_layers']}):\n"
+    )
     print("| heads | threshold | mean depth | depth fraction | ppl | Δppl | top-1 agreement | KL |")
     print("|---" * 8 + "|")
     for kind, rows in results["sweep"].items():
@@ -218,8 +232,10 @@ def print_tables(results: dict) -> None:
         f"\nDecoding speed (batch 1, greedy, {s['new_tokens']} new tokens, best of {s['repeats']} alternating runs; "
         f"threshold {s['threshold']}, checks at {s['check_layers']}):\n"
     )
-    print("| full model loop tok/s | EarlyExitLM tok/s | EarlyExitLM never-exit tok/s | speedup vs full loop | "
-          "speedup vs never-exit | mean depth generated |")
+    print(
+        "| full model loop tok/s | EarlyExitLM tok/s | EarlyExitLM never-exit tok/s | speedup vs full loop | "
+        "speedup vs never-exit | mean depth generated |"
+    )
     print("|---|---|---|---|---|---|")
     print(
         f"| {tps['full_model_loop']:.1f} | {tps['early_exit']:.1f} | {tps['early_exit_never']:.1f} | "

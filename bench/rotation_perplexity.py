@@ -57,14 +57,20 @@ def explain(name, model, rotated, stat_windows):
             "activations": by_role(outliers.activation_stats(m, stat_windows)),
             "w4_per_channel_error": by_role(outliers.weight_quantization_error(m, QuantizeConfig(4, None))),
             "w4_g64_error": by_role(outliers.weight_quantization_error(m, QuantizeConfig(4, 64)))
-            if all(models.projection_weight(p).shape[1] % 64 == 0 for _, p in models.architecture(m).iter_projections(m))
+            if all(
+                models.projection_weight(p).shape[1] % 64 == 0 for _, p in models.architecture(m).iter_projections(m)
+            )
             else None,
         }
     print(f"\n{name}: per role, mean over layers (original -> rotated)", flush=True)
-    print("| role | weight max/RMS | weight kurtosis | input max/RMS per token | input kurtosis | W4 per-channel rel. error |")
+    print(
+        "| role | weight max/RMS | weight kurtosis | input max/RMS per token | input kurtosis "
+        "| W4 per-channel rel. error |"
+    )
     print("|---|---|---|---|---|---|")
     for role in out["original"]["weights"]:
-        def pair(kind, field):
+
+        def pair(kind, field, role=role):
             a, b = (out[k][kind][role]["mean"][field] for k in ("original", "rotated"))
             return f"{a:.2f} -> {b:.2f}"
 

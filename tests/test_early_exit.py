@@ -97,8 +97,10 @@ def test_kv_fill_equals_what_the_block_itself_caches(factory):
             ctx = stepper.context(h_new, position_ids, caches[0])
             stepper.run_block(i, h_new, ctx, caches[0])  # the block's own write
             stepper.fill_kv(i, h_new, ctx, caches[1])  # only its K/V projections
-        for a, b in ((caches[0].layers[i].keys, caches[1].layers[i].keys),
-                     (caches[0].layers[i].values, caches[1].layers[i].values)):
+        for a, b in (
+            (caches[0].layers[i].keys, caches[1].layers[i].keys),
+            (caches[0].layers[i].values, caches[1].layers[i].values),
+        ):
             assert a.shape == b.shape == (1, a.shape[1], 5, a.shape[-1])
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 

@@ -58,7 +58,9 @@ def test_thread_counts_agree(isa):
     finally:
         torch.set_num_threads(previous)
     for gate, token in results[1:]:
-        torch.testing.assert_close(gate.confidence, results[0].gate.confidence, atol=1e-5, rtol=1e-4)  # fp32 sums split differently
+        torch.testing.assert_close(
+            gate.confidence, results[0].gate.confidence, atol=1e-5, rtol=1e-4
+        )  # fp32 sums split differently
         assert torch.equal(token, results[0].token)
 
 

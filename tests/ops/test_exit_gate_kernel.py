@@ -228,7 +228,9 @@ def test_native_rechecks_its_arguments():
 def test_opcheck():
     for dtype in (torch.float32, torch.bfloat16):
         for criterion in CRITERIA:
-            torch.library.opcheck(torch.ops.tcompress.exit_gate_stats.default, (logits_of(5, 1000, dtype), 0.3, criterion))
+            torch.library.opcheck(
+                torch.ops.tcompress.exit_gate_stats.default, (logits_of(5, 1000, dtype), 0.3, criterion)
+            )
 
 
 def test_torch_compile_fullgraph():

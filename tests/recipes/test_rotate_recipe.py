@@ -1,4 +1,4 @@
-"""RotateConfig: the rotated fp32 model computes what the original did; norms fused; errors leave the model as it was."""
+"""RotateConfig: the rotated fp32 model computes what the original did; norms fused; errors leave the model as is."""
 
 from __future__ import annotations
 

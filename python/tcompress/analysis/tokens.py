@@ -119,8 +119,9 @@ def token_stats(model: nn.Module, heads: ExitHeads, windows: torch.Tensor, *, pr
             agree_cols.append(log_q.argmax(-1) == top)
         kls.append(torch.stack(kl_cols, 1).cpu())
         agrees.append(torch.stack(agree_cols, 1).cpu())
-    return TokenStats(list(heads.depths), block_stepper(model).num_blocks, torch.cat(kls), torch.cat(agrees),
-                      windows.shape[1])
+    return TokenStats(
+        list(heads.depths), block_stepper(model).num_blocks, torch.cat(kls), torch.cat(agrees), windows.shape[1]
+    )
 
 
 def summarize(stats: TokenStats, kind: str, taus: tuple[float, ...] = DEFAULT_TAUS) -> DifficultySummary:

@@ -156,8 +156,8 @@ def _launch(logits: torch.Tensor, threshold: float, criterion: str):
     argmax = torch.empty(rows, dtype=torch.int64, device=device)
     if rows == 0:
         return confidence, mask, argmax
-    args = (logits.data_ptr(), _common.dtype_code(logits.dtype), rows, vocab, row_stride,
-            _CRITERION_CODES[criterion], threshold, confidence.data_ptr(), mask.data_ptr(), argmax.data_ptr())  # fmt: skip
+    args = (logits.data_ptr(), _common.dtype_code(logits.dtype), rows, vocab, row_stride, _CRITERION_CODES[criterion],
+            threshold, confidence.data_ptr(), mask.data_ptr(), argmax.data_ptr())  # fmt: skip
     if device.type == "cpu":
         native = _native.cpu_native()
         if native is None:
@@ -175,7 +175,9 @@ def _launch(logits: torch.Tensor, threshold: float, criterion: str):
     return confidence, mask, argmax
 
 
-def _launch_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str):
+def _launch_head(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str
+):
     vocab, d = weight.shape
     native = _native.cpu_native() if hidden.device.type == "cpu" else None
     if native is None:
@@ -296,7 +298,9 @@ def exit_gate_head(
     _common.check_float(_HEAD_OP, "hidden", hidden)
     _common.check_float(_HEAD_OP, "head_weight", head_weight)
     if head_weight.dim() != 2 or head_weight.shape[0] == 0 or head_weight.shape[1] == 0:
-        raise ValueError(f"{_HEAD_OP}: head_weight must be 2-D (vocab, d) and non-empty; got {tuple(head_weight.shape)}")
+        raise ValueError(
+            f"{_HEAD_OP}: head_weight must be 2-D (vocab, d) and non-empty; got {tuple(head_weight.shape)}"
+        )
     d = head_weight.shape[1]
     if hidden.shape not in ((d,), (1, d)):
         raise ValueError(f"{_HEAD_OP}: hidden must have shape ({d},) or (1, {d}) (batch 1); got {tuple(hidden.shape)}")

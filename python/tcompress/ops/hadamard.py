@@ -27,9 +27,14 @@ from . import _common
 _OP = "tcompress.ops.hadamard_transform"
 
 
+@functools.lru_cache(maxsize=256)
+def _factor_size_cached(n: int) -> tuple[int, int]:
+    return factor_size(n)
+
+
 def _factor(op: str, n: int) -> tuple[int, int]:
     try:
-        return factor_size(n)
+        return _factor_size_cached(n)
     except ValueError as exc:
         raise ValueError(f"{op}: {exc}") from None
 
@@ -98,19 +103,20 @@ def _rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return t, layout[0], layout[1]
 
 
-def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool) -> None:
+def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, fresh_out: bool = False) -> None:
     """Writes ``x @ H * scale`` into ``out`` (same shape, dtype and device; out without self-overlap).
 
     ``out`` may be ``x`` itself (same memory and layout: transformed in place) or overlap it in any other way
-    (then the result goes through a temporary).
+    (then the result goes through a temporary). ``fresh_out``: out was just allocated contiguous (no aliasing to
+    look for; the checks cost more than a batch-1 transform).
     """
     n = x.shape[-1]
     if x.numel() == 0:
         return
-    k, _ = factor_size(n)
-    layout = _common.row_layout(out)
-    in_place = _common.same_memory(x, out)
-    if layout is None or (not in_place and _common.overlaps(x, out)):
+    k, _ = _factor_size_cached(n)
+    layout = _common.row_layout(out) if not fresh_out else (out.numel() // n, n)
+    in_place = False if fresh_out else _common.same_memory(x, out)
+    if layout is None or (not fresh_out and not in_place and _common.overlaps(x, out)):
         # out cannot be written row by row (e.g. transposed), or it shares memory with x in another layout:
         # compute into a fresh buffer, then copy.
         tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
@@ -241,6 +247,14 @@ def _check_no_grad(op: str, *tensors: torch.Tensor) -> None:
         )
 
 
+def _direct_launch_ok(x: torch.Tensor) -> bool:
+    """True for a plain eager call that needs no autograd graph: the kernel is launched without the op's dispatcher,
+    whose ~6 us per call is most of a batch-1 transform (a 1536-wide row takes well under 1 us)."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.device.type not in ("cpu", "cuda"):
+        return False
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def hadamard_transform(
     x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None, *, transpose: bool = False
 ) -> torch.Tensor:
@@ -268,6 +282,10 @@ def hadamard_transform(
     _check_input(_OP, x)
     scale = _resolve_scale(_OP, x.shape[-1], scale)
     if out is None:
+        if _direct_launch_ok(x):
+            result = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            _launch(x, result, scale, bool(transpose), fresh_out=True)
+            return result
         return torch.ops.tcompress.hadamard(x, scale, bool(transpose))
     _common.check_like(_OP, "out", out, "x", x)
     _check_no_grad(_OP, x, out)

@@ -70,7 +70,9 @@ def _check_args(op, x, U, V, b, mu, u_scale, v_scale) -> None:
     if d == 0 or r == 0:
         raise ValueError(f"{op}: U must not be empty; got shape {tuple(U.shape)}")
     if tuple(V.shape) != (r, d):
-        raise ValueError(f"{op}: V must have shape (r, d) = ({r}, {d}) to match U {tuple(U.shape)}; got {tuple(V.shape)}")
+        raise ValueError(
+            f"{op}: V must have shape (r, d) = ({r}, {d}) to match U {tuple(U.shape)}; got {tuple(V.shape)}"
+        )
     if x.shape[-1] != d:
         raise ValueError(f"{op}: x has inner size {x.shape[-1]} but U {tuple(U.shape)} expects d = {d}")
     for name, t in (("b", b), ("mu", mu)):

@@ -115,7 +115,9 @@ def train_exit_heads(
             n = min(tokens_per_step, ids.shape[1])
             pick = torch.randperm(ids.shape[1], generator=gen)[:n].to(device)
             log_p_final = F.log_softmax(logits[0, pick].float(), dim=-1)
-            losses = [_kl_final_to_head(log_p_final, heads.logits(k, hidden[k - 1][0, pick])).mean() for k in heads.depths]
+            losses = [
+                _kl_final_to_head(log_p_final, heads.logits(k, hidden[k - 1][0, pick])).mean() for k in heads.depths
+            ]
             optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
             optimizer.step()
@@ -168,7 +170,9 @@ def load_exit_heads(directory: str | Path, model: nn.Module) -> ExitHeads:
     directory = Path(directory)
     for name in (CONFIG_FILE, HEADS_FILE):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"load_exit_heads: {directory / name} not found (expected a save_exit_heads folder)")
+            raise FileNotFoundError(
+                f"load_exit_heads: {directory / name} not found (expected a save_exit_heads folder)"
+            )
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as err:
@@ -193,7 +197,9 @@ def load_exit_heads(directory: str | Path, model: nn.Module) -> ExitHeads:
     try:
         heads.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"load_exit_heads: tensors in {directory / HEADS_FILE} do not match the config: {err}") from None
+        raise ValueError(
+            f"load_exit_heads: tensors in {directory / HEADS_FILE} do not match the config: {err}"
+        ) from None
     bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"load_exit_heads: non-finite values in {bad[:4]}")

@@ -100,7 +100,9 @@ def _check_rotatable(model: nn.Module, arch: models.ArchSpec, d: int, online: bo
         raise ValueError(f"RotateConfig: the residual width d={d} has no Hadamard construction: {exc}") from None
     if online:
         for name, module in arch.iter_roles(model, arch.online_hadamard_roles):
-            check_hadamard_size(models.projection_weight(module).shape[1], f"RotateConfig(online_hadamard=True): {name!r}")
+            check_hadamard_size(
+                models.projection_weight(module).shape[1], f"RotateConfig(online_hadamard=True): {name!r}"
+            )
 
 
 def _update_(weight: torch.Tensor, fn) -> None:
@@ -144,7 +146,8 @@ def _fuse_norms_(model: nn.Module, arch: models.ArchSpec) -> None:
                 else:
                     _update_(reader.bias, lambda c, s=shift: c + s)
             if scale is not None:
-                _update_(weight, lambda w, g=scale.detach().to(torch.float64): w * g[None, :])
+                gain = scale.detach().to(torch.float64)
+                _update_(weight, lambda w, g=gain: w * g[None, :])
         models.set_module(model, name, ScaleFreeRMSNorm(models.projection_weight(readers[0][1]).shape[1], eps))
 
 
