@@ -49,6 +49,17 @@ def test_rotation_keeps_the_logits_of_tiny_models(family, online):
     assert not torch.allclose(arch.embeddings(rotated).weight, arch.embeddings(original).weight)
 
 
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_norm_fusion_alone_keeps_the_logits_and_leaves_embeddings_unrotated(family):
+    original = with_random_norms(FACTORIES[family]())
+    fused = compress_(copy.deepcopy(original), RotateConfig(rotate_residual=False))
+    assert_same_logits(original, fused, ids())
+    arch = models.architecture(fused)
+    assert all(isinstance(norm, ScaleFreeRMSNorm) for _, norm, _ in arch.iter_norms(fused))
+    if family != "gpt2":  # GPT-2's embeddings are centred (mean-free rows), but not rotated
+        assert torch.equal(arch.embeddings(fused).weight, arch.embeddings(original).weight)
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_rotation_keeps_the_logits_of_stories260k(stories260k, online):
     model, tokenizer = stories260k
@@ -152,13 +163,13 @@ def test_online_hadamard_on_a_width_without_construction_is_a_clear_error():
     compress_(model, RotateConfig(online_hadamard=False))  # without the online transform it rotates fine
 
 
-@pytest.mark.parametrize("bad", [{"seed": "0"}, {"seed": True}, {"online_hadamard": 1}])
+@pytest.mark.parametrize("bad", [{"seed": "0"}, {"seed": True}, {"online_hadamard": 1}, {"rotate_residual": "no"}])
 def test_bad_config_values_are_refused(bad):
     with pytest.raises(TypeError, match="RotateConfig"):
         RotateConfig(**bad)
 
 
 def test_config_round_trips_through_dict():
-    config = RotateConfig(seed=7, online_hadamard=True)
+    config = RotateConfig(seed=7, online_hadamard=True, rotate_residual=False)
     assert config_from_dict(config.to_dict()) == config
     assert tcompress.RotateConfig is RotateConfig

@@ -44,6 +44,8 @@ class RotateConfig(RecipeConfig):
     Attributes:
         seed: seeds the random signs of Q (:func:`tcompress.random_hadamard`).
         online_hadamard: also rotate each down-projection's input at run time (H fused into its weight offline).
+        rotate_residual: False skips the residual rotation Q and only fuses the norms (and, for GPT-2, centres the
+            residual writers): the ablation that separates what norm fusion does to quantization from what Q does.
     """
 
     kind = "rotate"
@@ -51,12 +53,15 @@ class RotateConfig(RecipeConfig):
 
     seed: int = 0
     online_hadamard: bool = False
+    rotate_residual: bool = True
 
     def __post_init__(self):
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"RotateConfig: seed must be an int; got {self.seed!r}")
         if not isinstance(self.online_hadamard, bool):
             raise TypeError(f"RotateConfig: online_hadamard must be True or False; got {self.online_hadamard!r}")
+        if not isinstance(self.rotate_residual, bool):
+            raise TypeError(f"RotateConfig: rotate_residual must be True or False; got {self.rotate_residual!r}")
 
     def apply_(self, model: nn.Module) -> dict:
         """Rotates ``model`` in place; returns ``{"dim": d, "online_hadamard": [names]}``.
@@ -78,7 +83,8 @@ class RotateConfig(RecipeConfig):
             if arch.norm_type == "layernorm":
                 _center_residual_writers_(model, arch)
             _fuse_norms_(model, arch)
-            _rotate_residual_(model, arch, q)
+            if self.rotate_residual:
+                _rotate_residual_(model, arch, q)
             online = _online_hadamard_(model, arch) if self.online_hadamard else []
         return {"dim": d, "online_hadamard": online}
 
