@@ -102,12 +102,21 @@ class ExitHeads(nn.Module):
             raise KeyError(f"ExitHeads: no head at depth {depth}; heads at depths {list(self.depths)}")
         return self.translators[str(depth)](h) if self.kind == "tuned" else h
 
-    def logits(self, depth: int, h: torch.Tensor) -> torch.Tensor:
-        """h (..., d) -> (..., vocab): translator, then the model's final norm and head."""
+    @property
+    def head(self) -> nn.Module:
+        """The model's output projection the heads read out through."""
+        return self._readout[1]
+
+    def head_input(self, depth: int, h: torch.Tensor) -> torch.Tensor:
+        """h (..., d) -> (..., d): what the head multiplies: the translator, then the model's final norm."""
         norm, head = self._readout
         x = self.translate(depth, h)
         # The model may run in bf16 while the translators are fp32: read out in the model's dtype.
-        return head(norm(x.to(head.weight.dtype)))
+        return norm(x.to(head.weight.dtype))
+
+    def logits(self, depth: int, h: torch.Tensor) -> torch.Tensor:
+        """h (..., d) -> (..., vocab): translator, then the model's final norm and head."""
+        return self.head(self.head_input(depth, h))
 
     def forward(self, depth: int, h: torch.Tensor) -> torch.Tensor:
         return self.logits(depth, h)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..models import block_stepper
 from ..nn.exit_head import ExitHeads
-from ..ops import exit_gate
+from ..ops import exit_gate, exit_gate_head
 from ..ops.exit_gate import CRITERIA
 
 
@@ -97,6 +97,20 @@ class EarlyExitLM:
             h = self.stepper.run_block(i, h, ctx, cache)
         return self.stepper.logits(h[:, -1])
 
+    def _confident(self, head_input: torch.Tensor) -> bool:
+        """head_input (1, d) -> whether the gate lets the token exit.
+
+        A plain linear head goes through :func:`tcompress.ops.exit_gate_head`, which consumes the logits as the head
+        GEMV produces them (never stored); the logits are then computed only for a token that exits. Other heads
+        (e.g. quantized) are evaluated first and gated with :func:`tcompress.ops.exit_gate`.
+        """
+        head = self.heads.head
+        if type(head) is nn.Linear:
+            gate, _ = exit_gate_head(head_input[0], head.weight, self.threshold, self.criterion, head_bias=head.bias)
+            return bool(gate.exit_mask[0])
+        logits = head(head_input)
+        return bool(exit_gate(logits.float(), self.threshold, self.criterion).exit_mask[0])
+
     @torch.inference_mode()
     def step(self, token: torch.Tensor, cache, force_depth: int | None = None) -> tuple[torch.Tensor, int]:
         """token (1, 1) -> ((1, vocab) logits, depth): one token through the blocks with the exit policy.
@@ -120,9 +134,10 @@ class EarlyExitLM:
                     continue
                 logits = self.heads.logits(depth, h[:, -1])
             elif self._check_after[i]:
-                logits = self.heads.logits(depth, h[:, -1])
-                if not bool(exit_gate(logits.float(), self.threshold, self.criterion).exit_mask[0]):
+                head_input = self.heads.head_input(depth, h[:, -1])
+                if not self._confident(head_input):
                     continue
+                logits = self.heads.head(head_input)
             else:
                 continue
             for j in range(depth, num_blocks):
