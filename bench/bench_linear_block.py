@@ -27,7 +27,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import best_seconds
+from conftest import best_seconds, kernel_seconds
 from tcompress import _native
 from tcompress.nn import LinearBlock
 from tcompress.ops import linear_block
@@ -48,14 +48,6 @@ def _repeat(benchmark, model: str, phase: str) -> int:
     if benchmark.disabled:
         return 1
     return 3 if model == "mistral" and phase == "prefill" else 20 if phase == "decode" else 10
-
-
-def _kernel_seconds(benchmark, fn, rounds: int) -> float:
-    """Times ``fn`` with pytest-benchmark and returns the minimum (one call timed here when benchmarks are off)."""
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=2)
-    if benchmark.stats is None:
-        return best_seconds(fn, repeat=1, warmup=0)
-    return benchmark.stats.stats.min
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +199,7 @@ def test_linear_block(benchmark, record, model, rank_div, phase, factors):
     repeat = _repeat(benchmark, model, phase)
     benchmark.group = f"linear_block cpu {model} {phase} r=d/{rank_div}"
     with torch.inference_mode():
-        t_kernel = _kernel_seconds(benchmark, lambda: linear_block(x, *args), repeat)
+        t_kernel = kernel_seconds(benchmark, lambda: linear_block(x, *args), repeat)
         t_unfused = best_seconds(lambda: reference(x), repeat=repeat, warmup=2)
     t_block = _block_seconds(model, phase, repeat)
 

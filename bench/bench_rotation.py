@@ -33,7 +33,7 @@ import bench_generate
 import pytest
 import torch
 from bench_generate import NEW_TOKENS, PROMPT, _generate_seconds
-from conftest import best_seconds
+from conftest import best_seconds, kernel_seconds
 from tcompress import _native
 from tcompress.hadamard_constructions import factor_size
 from tcompress.nn import QuantLinear, QuantSpec
@@ -55,14 +55,6 @@ def _repeat(benchmark, model: str, phase: str) -> int:
     if benchmark.disabled:
         return 1
     return 3 if model == "mistral" and phase == "prefill" else 50 if phase == "decode" else 10
-
-
-def _kernel_seconds(benchmark, fn, rounds: int) -> float:
-    """Times ``fn`` with pytest-benchmark and returns the minimum (one call timed here when benchmarks are off)."""
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=2)
-    if benchmark.stats is None:
-        return best_seconds(fn, repeat=1, warmup=0)
-    return benchmark.stats.stats.min
 
 
 @functools.cache
@@ -91,7 +83,7 @@ def test_down_proj(benchmark, record, model, phase):
     repeat = _repeat(benchmark, model, phase)
     benchmark.group = f"online hadamard cpu {model} {phase} {k}->{n}"
     with torch.inference_mode():
-        t_with = _kernel_seconds(benchmark, lambda: online(x), repeat)
+        t_with = kernel_seconds(benchmark, lambda: online(x), repeat)
         t_without = best_seconds(lambda: plain(x), repeat=repeat, warmup=2)
         t_had = best_seconds(lambda: hadamard_transform(x), repeat=repeat, warmup=2)
         t_copy = best_seconds(lambda: out.copy_(x), repeat=max(repeat, 20), warmup=2)

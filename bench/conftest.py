@@ -25,6 +25,15 @@ def best_seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> 
     return best
 
 
+def kernel_seconds(benchmark, fn: Callable[[], object], rounds: int) -> float:
+    """Times ``fn`` with pytest-benchmark and returns the minimum (one call timed here when benchmarks are off, so a
+    ``--benchmark-disable`` smoke run still computes every ratio)."""
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=2)
+    if benchmark.stats is None:
+        return best_seconds(fn, repeat=1, warmup=0)
+    return benchmark.stats.stats.min
+
+
 def devices() -> list[str]:
     """The devices to benchmark on: CPU, and CUDA when the tcompress kernels can run there."""
     found = ["cpu"]

@@ -119,6 +119,15 @@ def cuda_stream_handle(t: torch.Tensor) -> int:
     return int(torch.cuda.current_stream(t.device).cuda_stream)
 
 
+def call_native(entry, args: tuple, on: torch.Tensor) -> None:
+    """Calls a native entry point with the tail its device needs: the thread count on CPU (torch's, so
+    ``torch.set_num_threads`` governs the kernels too), the device index and current stream on CUDA."""
+    if on.device.type == "cpu":
+        entry(*args, torch.get_num_threads())
+    else:
+        entry(*args, on.device.index, cuda_stream_handle(on))
+
+
 def native_cuda_ready(op: str) -> bool:
     """True when the CUDA module can run; otherwise warns once that ``op`` uses its pure-torch reference."""
     if _native.cuda_available():

@@ -149,10 +149,7 @@ def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, f
     # The arguments both native entry points share (see csrc/include/tcompress/hadamard.h).
     args = (src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
             hk.data_ptr() if hk is not None else 0, k, scale)  # fmt: skip
-    if x.device.type == "cpu":
-        native.hadamard(*args, torch.get_num_threads())
-    else:
-        _native._cuda.hadamard(*args, x.device.index, _common.cuda_stream_handle(x))
+    _common.call_native(native.hadamard if x.device.type == "cpu" else _native._cuda.hadamard, args, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -121,10 +121,7 @@ def _launch(x, U, V, b, mu, u_scale, v_scale) -> torch.Tensor:
             0 if u_scale is None else u_scale.data_ptr(), 0 if v_scale is None else v_scale.data_ptr(),
             b.data_ptr(), _common.dtype_code(b.dtype), mu.data_ptr(), _common.dtype_code(mu.dtype),
             y.data_ptr(), d)  # fmt: skip
-    if x.device.type == "cpu":
-        native.linear_block(*args, torch.get_num_threads())
-    else:
-        native.linear_block(*args, x.device.index, _common.cuda_stream_handle(x))
+    _common.call_native(native.linear_block, args, x)
     return y
 
 

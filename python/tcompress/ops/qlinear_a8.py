@@ -132,10 +132,7 @@ def _launch(x, qweight, scales, zeros, bits, group_size, act_bits, bias) -> torc
             scales.data_ptr(), _common.dtype_code(scales.dtype), 0 if zeros is None else zeros.data_ptr(), g,
             act_bits, 0 if bias is None else bias.data_ptr(), 0 if bias is None else _common.dtype_code(bias.dtype),
             y.data_ptr(), n)  # fmt: skip
-    if x.device.type == "cpu":
-        native.qlinear_a8(*args, torch.get_num_threads())
-    else:
-        native.qlinear_a8(*args, x.device.index, _common.cuda_stream_handle(x))
+    _common.call_native(native.qlinear_a8, args, x)
     return y
 
 
