@@ -320,50 +320,41 @@ bool gemv_applies(const QLinearA8Args& a) { return a.M <= kGemvMaxM && (a.bits =
 
 int qlinear_a8_gemv(const QLinearA8Args& a) {
   const int64_t K = a.K, gs = a.group_size, groups = a.groups;
-  const int qmax = a.act_bits > 0 ? (1 << (a.act_bits - 1)) - 1 : 127;
-  const int esize = a.x != nullptr ? tc_dtype_size(a.x_dtype) : 0;
-  // Per row: codes (K; int4: K/2 even then K/2 odd), group sums, scale.
-  Scratch codes(static_cast<size_t>(a.M * K)), sums(static_cast<size_t>(a.M * groups) * 4),
-      sx(static_cast<size_t>(a.M) * 4), row_f32(static_cast<size_t>(K) * 4), row_codes(static_cast<size_t>(K));
-  if (!codes.ok() || !sums.ok() || !sx.ok() || !row_f32.ok() || !row_codes.ok()) return TC_ERR_OUT_OF_MEMORY;
-  for (int64_t m = 0; m < a.M; ++m) {
-    const int8_t* src = a.codes != nullptr ? a.codes + m * K : row_codes.as<int8_t>();
-    if (a.codes == nullptr) {
-      const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
-      if (!quantize_row_any(a.x_dtype, xr, K, qmax, row_f32.as<float>(), row_codes.as<int8_t>(), sx.as<float>() + m)) {
-        return TC_ERR_NOT_FINITE;
+  const int esize = a.y != nullptr ? tc_dtype_size(a.x_dtype) : 0;
+  // The codes, group sums and scales of the prefill path (groups padded to gp columns); int4 then regroups each row's
+  // codes as K/2 even columns followed by K/2 odd ones.
+  const Geometry geo = geometry_of(a);
+  Scratch padded(static_cast<size_t>(a.M * geo.kp)), sums(static_cast<size_t>(a.M * groups) * 4),
+      sx(static_cast<size_t>(a.M) * 4), split(a.bits == 4 ? static_cast<size_t>(a.M * K) : 1);
+  if (!padded.ok() || !sums.ok() || !sx.ok() || !split.ok()) return TC_ERR_OUT_OF_MEMORY;
+  const int status = prepare_activations(a, geo, padded.as<int8_t>(), sums.as<int32_t>(), sx.as<float>());
+  if (status != TC_OK) return status;
+  if (a.bits == 4) {
+    for (int64_t m = 0; m < a.M; ++m) {
+      const int8_t* src = padded.as<int8_t>() + m * geo.kp;
+      int8_t* dst = split.as<int8_t>() + m * K;
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int64_t i = 0; i < gs; i += 2) {
+          dst[(g * gs + i) / 2] = src[g * geo.gp + i];
+          dst[K / 2 + (g * gs + i) / 2] = src[g * geo.gp + i + 1];
+        }
       }
-    }
-    int8_t* dst = codes.as<int8_t>() + m * K;
-    if (a.bits == 4) {
-      for (int64_t k = 0; k < K / 2; ++k) {
-        dst[k] = src[2 * k];
-        dst[K / 2 + k] = src[2 * k + 1];
-      }
-    } else {
-      memcpy(dst, src, static_cast<size_t>(K));
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t total = 0;
-      for (int64_t i = 0; i < gs; ++i) total += src[g * gs + i];
-      sums.as<int32_t>()[m * groups + g] = total;
     }
   }
   const int64_t row_bytes = a.bits == 4 ? K / 2 : K;
   const int32_t implicit_zero = 1 << (a.bits - 1);
   const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, (a.N + 63) / 64));
-  const int8_t* all_codes = codes.as<int8_t>();
   const int32_t* all_sums = sums.as<int32_t>();
   const float* all_sx = sx.as<float>();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t n = 0; n < a.N; ++n) {
     const uint8_t* row = a.qweight + n * row_bytes;
     for (int64_t m = 0; m < a.M; ++m) {
-      const int8_t* act = all_codes + m * K;
+      const int8_t* act = a.bits == 4 ? split.as<int8_t>() + m * K : padded.as<int8_t>() + m * geo.kp;
       float c = 0.0f;
       for (int64_t g = 0; g < groups; ++g) {
         const int32_t dot = a.bits == 4 ? dot_u4_s8(row + g * gs / 2, act + g * gs / 2, act + K / 2 + g * gs / 2, gs / 2)
-                                        : dot_u8_s8(row + g * gs, act + g * gs, gs);
+                                        : dot_u8_s8(row + g * gs, act + g * geo.gp, gs);
         const int32_t z = a.zeros != nullptr ? a.zeros[n * groups + g] : implicit_zero;
         const int32_t v = dot - z * all_sums[m * groups + g];
         if (a.acc != nullptr) {

@@ -82,6 +82,16 @@ def row_layout(t: torch.Tensor) -> tuple[int, int] | None:
     return rows, stride
 
 
+def rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """t (..., n) -> (tensor to pass, rows, row stride): t itself when its rows share one stride, else a contiguous
+    copy."""
+    layout = row_layout(t)
+    if layout is None:
+        t = t.contiguous()
+        layout = (t.numel() // t.shape[-1], t.shape[-1])
+    return t, layout[0], layout[1]
+
+
 def check_writable(op: str, name: str, t: torch.Tensor) -> None:
     """Raises ValueError when several elements of ``t`` share memory (a stride-0, i.e. expanded, dimension)."""
     for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
@@ -126,6 +136,22 @@ def call_native(entry, args: tuple, on: torch.Tensor) -> None:
         entry(*args, torch.get_num_threads())
     else:
         entry(*args, on.device.index, cuda_stream_handle(on))
+
+
+def native_module(t: torch.Tensor, op: str):
+    """The native module that runs ``op`` on ``t``'s device (``_C`` on CPU, ``_cuda`` on CUDA), or None when there is
+    none (a build without it, a CUDA module that cannot run: the caller falls back to its pure-torch reference)."""
+    if t.device.type == "cpu":
+        return _native.cpu_native()
+    return _native._cuda if native_cuda_ready(op) else None
+
+
+def direct_launch_ok(x: torch.Tensor, *differentiable: torch.Tensor) -> bool:
+    """True for a plain eager call that needs no autograd graph: the op's kernel can be launched without going
+    through the dispatcher, whose few microseconds per call are most of a batch-1 call at small sizes."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.device.type not in ("cpu", "cuda"):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *differentiable)))
 
 
 def native_cuda_ready(op: str) -> bool:

@@ -94,15 +94,6 @@ def hadamard_reference(x: torch.Tensor, scale: float | None = None, transpose: b
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(tensor to pass, rows, row_stride): ``t`` itself when the kernel takes its layout, else a contiguous copy."""
-    layout = _common.row_layout(t)
-    if layout is None:
-        t = t.contiguous()
-        layout = (t.numel() // t.shape[-1], t.shape[-1])
-    return t, layout[0], layout[1]
-
-
 def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, fresh_out: bool = False) -> None:
     """Writes ``x @ H * scale`` into ``out`` (same shape, dtype and device; out without self-overlap).
 
@@ -127,7 +118,7 @@ def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, f
     if in_place:
         src, x_stride = out, out_stride
     else:
-        src, _, x_stride = _rows_of(x)
+        src, _, x_stride = _common.rows_of(x)
     if x.device.type == "cpu":
         native = _native.cpu_native()
         if native is None:
@@ -244,14 +235,6 @@ def _check_no_grad(op: str, *tensors: torch.Tensor) -> None:
         )
 
 
-def _direct_launch_ok(x: torch.Tensor) -> bool:
-    """True for a plain eager call that needs no autograd graph: the kernel is launched without the op's dispatcher,
-    whose ~6 us per call is most of a batch-1 transform (a 1536-wide row takes well under 1 us)."""
-    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.device.type not in ("cpu", "cuda"):
-        return False
-    return not (torch.is_grad_enabled() and x.requires_grad)
-
-
 def hadamard_transform(
     x: torch.Tensor, scale: float | None = None, out: torch.Tensor | None = None, *, transpose: bool = False
 ) -> torch.Tensor:
@@ -279,7 +262,7 @@ def hadamard_transform(
     _check_input(_OP, x)
     scale = _resolve_scale(_OP, x.shape[-1], scale)
     if out is None:
-        if _direct_launch_ok(x):
+        if _common.direct_launch_ok(x):
             result = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             _launch(x, result, scale, bool(transpose), fresh_out=True)
             return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import _native
 from . import _common
 
 _OP = "tcompress.ops.linear_block"
@@ -100,18 +99,11 @@ def _launch(x, U, V, b, mu, u_scale, v_scale) -> torch.Tensor:
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    if x.device.type == "cpu":
-        native = _native.cpu_native()
-    else:
-        native = _native._cuda if _common.native_cuda_ready(_OP) else None
+    native = _common.native_module(x, _OP)
     if native is None or not hasattr(native, "linear_block"):
         y.copy_(linear_block_reference(x, U, V, b, mu, u_scale, v_scale))
         return y
-    layout = _common.row_layout(x)
-    if layout is None:
-        x = x.contiguous()
-        layout = (x.numel() // d, d)
-    rows, x_stride = layout
+    x, rows, x_stride = _common.rows_of(x)
     U, V, b, mu = U.contiguous(), V.contiguous(), b.contiguous(), mu.contiguous()
     if u_scale is not None:
         u_scale = u_scale.to(torch.float32).contiguous()
@@ -186,14 +178,6 @@ _linear_block.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _direct_launch_ok(x, b, mu) -> bool:
-    """True for a plain eager call that needs no autograd graph: the kernel can be launched without going through
-    the op's dispatcher (tens of microseconds per call, which is most of the time of a batch-1 call at d = 576)."""
-    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or x.device.type not in ("cpu", "cuda"):
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or b.requires_grad or mu.requires_grad))
-
-
 def linear_block(
     x: torch.Tensor,
     U: torch.Tensor,
@@ -222,6 +206,6 @@ def linear_block(
             different devices.
     """
     _check_args(_OP, x, U, V, b, mu, u_scale, v_scale)
-    if _direct_launch_ok(x, b, mu):
+    if _common.direct_launch_ok(x, b, mu):
         return _launch(x, U, V, b, mu, u_scale, v_scale)
     return torch.ops.tcompress.linear_block(x, U, V, b, mu, u_scale, v_scale)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _native
 from . import _common
 from .quantize import SCALE_DTYPES, dequantize_reference, unpack_int4_reference
 
@@ -131,18 +130,11 @@ def _launch(x, qweight, scales, zeros, bits, group_size, bias) -> torch.Tensor:
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    if x.device.type == "cpu":
-        native = _native.cpu_native()
-    else:
-        native = _native._cuda if _common.native_cuda_ready(_OP) else None
+    native = _common.native_module(x, _OP)
     if native is None:
         y.copy_(qlinear_reference(x, qweight, scales, zeros, bits, _group_or_none(group_size), bias))
         return y
-    layout = _common.row_layout(x)
-    if layout is None:
-        x = x.contiguous()
-        layout = (x.numel() // k, k)
-    rows, x_stride = layout
+    x, rows, x_stride = _common.rows_of(x)
     qweight, scales = qweight.contiguous(), scales.contiguous()
     zeros = None if zeros is None else zeros.contiguous()
     bias = None if bias is None else bias.contiguous()

@@ -102,28 +102,16 @@ def _check_args(op, x, qweight, scales, zeros, bits, group_size, act_bits, bias)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """x, made contiguous only when its rows cannot be addressed with one stride, with (rows, row stride)."""
-    layout = _common.row_layout(x)
-    if layout is None:
-        x = x.contiguous()
-        layout = (x.numel() // x.shape[-1], x.shape[-1])
-    return x, layout[0], layout[1]
-
-
 def _launch(x, qweight, scales, zeros, bits, group_size, act_bits, bias) -> torch.Tensor:
     k, n = x.shape[-1], qweight.shape[0]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    if x.device.type == "cpu":
-        native = _native.cpu_native()
-    else:
-        native = _native._cuda if _common.native_cuda_ready(_OP) else None
+    native = _common.native_module(x, _OP)
     if native is None or not hasattr(native, "qlinear_a8"):
         y.copy_(qlinear_a8_reference(x, qweight, scales, zeros, bits, _group_or_none(group_size), act_bits, bias))
         return y
-    x, rows, x_stride = _rows(x)
+    x, rows, x_stride = _common.rows_of(x)
     qweight, scales = qweight.contiguous(), scales.contiguous()
     zeros = None if zeros is None else zeros.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -242,7 +230,7 @@ def quantize_activations(x: torch.Tensor, act_bits: int = 8) -> tuple[torch.Tens
     native = _native.cpu_native() if x.device.type == "cpu" else None
     if native is None or x.numel() == 0:
         return quantize_activations_reference(x, act_bits)
-    x, rows, x_stride = _rows(x)
+    x, rows, x_stride = _common.rows_of(x)
     codes = torch.empty(x.shape, dtype=torch.int8)
     scales = torch.empty((*x.shape[:-1], 1), dtype=torch.float32)
     native.quantize_activations(x.data_ptr(), _common.dtype_code(x.dtype), rows, x.shape[-1], x_stride, act_bits,

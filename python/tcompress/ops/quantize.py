@@ -157,15 +157,6 @@ def _dequantize_fallback(codes, scales, zeros, bits, group, packed, dtype) -> to
     return dequantize_reference(u, scales, zeros, bits, group or None).to(dtype).contiguous()
 
 
-def _rows_of(t: torch.Tensor) -> tuple:
-    """(tensor to pass, rows, row_stride) of t (..., n): t itself when its rows share one stride, else a copy."""
-    layout = _common.row_layout(t)
-    if layout is None:
-        t = t.contiguous()
-        layout = (t.numel() // t.shape[-1], t.shape[-1])
-    return t, layout[0], layout[1]
-
-
 def _cuda_status_tensor(device: torch.device) -> torch.Tensor:
     return torch.zeros(1, dtype=torch.int32, device=device)
 
@@ -183,7 +174,7 @@ def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
     codes, scales, zeros = _empty_quantized(w, group, symmetric, scale_dtype)
     if w.numel() == 0:
         return codes, scales, zeros
-    src, rows, stride = _rows_of(w)
+    src, rows, stride = _common.rows_of(w)
     args = (src.data_ptr(), _common.dtype_code(w.dtype), rows, w.shape[1], stride, bits, group, symmetric,
             codes.data_ptr(), scales.data_ptr(), _common.dtype_code(scale_dtype),
             0 if symmetric else zeros.data_ptr())  # fmt: skip
@@ -213,7 +204,7 @@ def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
         return out.copy_(pack_int4_reference(codes))
     if out.numel() == 0:
         return out
-    src, rows, stride = _rows_of(codes)
+    src, rows, stride = _common.rows_of(codes)
     args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n // 2)
     if cuda:
         status = _cuda_status_tensor(codes.device)
@@ -240,7 +231,7 @@ def _native_unpack(packed: torch.Tensor) -> torch.Tensor:
         return out.copy_(unpack_int4_reference(packed))
     if out.numel() == 0:
         return out
-    src, rows, stride = _rows_of(packed)
+    src, rows, stride = _common.rows_of(packed)
     args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n)
     if cuda:
         _native._cuda.unpack_int4(*args, packed.device.index, _common.cuda_stream_handle(packed))
@@ -258,7 +249,7 @@ def _native_dequantize(codes, scales, zeros, bits, group, packed, dtype) -> torc
     out = codes.new_empty((codes.shape[0], in_features), dtype=dtype)
     if out.numel() == 0:
         return out
-    src, rows, stride = _rows_of(codes)
+    src, rows, stride = _common.rows_of(codes)
     scales = scales.contiguous()
     zeros = None if zeros is None else zeros.contiguous()
     fmt = 1 if packed else 0  # tc_codes_format: TC_CODES_INT4_PACKED / TC_CODES_UINT8
