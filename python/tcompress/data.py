@@ -178,10 +178,14 @@ def text_source(name: str | os.PathLike) -> TextSource:
 
 
 def default_text_source() -> TextSource:
-    """WikiText-2 raw test where it can be had, else the offline fallback (its label says so)."""
+    """WikiText-2 raw test where it can be had (the shared file, else ``datasets``), else the offline fallback (its
+    label says so)."""
     try:
         return _wikitext2_test()
     except FileNotFoundError:
+        return text_source("fallback")
+    except Exception as exc:  # noqa: BLE001 - datasets without a network fails in many ways; all mean "not here"
+        warnings.warn(f"WikiText-2 through datasets failed ({exc}); using the {FALLBACK_LABEL}", stacklevel=2)
         return text_source("fallback")
 
 
@@ -272,12 +276,15 @@ def token_windows(
     return windows.contiguous()
 
 
-def calibration_windows(tokenizer: Any, n: int, length: int, seed: int = 0, *, bos: bool = False) -> torch.Tensor:
+def calibration_windows(
+    tokenizer: Any, n: int, length: int, seed: int = 0, *, bos: bool = False, source: TextSource | None = None
+) -> torch.Tensor:
     """(n, length) int64 windows at seeded random offsets of the calibration text.
 
-    The text is :func:`calibration_source`'s: WikiText-2 validation, or the offline fallback with a warning (record
-    ``calibration_source().label`` in a report). Offsets are uniform over the whole tokenized text, drawn from a CPU
-    generator seeded with ``seed``; windows may overlap. With ``bos``, each window is BOS + ``length - 1`` tokens.
+    The text is ``source``'s, by default :func:`calibration_source`'s: WikiText-2 validation, or the offline fallback
+    with a warning (record ``calibration_source().label`` in a report). Offsets are uniform over the whole
+    tokenized text, drawn from a CPU generator seeded with ``seed``; windows may overlap. With ``bos``,
+    each window is BOS + ``length - 1`` tokens.
 
     Raises:
         ValueError: n < 1, length < 2, or a calibration text shorter than one window.
@@ -286,7 +293,7 @@ def calibration_windows(tokenizer: Any, n: int, length: int, seed: int = 0, *, b
         raise ValueError(f"calibration_windows: n must be a positive int; got {n!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
         raise ValueError(f"calibration_windows: length must be an int ≥ 2; got {length!r}")
-    source = calibration_source()
+    source = calibration_source() if source is None else source
     if source.name == "fallback":
         warnings.warn(f"calibration_windows: no WikiText-2 calibration text; using the {source.label}", stacklevel=2)
     ids = _token_ids(source.text, tokenizer)

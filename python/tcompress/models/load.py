@@ -111,7 +111,11 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 
 
 def load(
-    name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    device_map: str | dict | None = None,
 ) -> tuple[Any, Any]:
     """Loads a supported causal LM and its tokenizer, in eval mode, in ``dtype`` on ``device``.
 
@@ -120,7 +124,10 @@ def load(
             folder written by :func:`tcompress.recipes.save_compressed` (with its tokenizer; loaded as saved,
             ``dtype`` ignored) or a hub id (see :func:`resolve_model`).
         dtype: the parameters' dtype. GGUF weights are dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
-        device: where the model is put.
+        device: where the model is put (ignored with ``device_map``).
+        device_map: passed to ``from_pretrained`` (needs ``accelerate``): ``"auto"`` spreads a model too large for
+            one device over the GPUs, then CPU memory. The analyses (``collect_block_statistics`` with
+            ``stats_device``) and recipes run on such a split model; ``None`` keeps the whole model on ``device``.
 
     Returns:
         (model, tokenizer): a ``transformers`` causal LM that :func:`architecture` supports, and its tokenizer.
@@ -148,6 +155,8 @@ def load(
                 f"package(s); install with `pip install {' '.join(missing)}`"
             )
         extra["gguf_file"] = source.gguf_file
+    if device_map is not None:
+        extra["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(source.path, **_dtype_kwargs(dtype), **extra)
     try:
         architecture(model)
@@ -155,6 +164,8 @@ def load(
         raise ValueError(f"load({os.fspath(name_or_path)!r}) ({source.label}): {exc}") from None
     # Only the device: from_pretrained already made the weights dtype, and casting again would also round the
     # fp32 buffers the modeling code keeps on purpose (rotary inv_freq).
-    model = model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **extra)
+    model = (model if device_map is not None else model.to(device)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
+    )
     return model, tokenizer

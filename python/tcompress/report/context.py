@@ -1,0 +1,142 @@
+"""What every report step shares: the model, its evaluation and calibration windows, the baseline perplexity and
+the block statistics (computed once, on first use, and reused by the steps that need them)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import data, evaluate, models
+from .budgets import Budget
+
+
+def token_fingerprint(ids: torch.Tensor) -> str:
+    """(n, L) int64 -> the first 16 hex digits of the SHA-256 of the token ids: the tokens a number was measured on."""
+    return hashlib.sha256(ids.to(torch.int64).contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def weight_fingerprint(model: nn.Module) -> str:
+    """The first 16 hex digits of the SHA-256 of the token-embedding table: which weights a number was measured on."""
+    table = models.architecture(model).embeddings(model).weight.detach()
+    return hashlib.sha256(table.float().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def source_windows(source: data.TextSource, tokenizer: Any, length: int, max_tokens: int | None) -> torch.Tensor:
+    """(n, length) adjacent windows of a text: TinyStories-like document sources get BOS first in each window (their
+    models were trained on BOS-started stories); running texts (WikiText-2, files) are cut as they are."""
+    bos = bool(source.documents) and getattr(tokenizer, "bos_token_id", None) is not None
+    return data.token_windows(source.text, tokenizer, length, max_tokens=max_tokens, bos=bos)
+
+
+@dataclass
+class ReportContext:
+    """The model and data of one report run.
+
+    Attributes:
+        model: the causal LM (eval mode); steps work on copies and leave it unchanged.
+        tokenizer: its tokenizer.
+        model_name: what the user asked for (``"smollm2-135m"``, a path, a hub id).
+        budget: the :class:`Budget` in force.
+        eval_source, eval_windows: the evaluation text and its (n, L) windows.
+        calib_source, calib_windows: the calibration text and its (n, L) windows.
+        log: prints one progress line.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    model_name: str
+    budget: Budget
+    eval_source: data.TextSource
+    eval_windows: torch.Tensor
+    calib_source: data.TextSource
+    calib_windows: torch.Tensor
+    log: Callable[[str], None] = print
+    _baseline: evaluate.PerplexityResult | None = field(default=None, repr=False)
+    _block_stats: Any = field(default=None, repr=False)
+    evaluations: int = 0
+
+    @property
+    def arch(self) -> models.ArchSpec:
+        return models.architecture(self.model)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.arch.blocks(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.arch.embeddings(self.model).weight.shape[1])
+
+    def measure(self, model: nn.Module) -> evaluate.PerplexityResult:
+        """Perplexity of ``model`` (this model, whose number is measured once, or a modified copy) on the
+        evaluation windows."""
+        if model is self.model:
+            return self.baseline()
+        return self.measure_modified(model)
+
+    def measure_modified(self, model: nn.Module) -> evaluate.PerplexityResult:
+        """Perplexity on the evaluation windows, always measured: for this model while a step has changed it in
+        place (a block substituted, a projection hook installed)."""
+        self.evaluations += 1
+        return evaluate.perplexity(model, self.eval_windows, progress=False)
+
+    def baseline(self) -> evaluate.PerplexityResult:
+        """The unmodified model's perplexity on the evaluation windows (measured once)."""
+        if self._baseline is None:
+            self.evaluations += 1
+            self._baseline = evaluate.perplexity(self.model, self.eval_windows, progress=False)
+        return self._baseline
+
+    def block_statistics(self):
+        """Float64 input/output moments of every block over the calibration windows, 10% held out (computed once;
+        no gradients): what block linearity, conditional linearity and clean substitution fits share."""
+        if self._block_stats is None:
+            from ..analysis.activations import collect_block_statistics
+
+            start = time.perf_counter()
+            self._block_stats = collect_block_statistics(
+                self.model, self.calib_windows, holdout=0.1, seed=0, batch_size=4
+            )
+            self.log(f"  block statistics of {self.num_blocks} blocks in {time.perf_counter() - start:.0f} s")
+        return self._block_stats
+
+    def describe(self) -> dict[str, Any]:
+        """The model's and the data's identities, for results.json."""
+        params = sum(p.numel() for p in self.model.parameters())
+        config = getattr(self.model, "config", None)
+        return {
+            "model": {
+                "name": self.model_name,
+                "class": type(self.model).__name__,
+                "family": self.arch.family,
+                "num_blocks": self.num_blocks,
+                "hidden_size": self.hidden_size,
+                "parameters": params,
+                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "device": str(next(self.model.parameters()).device),
+                "hub_commit": getattr(config, "_commit_hash", None),
+                "embedding_sha256_16": weight_fingerprint(self.model),
+            },
+            "data": {
+                "evaluation": {
+                    "name": self.eval_source.name,
+                    "label": self.eval_source.label,
+                    "windows": list(self.eval_windows.shape),
+                    "tokens": int(self.eval_windows.numel()),
+                    "token_sha256_16": token_fingerprint(self.eval_windows),
+                },
+                "calibration": {
+                    "name": self.calib_source.name,
+                    "label": self.calib_source.label,
+                    "windows": list(self.calib_windows.shape),
+                    "tokens": int(self.calib_windows.numel()),
+                    "token_sha256_16": token_fingerprint(self.calib_windows),
+                    "overlaps_evaluation": self.calib_source.text == self.eval_source.text,
+                },
+            },
+        }

@@ -1,0 +1,246 @@
+"""``tcompress report``: runs the paper's experiment suite on one model and writes results.json, PNG plots and
+report.md into one folder.
+
+Every step runs on its own: a step that raises is recorded as failed (error and traceback in results.json) and the
+others go on. results.json is rewritten after every step, so an interrupted run keeps what it measured, and a
+rerun into the same folder with the same model, data and budget keeps the steps it does not rerun (``only``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import data, models
+from .budgets import budget as get_budget
+from .context import ReportContext, source_windows
+from .findings import judge
+from .markdown import render_markdown
+from .plots import draw_plots
+from .steps_compression import baseline, quantization, spectral, wall
+from .steps_exit import early_exit
+from .steps_structure import geometry, linearity, substitution
+
+#: The steps in run order; ``only`` / ``skip`` take these names.
+STEPS: dict[str, Callable[[ReportContext], dict[str, Any]]] = {
+    "baseline": baseline,
+    "spectral": spectral,
+    "quantization": quantization,
+    "wall": wall,
+    "linearity": linearity,
+    "substitution": substitution,
+    "geometry": geometry,
+    "early-exit": early_exit,
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+FORMAT = "tcompress-report"
+FORMAT_VERSION = 1
+
+
+def _select(only, skip) -> list[str]:
+    for label, names in (("only", only), ("skip", skip)):
+        unknown = [n for n in names or () if n not in STEPS]
+        if unknown:
+            raise ValueError(f"report: unknown step(s) in {label}: {unknown}; expected some of {', '.join(STEPS)}")
+    chosen = [n for n in STEPS if not only or n in only]
+    return [n for n in chosen if n not in (skip or ())]
+
+
+def _environment() -> dict[str, Any]:
+    import transformers
+
+    from .. import __version__
+    from ..info import info
+
+    cpu = platform.processor() or platform.machine()
+    return {
+        "tcompress": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "isa": info().get("isa"),
+        "machine": f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+        f"{platform.system()} {platform.release()}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+    }
+
+
+def _sources(text: str | None, calibration: str | None) -> tuple[data.TextSource, data.TextSource]:
+    """(evaluation, calibration) text sources: WikiText-2 test / validation by default (the labelled offline
+    fallback when absent); a TinyStories or file evaluation text calibrates on itself unless told otherwise."""
+    eval_source = data.default_text_source() if text in (None, "wikitext2") else data.text_source(text)
+    if calibration is not None:
+        calib_source = data.text_source(calibration)
+    elif eval_source.name in ("wikitext2", "fallback"):
+        calib_source = data.calibration_source()
+    else:
+        calib_source = eval_source
+    return eval_source, calib_source
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _previous_steps(path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The steps of an earlier run in the same folder on the same model, data and budget, else {}."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = (
+        old.get("format") == FORMAT
+        and old.get("budget") == json.loads(json.dumps(results["budget"]))  # tuples read back as lists
+        and old.get("model", {}).get("embedding_sha256_16") == results["model"]["embedding_sha256_16"]
+        and all(
+            old.get("data", {}).get(k, {}).get("token_sha256_16") == results["data"][k]["token_sha256_16"]
+            for k in ("evaluation", "calibration")
+        )
+    )
+    return old.get("steps", {}) if same else {}
+
+
+def render(directory: str | os.PathLike) -> Path:
+    """Redraws the plots and rewrites report.md of a report folder from its results.json; returns report.md."""
+    directory = Path(directory)
+    path = directory / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"report: {path} does not exist (run `tcompress report --out {directory}` first)")
+    results = json.loads(path.read_text())
+    results["findings"] = [f.to_dict() for f in judge(results)]
+    results["plots"] = draw_plots(results, directory)
+    _write_json(path, results)
+    report = directory / REPORT_FILE
+    report.write_text(render_markdown(results))
+    return report
+
+
+def run_report(
+    model: str = DEFAULT_MODEL,
+    *,
+    text: str | None = None,
+    calibration: str | None = None,
+    budget: str = "quick",
+    device: str = "cpu",
+    device_map: str | None = None,
+    out: str | os.PathLike | None = None,
+    only: list[str] | None = None,
+    skip: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Runs the report's steps on ``model`` and writes results.json, the plots and report.md into ``out``.
+
+    Args:
+        model: ``"smollm2-135m"`` (the embedded default), ``"stories260k"``, a local folder, a .gguf file or a hub id.
+        text: evaluation text: ``"wikitext2"`` (default; the labelled offline fallback where absent),
+            ``"tinystories"``, ``"fallback"`` or a text file.
+        calibration: calibration text (default: WikiText-2 validation for WikiText-2, else the evaluation text).
+        budget: ``"quick"``, ``"standard"`` or ``"full"`` (:mod:`tcompress.report.budgets`).
+        device: where the model runs (``"cpu"``, ``"cuda"``); ignored with ``device_map``.
+        device_map: ``"auto"`` spreads a model too large for one device (accelerate).
+        out: the output folder (default ``tcompress-report/<model>-<budget>``).
+        only, skip: step names (:data:`STEPS`) to run only / to leave out.
+        log: prints a progress line (default: above the progress bar).
+        command: the command line recorded in the report.
+
+    Returns:
+        The results dict that was written to results.json.
+
+    Raises:
+        ValueError: an unknown budget or step name, or an unsupported model; FileNotFoundError: a missing model or
+        text (before any step runs). Errors inside a step are recorded, not raised.
+    """
+    from tqdm.auto import tqdm
+
+    plan = _select(only, skip)
+    the_budget = get_budget(budget)
+    if device_map is None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"report: device {device!r} was asked for but torch.cuda.is_available() is False")
+    slug = Path(model).stem.lower() if os.path.exists(model) else model.replace("/", "--").lower()
+    out_dir = Path(out) if out is not None else Path("tcompress-report") / f"{slug}-{budget}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log or tqdm.write
+    started = time.perf_counter()
+    torch.manual_seed(0)
+
+    say(f"loading {model} ...")
+    source = models.resolve_model(model)
+    lm, tokenizer = models.load(model, device=device, device_map=device_map)
+    eval_source, calib_source = _sources(text, calibration)
+    arch = models.architecture(lm)
+    eval_windows = source_windows(eval_source, tokenizer, arch.eval_length(lm), the_budget.eval_tokens)
+    calib_length = min(the_budget.calib_length, arch.eval_length(lm))
+    calib_bos = bool(calib_source.documents) and getattr(tokenizer, "bos_token_id", None) is not None
+    calib_windows = data.calibration_windows(
+        tokenizer, the_budget.calib_windows, calib_length, seed=0, bos=calib_bos, source=calib_source
+    )
+    ctx = ReportContext(lm, tokenizer, model, the_budget, eval_source, eval_windows, calib_source, calib_windows, say)
+    results: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "command": command or " ".join(["tcompress", "report", *sys.argv[2:]]),
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "environment": _environment(),
+        "budget": the_budget.to_dict(),
+        **ctx.describe(),
+    }
+    results["model"]["source"] = source.label
+    path = out_dir / RESULTS_FILE
+    results["steps"] = {name: entry for name, entry in _previous_steps(path, results).items() if name not in plan}
+    say(
+        f"{model}: {ctx.num_blocks} blocks, d = {ctx.hidden_size}; evaluation {eval_source.label}, "
+        f"{eval_windows.numel():,} tokens; calibration {calib_windows.numel():,} tokens; budget {budget}; "
+        f"steps {', '.join(plan)}"
+    )
+    bar = tqdm(plan, desc="report", unit="step", disable=None)  # None: no bar when the output is not a terminal
+    for name in bar:
+        bar.set_postfix_str(name)
+        say(f"[{name}]")
+        step_start = time.perf_counter()
+        try:
+            entry = {"status": "ok", "result": STEPS[name](ctx)}
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported and does not lose the others
+            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            say(f"  FAILED: {entry['error']}")
+        entry["seconds"] = time.perf_counter() - step_start
+        results["steps"][name] = entry
+        results["seconds"] = time.perf_counter() - started
+        _write_json(path, results)
+    results["steps"] = {name: results["steps"][name] for name in STEPS if name in results["steps"]}
+    results["evaluations"] = ctx.evaluations
+    results["seconds"] = time.perf_counter() - started
+    results["findings"] = [f.to_dict() for f in judge(results)]
+    results["plots"] = draw_plots(results, out_dir)
+    _write_json(path, results)
+    (out_dir / REPORT_FILE).write_text(render_markdown(results))
+    _summary(results, out_dir, say)
+    return results
+
+
+def _summary(results: dict[str, Any], out_dir: Path, say: Callable[[str], None]) -> None:
+    say("")
+    say(f"tcompress report: {results['model']['name']}, budget {results['budget']['name']}, {results['seconds']:.0f} s")
+    for name, entry in results["steps"].items():
+        status = entry["status"] if entry["status"] == "ok" else f"FAILED ({entry['error']})"
+        say(f"  {name:<13} {status:<8} {entry.get('seconds', 0):6.0f} s")
+    say("findings:")
+    for f in results["findings"]:
+        say(f"  {f['key']:<8} {f['verdict']:<18} {f['title']}")
+    say(f"written: {out_dir / REPORT_FILE}, {out_dir / RESULTS_FILE}, {len(results['plots'])} plots")

@@ -1,0 +1,129 @@
+"""The report's compression steps: baseline perplexity, the spectral sweep, W8/W4 with and without rotation, and the
+reconstruction wall. Each step takes the :class:`~tcompress.report.context.ReportContext` and returns a
+JSON-serializable dict; the model itself is never changed (every variant is a copy)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from .. import models
+from ..recipes import QuantizeConfig, RotateConfig, compress_
+from ..recipes.reconstruction_wall import reconstruction_wall
+from ..recipes.spectral_sweep import spectral_sweep
+from .context import ReportContext
+
+#: The weight/activation settings a budget can name (``Budget.quant_configs``).
+QUANT_CONFIGS: dict[str, QuantizeConfig] = {
+    "W8": QuantizeConfig(bits=8, group_size=None),
+    "W8A8": QuantizeConfig(bits=8, group_size=None, act_bits=8),
+    "W4 g64": QuantizeConfig(bits=4, group_size=64),
+    "W4": QuantizeConfig(bits=4, group_size=None),
+    "W4A8": QuantizeConfig(bits=4, group_size=None, act_bits=8),
+    "W4A4": QuantizeConfig(bits=4, group_size=None, act_bits=4),
+}
+
+#: QuaRot-style rotation as the README's tables use it: random Hadamard residual rotation and an online Hadamard
+#: before every down-projection.
+ROTATION = RotateConfig(seed=0, online_hadamard=True)
+
+
+def baseline(ctx: ReportContext) -> dict[str, Any]:
+    """The unmodified model's perplexity on the evaluation windows."""
+    result = ctx.baseline()
+    ctx.log(f"  baseline perplexity {result.ppl:.4f} over {result.tokens} tokens")
+    return result.to_dict()
+
+
+def spectral(ctx: ReportContext) -> dict[str, Any]:
+    """Truncated SVD of every projection at each kept-parameter ratio, plain and whitened: perplexity against the
+    parameters kept (the paper's spectral-compression experiment)."""
+    methods = [None if m == "plain" else m for m in ctx.budget.spectral_methods]
+
+    def on_point(p):
+        ctx.log(f"  {p.method} at {p.params_kept_fraction:.3f} of the parameters: perplexity {p.perplexity:.4f}")
+
+    result = spectral_sweep(
+        ctx.model,
+        ctx.calib_windows,
+        ratios=ctx.budget.spectral_ratios,
+        methods=methods,
+        measure=ctx.measure,
+        on_point=on_point,
+    )
+    return result.to_dict()
+
+
+def _fits(model, config: QuantizeConfig) -> str | None:
+    """Why ``config`` cannot quantize ``model`` (a group size that does not divide some in_features), or None."""
+    if config.group_size is None:
+        return None
+    for name, module in models.architecture(model).iter_projections(model):
+        in_features = models.projection_weight(module).shape[1]
+        if in_features % config.group_size:
+            return f"n/a: group size {config.group_size} does not divide in_features {in_features} of {name}"
+    return None
+
+
+def quantization(ctx: ReportContext) -> dict[str, Any]:
+    """Perplexity of each weight/activation setting without and with rotation (and of the rotated fp32 model, which
+    must equal the baseline: the rotation is an exact reparametrization)."""
+    rows: list[dict[str, Any]] = []
+    bases: dict[bool, Any] = {False: ctx.model}
+    try:
+        bases[True] = compress_(copy.deepcopy(ctx.model), ROTATION)
+    except (ValueError, NotImplementedError) as exc:  # e.g. a hidden size with no Hadamard construction
+        bases[True] = exc
+    labels = ["fp32", *ctx.budget.quant_configs]
+    for label in labels:
+        config = None if label == "fp32" else QUANT_CONFIGS[label]
+        for rotated in (False, True):
+            if label == "fp32" and not rotated:
+                continue  # the baseline step's number
+            row: dict[str, Any] = {"setting": label, "rotated": rotated, "config": config and config.to_dict()}
+            base = bases[rotated]
+            reason = f"rotation failed: {base}" if isinstance(base, Exception) else config and _fits(base, config)
+            if reason:
+                row.update(ppl=None, note=reason)
+                rows.append(row)
+                ctx.log(f"  {label}{' rotated' if rotated else ''}: {reason}")
+                continue
+            start = time.perf_counter()
+            model = base if config is None else compress_(copy.deepcopy(base), config)
+            result = ctx.measure(model)
+            row.update(ppl=result.ppl, tokens=result.tokens, seconds=time.perf_counter() - start)
+            rows.append(row)
+            ctx.log(f"  {label}{' rotated' if rotated else ''}: perplexity {result.ppl:.4f}")
+            del model
+    return {"baseline_ppl": ctx.baseline().ppl, "rotation": ROTATION.to_dict(), "rows": rows}
+
+
+def _wall_group_size(model) -> int | None:
+    """The largest of 128/64/32 dividing every projection's in_features, else None (one scale per row)."""
+    widths = {models.projection_weight(m).shape[1] for _, m in models.architecture(model).iter_projections(model)}
+    for g in (128, 64, 32):
+        if all(w % g == 0 for w in widths):
+            return 64 if g >= 64 else g  # g64 is the paper-style budget where it fits
+    return None
+
+
+def wall(ctx: ReportContext) -> dict[str, Any]:
+    """The reconstruction wall at equal bits: Q(W) vs Q(A)·Q(B), and Q(W − AB) + AB vs direct int5, without and
+    (per budget) with rotation."""
+    group_size = _wall_group_size(ctx.model)
+    runs = []
+    for rotate in ctx.budget.wall_rotations:
+        start = time.perf_counter()
+        result = reconstruction_wall(
+            ctx.model, ctx.calib_windows, group_size=group_size, rotate=rotate, measure=ctx.measure
+        ).to_dict()
+        result["rotated"] = rotate
+        result["seconds"] = time.perf_counter() - start
+        for v in result["variants"]:
+            ctx.log(
+                f"  {'rotated ' if rotate else ''}{v['variant']}: {v['bits_per_weight']:.2f} bits/weight, "
+                f"output error {v['output_rel_error']:.4f}, perplexity {v['perplexity']:.4f}"
+            )
+        runs.append(result)
+    return {"group_size": group_size, "runs": runs}

@@ -1,0 +1,187 @@
+"""The report's structural steps: the block-linearity curve and conditional linearity, single- and multi-block
+linear substitution, and activation geometry (variance vs gradient subspaces, the projection intervention).
+Each takes the :class:`~tcompress.report.context.ReportContext` and returns a JSON-serializable dict; the model is
+left as it was (substituted blocks are put back)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .. import models
+from ..analysis.activations import collect_block_statistics
+from ..analysis.geometry import activation_geometry
+from ..analysis.linearity import block_linearity, conditional_linearity
+from ..analysis.subspace_projection import projection_perplexity
+from ..recipes import SubstituteConfig, substitute_
+from .budgets import spaced_layers
+from .context import ReportContext
+
+RIDGE = 1e-6
+#: How many leading eigenvalues of each spectrum results.json keeps (the plots show the first 64).
+SPECTRUM_LENGTH = 128
+
+
+def _conditional_pairs(num_blocks: int, count: int) -> list[tuple[int, int]]:
+    """(upstream k, downstream k + 1) pairs, the last pair first (the paper's headline block), then spread out."""
+    last = num_blocks - 1
+    candidates = [last - 1, last // 2, 0, last - 2, last // 4, (3 * last) // 4]
+    pairs: list[tuple[int, int]] = []
+    for k in candidates:
+        if 0 <= k < last and (k, k + 1) not in pairs:
+            pairs.append((k, k + 1))
+    return sorted(pairs[:count])
+
+
+def linearity(ctx: ReportContext) -> dict[str, Any]:
+    """Held-out R² of a ridge affine fit per block (output and residual-update targets), then conditional linearity:
+    a block's fit when the block before it is replaced by its own linear map."""
+    stats = ctx.block_statistics()
+    curve = block_linearity(stats, ridge=RIDGE)
+    for block in curve.blocks:
+        r2 = block.r2["no_first"]
+        ctx.log(
+            f"  block {block.layer}: R² output {r2['output'].pooled:.4f}, residual update {r2['residual'].pooled:.4f}"
+        )
+    pairs = _conditional_pairs(ctx.num_blocks, ctx.budget.conditional_pairs)
+    start = time.perf_counter()
+    conditional = conditional_linearity(
+        ctx.model, ctx.calib_windows, pairs, clean_stats=stats, ridge=RIDGE, batch_size=4
+    )
+    for pair in conditional.pairs:
+        ctx.log(
+            f"  block {pair.layer} after block {pair.upstream} is replaced: R² output "
+            f"{pair.clean['output'].pooled:.4f} -> {pair.shifted_clean_fit['output'].pooled:.4f} (clean fit), "
+            f"{pair.shifted_refit['output'].pooled:.4f} (refitted)"
+        )
+    return {
+        "ridge": RIDGE,
+        "curve": curve.to_dict(),
+        "conditional": conditional.to_dict(),
+        "conditional_seconds": time.perf_counter() - start,
+    }
+
+
+def _substitute_and_measure(ctx: ReportContext, config: SubstituteConfig) -> dict[str, Any]:
+    """Replaces ``config.blocks`` in place, measures, and puts the original blocks back."""
+    spec = ctx.arch
+    blocks = spec.blocks(ctx.model)
+    originals = {i % len(blocks): blocks[i % len(blocks)] for i in config.blocks}
+    recorded = list(getattr(ctx.model, "tcompress_config", []))
+    start = time.perf_counter()
+    try:
+        report = substitute_(
+            ctx.model,
+            ctx.calib_windows,
+            config,
+            batch_size=4,
+            statistics=ctx.block_statistics() if config.fit == "clean" else None,
+        )
+        result = ctx.measure_modified(ctx.model)
+    finally:
+        for i, block in originals.items():
+            models.set_module(ctx.model, f"{spec.blocks_path}.{i}", block)
+        ctx.model.tcompress_config = recorded
+    baseline = ctx.baseline().ppl
+    row = {
+        "blocks": [layer.layer for layer in report.layers],
+        "rank": config.rank,
+        "fit": config.fit,
+        "quantize": config.quantize,
+        "compression_ratio": report.compression_ratio,
+        "block_parameters": report.block_parameters,
+        "map_parameters": report.map_parameters,
+        "ppl": result.ppl,
+        "ppl_change": result.ppl - baseline,
+        "ppl_change_relative": result.ppl / baseline - 1,
+        "seconds": time.perf_counter() - start,
+    }
+    rank = "dense" if config.rank is None else f"rank {config.rank}"
+    ctx.log(
+        f"  blocks {row['blocks']} {rank} {config.fit}{' int8' if config.quantize else ''}: "
+        f"{row['compression_ratio']:.1f}x, perplexity {result.ppl:.4f} ({row['ppl_change']:+.4f})"
+    )
+    return row
+
+
+def substitution(ctx: ReportContext) -> dict[str, Any]:
+    """The last block replaced by a linear map at several ranks (and dense), then the last 2, 4, ... blocks."""
+    d, budget = ctx.hidden_size, ctx.budget
+    quarter = max(1, round(d / 4))
+    configs = [
+        SubstituteConfig(blocks=(-1,), rank=None if f is None else max(1, round(f * d)), ridge=RIDGE)
+        for f in budget.substitution_ranks
+    ]
+    if budget.substitution_int8:
+        configs.append(SubstituteConfig(blocks=(-1,), rank=quarter, quantize="int8", ridge=RIDGE))
+    fits = ("clean", "sequential") if budget.multi_block_sequential else ("clean",)
+    for count in budget.multi_block_counts:
+        if count > ctx.num_blocks:
+            continue
+        for fit in fits:
+            configs.append(SubstituteConfig(blocks=tuple(range(-count, 0)), rank=quarter, fit=fit, ridge=RIDGE))
+    rows = [_substitute_and_measure(ctx, config) for config in configs]
+    return {"baseline_ppl": ctx.baseline().ppl, "hidden_size": d, "rows": rows}
+
+
+def _spectrum(matrix: torch.Tensor) -> list[float]:
+    """(d, d) symmetric PSD -> its leading eigenvalues as fractions of the trace, descending."""
+    values = torch.linalg.eigvalsh(matrix.double()).flip(0).clamp_min(0)
+    return [float(v) for v in (values / values.sum())[:SPECTRUM_LENGTH]]
+
+
+def geometry(ctx: ReportContext) -> dict[str, Any]:
+    """At evenly spaced blocks: k(90%) of the input variance, its overlap and CCA with the top-k gradient and
+    unembedding directions, both spectra, and perplexity with the block input projected onto each subspace."""
+    budget = ctx.budget
+    layers = spaced_layers(budget.geometry_layers, ctx.num_blocks)
+    windows = ctx.calib_windows[: budget.geometry_windows]
+    start = time.perf_counter()
+    stats = collect_block_statistics(ctx.model, windows, layers=layers, gradients=True, holdout=0.1, seed=0)
+    ctx.log(f"  statistics with gradients of blocks {layers} in {time.perf_counter() - start:.0f} s")
+    report, bases = activation_geometry(stats, model=ctx.model, positions=("no_first", "all"))
+    spectra = {}
+    for layer in layers:
+        moments = stats.moments(layer, "no_first")
+        spectra[str(layer)] = {
+            "variance": _spectrum(moments.cov_in()),
+            "gradient": _spectrum(moments.grad_second_moment()),
+        }
+    baseline = ctx.baseline().ppl
+    projections = []
+    for layer in layers:
+        for positions in budget.projection_positions:
+            layer_bases = bases[(layer, positions)]
+            for basis_name in ("variance", "gradient"):
+                result = projection_perplexity(
+                    ctx.model,
+                    ctx.measure_modified,
+                    layer=layer,
+                    mean=layer_bases.mean,
+                    basis=getattr(layer_bases, basis_name),
+                    basis_name=basis_name,
+                    positions=positions,
+                    baseline_ppl=baseline,
+                )
+                projections.append(result.to_dict())
+                ctx.log(
+                    f"  block {layer} input onto the top-{result.k} {basis_name} directions: perplexity "
+                    f"{result.ppl:.4f} (baseline {baseline:.4f})"
+                )
+    for g in report.layers:
+        if g.positions == "no_first" and g.gradient is not None:
+            ctx.log(
+                f"  block {g.layer}: k(90%) = {g.k}/{g.hidden_size}, overlap with gradient subspace "
+                f"{g.gradient.overlap:.3f} (random {g.gradient.random_overlap:.3f}), canonical correlations < 0.5: "
+                f"{g.gradient.uncorrelated_fraction:.3f}"
+            )
+    return {
+        "layers": layers,
+        "calibration_windows": list(windows.shape),
+        "geometry": report.to_dict(),
+        "spectra": spectra,
+        "projections": projections,
+        "baseline_ppl": baseline,
+    }
