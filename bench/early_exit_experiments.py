@@ -22,8 +22,9 @@ import tcompress
 import torch
 from tcompress.analysis.tokens import kl_sensitivity, summarize, token_stats
 from tcompress.data import calibration_windows, tinystories_texts, token_windows, wikitext2_test_text
-from tcompress.recipes.early_exit import EarlyExitLM, full_model_generate, threshold_sweep
+from tcompress.recipes.early_exit import threshold_sweep
 from tcompress.recipes.exit_heads import build_exit_heads, head_parameter_report, save_exit_heads, train_exit_heads
+from tcompress.report.steps_exit import decoding_speed, first_windows
 
 
 def _ints(text: str) -> list[int]:
@@ -46,38 +47,6 @@ def _data(name: str, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor, str]:
         wikitext2_test_text(), tokenizer, args.length, max_tokens=args.length * args.eval_windows
     )
     return calib, evaluation, "WikiText-2 validation (train) / test (measure)"
-
-
-def _speed(model, heads, prompt, new_tokens, repeats, threshold, check_layers) -> dict:
-    """Tokens/s of the plain loop, EarlyExitLM at ``threshold``, and EarlyExitLM that never exits, alternating."""
-    runners = {
-        "full_model_loop": lambda: full_model_generate(model, prompt, new_tokens),
-        "early_exit": EarlyExitLM(model, heads, threshold, check_layers).generate,
-        "early_exit_never": EarlyExitLM(model, heads, 2.0, check_layers).generate,
-    }
-    seconds: dict[str, list[float]] = {k: [] for k in runners}
-    depths = None
-    tokens = {}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            out = run() if name == "full_model_loop" else run(prompt, new_tokens)
-            seconds[name].append(out.seconds)
-            tokens[name] = out.tokens
-            if name == "early_exit":
-                depths = out.depths
-    best = {k: min(v) for k, v in seconds.items()}
-    return {
-        "new_tokens": new_tokens,
-        "repeats": repeats,
-        "threshold": threshold,
-        "check_layers": check_layers,
-        "seconds": seconds,
-        "tokens_per_s": {k: new_tokens / v for k, v in best.items()},
-        "speedup_vs_full_loop": best["full_model_loop"] / best["early_exit"],
-        "speedup_vs_never_exit": best["early_exit_never"] / best["early_exit"],
-        "mean_depth_generated": sum(depths[1:]) / max(len(depths) - 1, 1),
-        "same_tokens_as_full": bool(torch.equal(tokens["early_exit"], tokens["full_model_loop"])),
-    }
 
 
 def main() -> None:
@@ -142,7 +111,7 @@ def main() -> None:
             model,
             heads,
             evaluation[: args.sweep_windows],
-            _first_windows(stats[kind], args.sweep_windows),
+            first_windows(stats[kind], args.sweep_windows),
             args.sensitivity_tau,
         ).to_dict()
         for kind, heads in (("lens", lens), ("tuned", tuned))
@@ -156,20 +125,12 @@ def main() -> None:
         for kind, heads in (("lens", lens), ("tuned", tuned))
     }
     prompt = evaluation[:1, :16]
-    results["speed"] = _speed(
+    results["speed"] = decoding_speed(
         model, tuned, prompt, args.speed_tokens, args.speed_repeats, args.speed_threshold, check_layers
     )
     results["seconds"] = time.time() - started
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print_tables(results)
-
-
-def _first_windows(stats, n):
-    """The stats of the first ``n`` windows (positions are stored window after window)."""
-    from tcompress.analysis.tokens import TokenStats
-
-    rows = n * (stats.window_length - 1)
-    return TokenStats(stats.depths, stats.num_blocks, stats.kl[:rows], stats.agree[:rows], stats.window_length)
 
 
 def print_tables(results: dict) -> None:

@@ -155,14 +155,17 @@ def truncated_svd(
     energy: float | None = None,
     param_ratio: float | None = None,
     scaling: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    decomposition: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> Factors:
     """weight (out, in) -> :class:`Factors` with A (out, r), B (r, in), in float64.
 
     ``scaling`` is (S, S⁻¹, damping) from :func:`input_scaling`: the SVD is taken of W·S and B = Σ_r^½·V_rᵀ·S⁻¹.
+    ``decomposition`` is that SVD (U, s, Vᵀ) when the caller already has it (a sweep over ranks of one weight).
     """
     w = weight.detach().to(torch.float64)
-    target = w if scaling is None else w @ scaling[0]
-    u, s, vh = torch.linalg.svd(target, full_matrices=False)
+    if decomposition is None:
+        decomposition = svd_of(w, scaling)
+    u, s, vh = decomposition
     r = rank_for(*w.shape, rank=rank, energy=energy, param_ratio=param_ratio, singular_values=s)
     root = s[:r].sqrt()
     a = u[:, :r] * root
@@ -172,6 +175,14 @@ def truncated_svd(
     total = float((s**2).sum())
     kept = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
     return Factors(a, b, s, r, kept, 0.0 if scaling is None else scaling[2])
+
+
+def svd_of(
+    weight: torch.Tensor, scaling: tuple[torch.Tensor, torch.Tensor, float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight (out, in) -> the thin SVD (U, s, Vᵀ) in float64 of W, or of W·S with ``scaling`` = (S, S⁻¹, damping)."""
+    w = weight.detach().to(torch.float64)
+    return torch.linalg.svd(w if scaling is None else w @ scaling[0], full_matrices=False)
 
 
 @dataclasses.dataclass
@@ -238,16 +249,20 @@ class FactorizeConfig(RecipeConfig):
                 "tcompress.recipes.factorize_(model, config, moments) with moments from "
                 "tcompress.analysis.projection_inputs.collect_input_moments(model, windows)"
             )
-        return _factorize(model, self, None)
+        return _factorize(model, self, None, None)
 
 
-def factorize_(model: torch.nn.Module, config: FactorizeConfig, moments: dict | None = None) -> dict:
+def factorize_(
+    model: torch.nn.Module, config: FactorizeConfig, moments: dict | None = None, *, svd_cache: dict | None = None
+) -> dict:
     """Factorizes ``model``'s selected projections in place and records ``config`` in ``model.tcompress_config``.
 
     Args:
         model: a model of a family :mod:`tcompress.models` knows.
         config: the :class:`FactorizeConfig`.
         moments: {projection name: InputMoment}; required when ``config.whiten`` is set.
+        svd_cache: a dict kept across calls on copies of one model (a sweep over ratios): each projection's SVD is
+            computed once per whitening method and reused. Only valid while the weights and moments are the same.
 
     Returns:
         {"modules": {name: {"rank", "params_kept", "energy_kept", "damping"}}, "params_kept_fraction": float}.
@@ -258,12 +273,12 @@ def factorize_(model: torch.nn.Module, config: FactorizeConfig, moments: dict | 
     """
     if not isinstance(config, FactorizeConfig):
         raise TypeError(f"factorize_: expected a FactorizeConfig; got {type(config).__name__}")
-    report = _factorize(model, config, moments)
+    report = _factorize(model, config, moments, svd_cache)
     model.tcompress_config = [*getattr(model, "tcompress_config", []), config.to_dict()]
     return report
 
 
-def _factorize(model: torch.nn.Module, config: FactorizeConfig, moments: dict | None) -> dict:
+def _factorize(model: torch.nn.Module, config: FactorizeConfig, moments: dict | None, svd_cache: dict | None) -> dict:
     arch = models.architecture(model)
     candidates = dict(arch.iter_projections(model))
     names = select(candidates, config.include, config.exclude)
@@ -293,11 +308,25 @@ def _factorize(model: torch.nn.Module, config: FactorizeConfig, moments: dict | 
         weight = models.projection_weight(module)
         if not bool(torch.isfinite(weight).all()):
             raise ValueError(f"FactorizeConfig: module {name!r} has NaN or Inf in its weight")
-        scaling = None
-        if config.whiten is not None:
-            scaling = input_scaling(moments[name], config.whiten, asvd_alpha=config.asvd_alpha, damping=config.damping)
+        key = (name, config.whiten, config.asvd_alpha, config.damping)
+        if svd_cache is not None and key in svd_cache:
+            scaling, decomposition = svd_cache[key]
+        else:
+            scaling = None
+            if config.whiten is not None:
+                scaling = input_scaling(
+                    moments[name], config.whiten, asvd_alpha=config.asvd_alpha, damping=config.damping
+                )
+            decomposition = svd_of(weight, scaling)
+            if svd_cache is not None:
+                svd_cache[key] = (scaling, decomposition)
         f = truncated_svd(
-            weight, rank=config.rank, energy=config.energy, param_ratio=config.param_ratio, scaling=scaling
+            weight,
+            rank=config.rank,
+            energy=config.energy,
+            param_ratio=config.param_ratio,
+            scaling=scaling,
+            decomposition=decomposition,
         )
         dtype = weight.dtype if spec is None else torch.float32
         bias = getattr(module, "bias", None)

@@ -87,9 +87,10 @@ def spectral_sweep(
     originals = {n: models.projection_weight(m).detach().to(torch.float64) for n, m in arch.iter_projections(model)}
     baseline = _ppl(measure(model)) if measure is not None else None
     points = []
+    svd_cache: dict = {}  # one SVD per projection and method, truncated at every ratio
     for method, config in configs:
         candidate = copy.deepcopy(model)
-        report = factorize_(candidate, config, moments)
+        report = factorize_(candidate, config, moments, svd_cache=svd_cache)
         w_err = w_sq = o_err = o_sq = 0.0
         for name, module in arch.iter_projections(candidate):
             w = originals[name]

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import models
 from ..recipes import QuantizeConfig, RotateConfig, compress_
-from ..recipes.reconstruction_wall import reconstruction_wall
+from ..recipes.reconstruction_wall import factored_rank, reconstruction_wall
 from ..recipes.spectral_sweep import spectral_sweep
 from .context import ReportContext
 
@@ -100,11 +100,12 @@ def quantization(ctx: ReportContext) -> dict[str, Any]:
 
 
 def _wall_group_size(model) -> int | None:
-    """The largest of 128/64/32 dividing every projection's in_features, else None (one scale per row)."""
-    widths = {models.projection_weight(m).shape[1] for _, m in models.architecture(model).iter_projections(model)}
-    for g in (128, 64, 32):
-        if all(w % g == 0 for w in widths):
-            return 64 if g >= 64 else g  # g64 is the paper-style budget where it fits
+    """The paper-style 64 columns per scale, or the largest smaller power of two, that divides every projection's
+    in_features and leaves every projection a rank for Q(A)·Q(B) within direct int4's bits; else None (per row)."""
+    shapes = {tuple(models.projection_weight(m).shape) for _, m in models.architecture(model).iter_projections(model)}
+    for g in (64, 32, 16, 8):
+        if all(i % g == 0 and factored_rank(o, i, g) > 0 for o, i in shapes):
+            return g
     return None
 
 
