@@ -9,6 +9,8 @@ tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmet
 tcompress report [MODEL] [--text T] [--calibration T] [--budget quick|standard|full] [--device D]
                  [--device-map auto] [--out DIR] [--only STEP ...] [--skip STEP ...]
 tcompress report --render DIR      redraw the plots and report.md of a report folder from its results.json
+tcompress export OUT --format compressed-tensors|gguf [--model M] [--bits 8|4] [--group-size G|none]
+                 [--asymmetric] [--rotate] [--qtype Q8_0|Q4_0] [--overwrite] [--check]
 """
 
 from __future__ import annotations
@@ -117,6 +119,53 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0 if all(entry["status"] == "ok" for entry in results["steps"].values()) else 1
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_compressed_tensors, export_gguf
+    from .models import load
+    from .recipes import QuantizeConfig, RotateConfig, compress_
+
+    if args.format == "gguf" and args.bits is not None:
+        raise ValueError("--bits applies to --format compressed-tensors; GGUF quantizes with --qtype Q8_0|Q4_0")
+    if args.format == "compressed-tensors" and args.qtype is not None:
+        raise ValueError("--qtype applies to --format gguf; compressed-tensors takes --bits/--group-size")
+    model, tokenizer = load(args.model)
+    configs = [RotateConfig(seed=args.rotate_seed)] if args.rotate else []
+    if args.bits is not None:
+        configs.append(QuantizeConfig(bits=args.bits, group_size=args.group_size, symmetric=not args.asymmetric))
+    if configs:
+        compress_(model, *configs)
+    if args.format == "gguf":
+        path = export_gguf(model, args.out, tokenizer=tokenizer, qtype=args.qtype or "Q8_0", overwrite=args.overwrite)
+    else:
+        path = export_compressed_tensors(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    print(f"exported {args.model} ({', '.join(c.kind for c in configs) or 'as loaded'}) to {path}")
+    if args.check:
+        _check_export(model, path, args.format)
+    return 0
+
+
+def _check_export(model, path, fmt: str) -> None:
+    """Reloads the export with transformers and prints how far its logits are from tcompress's model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if fmt == "gguf":
+        reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+    else:
+        reloaded = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits.float(), reloaded.eval()(ids).logits.float()
+    diff = float((ours - theirs).abs().max())
+    scale = float(ours.abs().max())
+    agree = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
+    print(
+        f"check: transformers reloads it; max |logit difference| {diff:.3g} (logit scale {scale:.3g}), "
+        f"top-1 agreement {agree:.3f} on 32 random tokens"
+    )
+
+
 def _group_size(text: str) -> int | None:
     if text.lower() in ("none", "channel", "per-channel"):
         return None
@@ -198,6 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="+", choices=list(STEPS), metavar="STEP", help="leave these steps out")
     p.add_argument("--render", metavar="DIR", help="only redraw the plots and report.md of DIR from its results.json")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model (quantized here or by `tcompress quantize`) as compressed-tensors or GGUF",
+        description="compressed-tensors: a Hugging Face checkpoint transformers (with the compressed-tensors "
+        "package) and vLLM load; W8/W4 weights exactly as tcompress computes with them, rotations fused into the "
+        "weights (an online Hadamard is refused: engines cannot run it). gguf: a llama.cpp file, float weights "
+        "quantized to Q8_0 or Q4_0.",
+    )
+    p.add_argument("out", help="folder (compressed-tensors) or .gguf file (gguf) to write")
+    p.add_argument("--format", required=True, choices=("compressed-tensors", "gguf"))
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="model to export, or a folder from `tcompress quantize` (default smollm2-135m)",
+    )
+    p.add_argument("--bits", type=int, choices=(4, 8), help="compressed-tensors: quantize weights to this first")
+    p.add_argument("--group-size", type=_group_size, default=128, help="input columns per scale, or none (per channel)")
+    p.add_argument("--asymmetric", action="store_true", help="asymmetric codes with zero points")
+    p.add_argument("--rotate", action="store_true", help="QuaRot-style Hadamard rotation fused into the weights first")
+    p.add_argument("--rotate-seed", type=int, default=0, help="seed of the rotation's random signs (default 0)")
+    p.add_argument("--qtype", choices=("Q8_0", "Q4_0"), help="gguf: the GGML quantization (default Q8_0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--check", action="store_true", help="reload with transformers and compare logits with tcompress's")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

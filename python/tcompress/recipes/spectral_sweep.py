@@ -56,6 +56,10 @@ class SweepResult:
         }
 
 
+#: The most memory the sweep spends keeping each projection's SVD for the next ratio (else it recomputes).
+SVD_CACHE_BYTES = 4 << 30
+
+
 def spectral_sweep(
     model: torch.nn.Module,
     calibration: torch.Tensor,
@@ -87,10 +91,16 @@ def spectral_sweep(
     originals = {n: models.projection_weight(m).detach().to(torch.float64) for n, m in arch.iter_projections(model)}
     baseline = _ppl(measure(model)) if measure is not None else None
     points = []
-    svd_cache: dict = {}  # one SVD per projection and method, truncated at every ratio
-    for method, config in configs:
+    # One SVD per projection and method, truncated at every ratio — while it fits: U, s, Vᵀ (and S, S⁻¹ when
+    # whitened) in float64 take about 3x the projections' float64 size (~3 GB for SmolLM2, far more for a 7B model).
+    weights = sum(w.numel() for w in originals.values())
+    cache_ok = len(ratios) > 1 and 3 * 8 * weights <= SVD_CACHE_BYTES
+    svd_cache: dict = {}
+    for i, (method, config) in enumerate(configs):
+        if i and method != configs[i - 1][0]:
+            svd_cache.clear()  # keyed by method: the previous method's entries will not be asked for again
         candidate = copy.deepcopy(model)
-        report = factorize_(candidate, config, moments, svd_cache=svd_cache)
+        report = factorize_(candidate, config, moments, svd_cache=svd_cache if cache_ok else None)
         w_err = w_sq = o_err = o_sq = 0.0
         for name, module in arch.iter_projections(candidate):
             w = originals[name]

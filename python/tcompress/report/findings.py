@@ -102,8 +102,8 @@ def _f1(results) -> list[Criterion]:
         "~0.96",
     )
     c2 = Criterion(
-        "projecting a block's input onto its 90%-variance subspace keeps ≥ 90% of the held-out variance and still "
-        "raises perplexity by ≥ 5% (medians over measured blocks)",
+        "projecting a block's input onto its 90%-variance subspace (chosen on calibration text) keeps ≥ 90% of the "
+        "evaluation tokens' variance and still raises perplexity by ≥ 5% (medians over measured blocks)",
         "> 90% of the variance kept, perplexity hurt",
     )
     c3 = Criterion(
