@@ -150,9 +150,10 @@ def _check_export(model, path, fmt: str) -> None:
     from transformers import AutoModelForCausalLM
 
     if fmt == "gguf":
-        reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32)
+        reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     else:
-        reloaded = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        reloaded = AutoModelForCausalLM.from_pretrained(path)
+    reloaded = reloaded.float()
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
