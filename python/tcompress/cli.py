@@ -153,7 +153,6 @@ def _check_export(model, path, fmt: str) -> None:
         reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     else:
         reloaded = AutoModelForCausalLM.from_pretrained(path)
-    reloaded = reloaded.float()
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
