@@ -29,7 +29,8 @@ import torch
 from tcompress import data, evaluate, models
 from tcompress.analysis.activations import collect_block_statistics
 from tcompress.analysis.linearity import block_linearity, conditional_linearity
-from tcompress.recipes import SubstituteConfig, substitute_
+from tcompress.recipes import SubstituteConfig
+from tcompress.recipes.substitute import measure_substitution
 
 
 def _git_commit() -> str:
@@ -72,34 +73,8 @@ def _setup(args):
     return model, calib, ppl, budgets
 
 
-def _restore(model, originals):
-    spec = models.architecture(model)
-    for i, block in originals.items():
-        models.set_module(model, f"{spec.blocks_path}.{i}", block)
-    model.tcompress_config = []
-
-
 def _substitution(model, calib, ppl, config, baseline, stats, batch_size):
-    blocks = models.architecture(model).blocks(model)
-    originals = {i % len(blocks): blocks[i] for i in config.blocks}
-    start = time.perf_counter()
-    report = substitute_(
-        model, calib, config, batch_size=batch_size, statistics=stats if config.fit == "clean" else None
-    )
-    value = ppl(model)
-    _restore(model, originals)
-    row = {
-        "blocks": [layer.layer for layer in report.layers],
-        "rank": config.rank,
-        "fit": config.fit,
-        "quantize": config.quantize,
-        "compression_ratio": report.compression_ratio,
-        "block_parameters": report.block_parameters,
-        "map_parameters": report.map_parameters,
-        "ppl": value,
-        "ppl_change": value - baseline,
-        "seconds": time.perf_counter() - start,
-    }
+    row = measure_substitution(model, calib, config, ppl, baseline, batch_size=batch_size, statistics=stats)
     print(json.dumps(row), flush=True)
     return row
 

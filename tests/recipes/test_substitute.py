@@ -117,3 +117,40 @@ def test_bad_configs_and_rollback():
     substitute_(model, _windows(), SubstituteConfig(blocks=(1,), rank=4))
     with pytest.raises(ValueError, match=r"blocks \[1\] are already substituted"):
         substitute_(model, _windows(), SubstituteConfig(blocks=(1,), rank=4))
+
+
+def test_measure_substitution_measures_then_restores_the_model():
+    from tcompress import evaluate
+    from tcompress.recipes.substitute import measure_substitution
+
+    model = FACTORIES["llama"]()
+    windows = _windows()
+    before = [id(b) for b in model.model.layers]
+    model.tcompress_config = [{"kind": "earlier"}]
+    baseline = evaluate.perplexity(model, windows).ppl
+    seen = []
+
+    def measure(m):
+        seen.append(type(m.model.layers[1]).__name__)
+        return evaluate.perplexity(m, windows)
+
+    row = measure_substitution(model, windows, SubstituteConfig(blocks=(-1,), rank=8), measure, baseline)
+    assert seen == ["SubstitutedBlock"]  # measured while substituted
+    assert [id(b) for b in model.model.layers] == before and model.tcompress_config == [{"kind": "earlier"}]
+    assert evaluate.perplexity(model, windows).ppl == pytest.approx(baseline)
+    assert row["blocks"] == [1] and row["rank"] == 8 and row["ppl_change"] == pytest.approx(row["ppl"] - baseline)
+    assert row["ppl_change_relative"] == pytest.approx(row["ppl"] / baseline - 1)
+
+
+def test_measure_substitution_restores_the_model_when_measuring_fails():
+    from tcompress.recipes.substitute import measure_substitution
+
+    model = FACTORIES["llama"]()
+    before = [id(b) for b in model.model.layers]
+
+    def broken(m):
+        raise RuntimeError("measure failed")
+
+    with pytest.raises(RuntimeError, match="measure failed"):
+        measure_substitution(model, _windows(), SubstituteConfig(blocks=(-1,), rank=8), broken, 1.0)
+    assert [id(b) for b in model.model.layers] == before

@@ -9,11 +9,7 @@ substituted block) are refused; the parameter-free norms of a rotated model are 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import models
+from .._files import atomic_directory, atomic_file  # noqa: F401 - re-exported for the exporters
 from ..nn import HadamardLinear, QuantLinear, ScaleFreeRMSNorm
 
 # tcompress modules an export can write: QuantLinear (as the format's quantized linear, or dequantized) and
@@ -193,38 +190,3 @@ def check_target(target: Path, overwrite: bool, fmt: str, *, directory: bool) ->
         raise IsADirectoryError(f"{fmt} export: {target} is a folder; expected a file path")
     if not overwrite and (not directory or any(target.iterdir())):
         raise FileExistsError(f"{fmt} export: {target} already exists (pass overwrite=True to replace it)")
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path):
-    """Yields an empty temporary sibling of ``target``; on success it replaces ``target``, on failure it is removed,
-    so a failed export leaves no half-written folder (and an existing one untouched)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / "x")
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_file(target: Path):
-    """Yields a temporary sibling path of ``target``; on success it replaces ``target`` in one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

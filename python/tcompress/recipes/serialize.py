@@ -16,15 +16,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import __version__, models
+from .._files import atomic_directory
 from ..models.load import _dtype_kwargs
 from ..nn import HadamardLinear, LowRankLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
 
@@ -241,9 +239,7 @@ def save_compressed(model: torch.nn.Module, directory, *, tokenizer=None, overwr
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
         raise FileExistsError(f"save_compressed: {directory} already exists and is not empty (pass overwrite=True)")
     arch = models.architecture(model)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.config.save_pretrained(tmp)
         records = _records(model, arch)
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"tcompress {__version__}"})
@@ -263,16 +259,6 @@ def save_compressed(model: torch.nn.Module, directory, *, tokenizer=None, overwr
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.rename(directory, old / "x")
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -18,7 +18,8 @@ The compression ratio is (parameters of the replaced decoder layer) / (parameter
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import time
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -245,3 +246,52 @@ def substitute_(
     total_block = sum(layer.block_parameters for layer in layers)
     total_map = sum(layer.map_parameters for layer in layers)
     return SubstitutionReport(config.to_dict(), layers, total_block, total_map, total_block / total_map)
+
+
+def measure_substitution(
+    model: nn.Module,
+    windows: torch.Tensor,
+    config: SubstituteConfig,
+    measure: Callable[[nn.Module], Any],
+    baseline_ppl: float,
+    *,
+    batch_size: int = 1,
+    statistics: BlockStatistics | None = None,
+) -> dict[str, Any]:
+    """Substitutes ``config.blocks`` in place, measures, and puts the original blocks (and recorded recipe) back.
+
+    ``measure`` is model -> perplexity (a number or an object with ``ppl``); ``statistics`` serve clean fits as in
+    :func:`substitute_`. Returns one JSON-ready row: the blocks, rank, fit, factor type, compression ratio, parameter
+    counts, perplexity and its change (absolute and relative to ``baseline_ppl``), and seconds.
+    """
+    spec = models.architecture(model)
+    blocks = spec.blocks(model)
+    originals = {i % len(blocks): blocks[i % len(blocks)] for i in config.blocks}
+    recorded = list(getattr(model, "tcompress_config", []))
+    start = time.perf_counter()
+    try:
+        report = substitute_(
+            model, windows, config, batch_size=batch_size, statistics=statistics if config.fit == "clean" else None
+        )
+        value = _ppl(measure(model))
+    finally:
+        for i, block in originals.items():
+            models.set_module(model, f"{spec.blocks_path}.{i}", block)
+        model.tcompress_config = recorded
+    return {
+        "blocks": [layer.layer for layer in report.layers],
+        "rank": config.rank,
+        "fit": config.fit,
+        "quantize": config.quantize,
+        "compression_ratio": report.compression_ratio,
+        "block_parameters": report.block_parameters,
+        "map_parameters": report.map_parameters,
+        "ppl": value,
+        "ppl_change": value - baseline_ppl,
+        "ppl_change_relative": value / baseline_ppl - 1,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _ppl(value: Any) -> float:
+    return float(getattr(value, "ppl", value))

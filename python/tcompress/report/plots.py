@@ -41,6 +41,13 @@ def _title(results: dict[str, Any], what: str) -> str:
     return f"{what}\n{model}, {text}, budget {results['budget']['name']}"
 
 
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _linearity(results, plt, path: Path) -> bool:
     lin = _step(results, "linearity")
     if not lin:
@@ -66,10 +73,7 @@ def _linearity(results, plt, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(_title(results, "Block linearity against depth"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _geometry(results, plt, path: Path) -> bool:
@@ -106,10 +110,7 @@ def _geometry(results, plt, path: Path) -> bool:
     fig.suptitle(
         _title(results, "Spectra of the hidden-state covariance and of the loss-gradient second moment"), fontsize=9
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _compression(results, plt, path: Path) -> bool:
@@ -152,10 +153,7 @@ def _compression(results, plt, path: Path) -> bool:
         ax.grid(alpha=0.3, which="both")
     ax.set_title("Linear block substitution", fontsize=10)
     fig.suptitle(_title(results, "Perplexity against kept parameters"), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _quantization(results, plt, path: Path) -> bool:
@@ -180,10 +178,7 @@ def _quantization(results, plt, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.set_title(_title(results, "Round-to-nearest quantization, with and without Hadamard rotation"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _easy_tokens(results, plt, path: Path) -> bool:
@@ -211,10 +206,7 @@ def _easy_tokens(results, plt, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(_title(results, "Easy tokens against depth"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def _early_exit(results, plt, path: Path) -> bool:
@@ -246,10 +238,7 @@ def _early_exit(results, plt, path: Path) -> bool:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(_title(results, "Early exit: quality against depth saved (gate threshold annotated)"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 _DRAW: dict[str, Callable] = {

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .. import data, models
+from .._files import atomic_file
 from .budgets import budget as get_budget
 from .context import ReportContext, source_windows
 from .findings import judge
@@ -91,9 +92,8 @@ def _sources(text: str | None, calibration: str | None) -> tuple[data.TextSource
 
 
 def _write_json(path: Path, results: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    with atomic_file(path) as tmp:  # a reader (or a crash) never sees half a file
+        tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
 def _previous_steps(path: Path, results: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from .. import models
 from ..analysis.activations import collect_block_statistics
 from ..analysis.geometry import activation_geometry
 from ..analysis.linearity import block_linearity, conditional_linearity
 from ..analysis.subspace_projection import projection_perplexity
-from ..recipes import SubstituteConfig, substitute_
+from ..recipes import SubstituteConfig
+from ..recipes.substitute import measure_substitution
 from .budgets import spaced_layers
 from .context import ReportContext
 
@@ -65,43 +65,19 @@ def linearity(ctx: ReportContext) -> dict[str, Any]:
 
 
 def _substitute_and_measure(ctx: ReportContext, config: SubstituteConfig) -> dict[str, Any]:
-    """Replaces ``config.blocks`` in place, measures, and puts the original blocks back."""
-    spec = ctx.arch
-    blocks = spec.blocks(ctx.model)
-    originals = {i % len(blocks): blocks[i % len(blocks)] for i in config.blocks}
-    recorded = list(getattr(ctx.model, "tcompress_config", []))
-    start = time.perf_counter()
-    try:
-        report = substitute_(
-            ctx.model,
-            ctx.calib_windows,
-            config,
-            batch_size=4,
-            statistics=ctx.block_statistics() if config.fit == "clean" else None,
-        )
-        result = ctx.measure_modified(ctx.model)
-    finally:
-        for i, block in originals.items():
-            models.set_module(ctx.model, f"{spec.blocks_path}.{i}", block)
-        ctx.model.tcompress_config = recorded
-    baseline = ctx.baseline().ppl
-    row = {
-        "blocks": [layer.layer for layer in report.layers],
-        "rank": config.rank,
-        "fit": config.fit,
-        "quantize": config.quantize,
-        "compression_ratio": report.compression_ratio,
-        "block_parameters": report.block_parameters,
-        "map_parameters": report.map_parameters,
-        "ppl": result.ppl,
-        "ppl_change": result.ppl - baseline,
-        "ppl_change_relative": result.ppl / baseline - 1,
-        "seconds": time.perf_counter() - start,
-    }
+    row = measure_substitution(
+        ctx.model,
+        ctx.calib_windows,
+        config,
+        ctx.measure_modified,
+        ctx.baseline().ppl,
+        batch_size=4,
+        statistics=ctx.block_statistics() if config.fit == "clean" else None,
+    )
     rank = "dense" if config.rank is None else f"rank {config.rank}"
     ctx.log(
         f"  blocks {row['blocks']} {rank} {config.fit}{' int8' if config.quantize else ''}: "
-        f"{row['compression_ratio']:.1f}x, perplexity {result.ppl:.4f} ({row['ppl_change']:+.4f})"
+        f"{row['compression_ratio']:.1f}x, perplexity {row['ppl']:.4f} ({row['ppl_change']:+.4f})"
     )
     return row
 
