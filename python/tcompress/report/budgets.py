@@ -6,9 +6,10 @@ budget serves GPT-2, SmolLM2 and Mistral alike.
 - ``quick``: a smoke-sized run of every experiment; ≤ 15 minutes for SmolLM2-135M on a 2-core CPU. Numbers are
   noisy (4,096 evaluation tokens) but every finding gets a verdict.
 - ``standard``: the budgets the README's result tables were measured with (16,384 evaluation tokens, 64 × 256
-  calibration tokens, every block); about 1-2 hours for SmolLM2-135M on a 2-core CPU.
+  calibration tokens, every block). Not yet run end to end; the experiment scripts behind those tables took about
+  80 minutes together for SmolLM2-135M on a 2-core CPU.
 - ``full``: the paper's protocol, for a GPU: the whole WikiText-2 test text, 128 × 2048 calibration tokens, every
-  block, the paper's sweeps.
+  block, the paper's sweeps. Not yet run (no GPU so far).
 """
 
 from __future__ import annotations
