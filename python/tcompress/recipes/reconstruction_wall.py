@@ -310,7 +310,9 @@ def reconstruction_wall(
                 f"reconstruction_wall: group_size {group_size} does not divide in_features {in_features} of {name!r}"
             )
     moments = collect_input_moments(base, calibration)
-    baseline = _ppl(measure(base)) if measure is not None else None
+    # Without preprocessing the copy is the model itself: measuring ``model`` lets a caching ``measure`` (the report's)
+    # reuse the number it already has.
+    baseline = _ppl(measure(base if configs else model)) if measure is not None else None
     results = []
     for variant in variants:
         layers, rebuilt = [], {}

@@ -180,10 +180,10 @@ def run_report(
     started = time.perf_counter()
     torch.manual_seed(0)
 
+    eval_source, calib_source = _sources(text, calibration)  # a missing text fails before the model loads
     say(f"loading {model} ...")
     source = models.resolve_model(model)
     lm, tokenizer = models.load(model, device=device, device_map=device_map)
-    eval_source, calib_source = _sources(text, calibration)
     arch = models.architecture(lm)
     eval_windows = source_windows(eval_source, tokenizer, arch.eval_length(lm), the_budget.eval_tokens)
     calib_length = min(the_budget.calib_length, arch.eval_length(lm))
