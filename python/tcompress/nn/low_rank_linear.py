@@ -100,6 +100,29 @@ class LowRankLinear(nn.Module):
         a, b = self.factors()
         return a @ b
 
+    def truncate_(self, rank: int) -> LowRankLinear:
+        """Keeps the first ``rank`` columns of A and rows of B (in place; returns self).
+
+        For factors from a truncated SVD, ordered by singular value, this is exactly the rank-``rank`` truncation
+        (a sweep over ranks factorizes once and truncates). Only floating-point factors can be truncated.
+
+        Raises:
+            ValueError: rank not in [1, current rank]; TypeError: quantized factors.
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.rank:
+            raise ValueError(f"LowRankLinear.truncate_: rank must be an int in [1, {self.rank}]; got {rank!r}")
+        if not (isinstance(self.in_proj, nn.Linear) and isinstance(self.out_proj, nn.Linear)):
+            raise TypeError("LowRankLinear.truncate_: quantized factors cannot be truncated; factorize again instead")
+        if rank == self.rank:
+            return self
+        with torch.no_grad():
+            b = self.in_proj.weight[:rank].clone()
+            a = self.out_proj.weight[:, :rank].contiguous()
+        self.in_proj = _bare_linear(b)
+        self.out_proj = _bare_linear(a)
+        self.rank = rank
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.out_proj(self.in_proj(x))
         return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -30,7 +30,6 @@ space and in output space; and, with a ``measure`` callable, the perplexity of e
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -38,9 +37,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .. import models
-from ..analysis.projection_inputs import InputMoment, collect_input_moments
+from ..analysis.projection_inputs import DEFAULT_GROUP_BYTES, InputMoment, stream_input_moments
 from ..ops.quantize import dequantize_reference, quantize_reference
 from .factorize import truncated_svd
+from .live_edit import restoring
 
 VARIANTS = ("direct-int4", "factored-int4", "direct-int5", "residual-int4+lr")
 SCALE_BITS = 16
@@ -269,8 +269,16 @@ def reconstruction_wall(
     variants: Sequence[str] = VARIANTS,
     measure: Callable[[torch.nn.Module], object] | None = None,
     refinements: int = 0,
+    max_moment_bytes: int = DEFAULT_GROUP_BYTES,
+    batch_size: int = 8,
 ) -> WallResult:
-    """Runs the reconstruction-wall experiment on a copy of ``model`` (the model itself is not changed).
+    """Runs the reconstruction-wall experiment on ``model`` in place and puts the model back as it was.
+
+    Memory: the model, one host copy of its tensors (to restore it), one host copy of the projections' Ŵ in the
+    model's dtype, and one group of blocks' float64 input moments at a time (``max_moment_bytes``). Per variant, the
+    moments of the (preprocessed) model stream group by group; each projection's Ŵ and errors are computed while its
+    group's moments are in hand, Ŵ goes to the host; after the last group every Ŵ is written into the live weights
+    and ``measure`` runs once. The moments therefore always describe the unquantized model, as the bit rule assumes.
 
     Args:
         model: a model of a family :mod:`tcompress.models` knows, with dense projections.
@@ -278,15 +286,17 @@ def reconstruction_wall(
         group_size: input columns per fp16 scale (must divide every in_features and suit the factor ranks); None =
             one scale per output row.
         rotate: prepend ``RotateConfig(seed=0)`` (``tcompress.recipes.rotate``) to ``preprocess``.
-        preprocess: recipe configs applied with ``compress_`` to the copy before anything is measured.
+        preprocess: recipe configs applied with ``compress_`` (in place, undone at the end) before anything is
+            measured.
         variants: which of :data:`VARIANTS` to run.
         measure: model -> a number or an object with ``ppl`` (e.g. a perplexity closure); called on the
             preprocessed model and on each variant's model.
         refinements: LoftQ alternations for ``residual-int4+lr``.
+        max_moment_bytes: the budget of one group's float64 input moments.
+        batch_size: calibration windows per forward pass.
 
     Raises:
-        ValueError: an unknown variant, or a group size that does not divide some in_features.
-        ImportError: ``rotate=True`` where ``tcompress.recipes.rotate`` is not available.
+        ValueError: an unknown variant, or a group size that does not divide some in_features (before any change).
     """
     from .compress import compress_
 
@@ -295,45 +305,51 @@ def reconstruction_wall(
         raise ValueError(f"reconstruction_wall: unknown variant(s) {unknown}; expected some of {', '.join(VARIANTS)}")
     configs = list(preprocess)
     if rotate:
-        from .rotate import RotateConfig  # the rotation recipe (issue 4, branch i4-rotate)
+        from .rotate import RotateConfig
 
         configs.insert(0, RotateConfig(seed=0))
-    base = copy.deepcopy(model)
-    if configs:
-        compress_(base, *configs)
-    arch = models.architecture(base)
-    projections = dict(arch.iter_projections(base))
-    for name, module in projections.items():
+    arch = models.architecture(model)
+    for name, module in arch.iter_projections(model):
         in_features = models.projection_weight(module).shape[1]
         if group_size is not None and in_features % group_size:
             raise ValueError(
                 f"reconstruction_wall: group_size {group_size} does not divide in_features {in_features} of {name!r}"
             )
-    moments = collect_input_moments(base, calibration)
-    # Without preprocessing the copy is the model itself: measuring ``model`` lets a caching ``measure`` (the report's)
-    # reuse the number it already has.
-    baseline = _ppl(measure(base if configs else model)) if measure is not None else None
     results = []
-    for variant in variants:
-        layers, rebuilt = [], {}
-        for name, module in projections.items():
-            w_hat, layer = reconstruct(
-                models.projection_weight(module), variant, group_size, moments[name], refinements
-            )
-            layer.name = name
-            layers.append(layer)
-            rebuilt[name] = w_hat
-        perplexity = None
-        if measure is not None:
-            candidate = copy.deepcopy(base)
-            with torch.no_grad():
-                for name, module in arch.iter_projections(candidate):
-                    weight = models.projection_weight(module)
-                    weight.copy_(rebuilt[name].to(weight.dtype))  # a view (transposed for Conv1D) of the module's
-            perplexity = _ppl(measure(candidate))
-            del candidate
-        results.append(WallVariant(variant, layers, perplexity))
-    tokens = next(iter(moments.values())).tokens if moments else 0
+    tokens = 0
+    with restoring(model, weights=True):
+        if configs:
+            compress_(model, *configs)
+        # Unpreprocessed, the model is the caller's own: a caching ``measure`` (the report's) reuses its number.
+        baseline = _ppl(measure(model)) if measure is not None else None
+        for variant in variants:
+            layers, rebuilt = [], {}
+            for _, moments in stream_input_moments(
+                model, calibration, max_bytes=max_moment_bytes, batch_size=batch_size
+            ):
+                for name, moment in moments.items():
+                    weight = models.projection_weight(model.get_submodule(name))
+                    w_hat, layer = reconstruct(weight, variant, group_size, moment, refinements)
+                    layer.name = name
+                    layers.append(layer)
+                    rebuilt[name] = w_hat.to(device="cpu", dtype=weight.dtype)
+                    tokens = moment.tokens
+                del moments
+            perplexity = None
+            if measure is not None:
+                with torch.no_grad():
+                    originals = {}  # the (preprocessed) weights on the host while Ŵ is in place
+                    for name, module in arch.iter_projections(model):
+                        weight = models.projection_weight(module)
+                        originals[name] = weight.detach().to("cpu", copy=True)
+                        weight.copy_(rebuilt.pop(name).to(weight.device))  # a view (transposed for Conv1D)
+                    try:
+                        perplexity = _ppl(measure(model))
+                    finally:
+                        for name, module in arch.iter_projections(model):
+                            models.projection_weight(module).copy_(originals.pop(name).to(module.weight.device))
+            del rebuilt
+            results.append(WallVariant(variant, layers, perplexity))
     return WallResult(group_size, [c.to_dict() for c in configs], tokens, baseline, results)
 
 

@@ -4,7 +4,6 @@ plain and activation-whitened truncated SVD (:mod:`tcompress.recipes.factorize`)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -12,8 +11,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .. import models
-from ..analysis.projection_inputs import collect_input_moments
-from .factorize import WHITEN_METHODS, FactorizeConfig, factorize_
+from ..analysis.projection_inputs import DEFAULT_GROUP_BYTES, InputMoment, stream_input_moments
+from ..nn.low_rank_linear import LowRankLinear
+from .factorize import WHITEN_METHODS, FactorizeConfig, input_scaling, rank_for, svd_of, truncated_svd
 
 
 @dataclasses.dataclass
@@ -56,10 +56,6 @@ class SweepResult:
         }
 
 
-#: The most memory the sweep spends keeping each projection's SVD for the next ratio (else it recomputes).
-SVD_CACHE_BYTES = 4 << 30
-
-
 def spectral_sweep(
     model: torch.nn.Module,
     calibration: torch.Tensor,
@@ -68,16 +64,31 @@ def spectral_sweep(
     methods: Sequence[str | None] = (None, "svd-llm"),
     measure: Callable[[torch.nn.Module], object] | None = None,
     on_point: Callable[[SweepPoint], None] | None = None,
+    max_moment_bytes: int = DEFAULT_GROUP_BYTES,
+    batch_size: int = 8,
 ) -> SweepResult:
-    """Factorizes copies of ``model`` at each ratio with each method and measures them (``model`` is not changed).
+    """Factorizes ``model`` at each ratio with each method and measures it; the model is put back as it was.
+
+    Memory is O(a few blocks) beyond the model: per method, the input moments stream one group of blocks at a time
+    (:func:`~tcompress.analysis.projection_inputs.stream_input_moments`, ≤ ``max_moment_bytes``), each projection's
+    SVD is taken once (float64, on the weight's device), the errors at every ratio are computed from it while the
+    group's moments are in hand, and the factors are kept at the largest ratio's rank in the model's dtype. Then the
+    factorized layers are swapped into the live model (the dense ones are kept aside, not copied) and truncated
+    ratio by ratio, largest first — for factors ordered by singular value the truncation is the lower-rank SVD — with
+    one ``measure`` per ratio. The dense layers go back at the end, also when a measurement fails.
 
     Args:
-        model: a model of a family :mod:`tcompress.models` knows.
+        model: a model of a family :mod:`tcompress.models` knows, with dense projections.
         calibration: (n, L) int64 windows: the inputs' second moments (for whitening and the output errors).
         ratios: fractions of parameters to keep, each in (0, 1].
         methods: None (plain SVD) and/or whitening methods (``"svd-llm"``, ``"asvd"``).
         measure: model -> a number or an object with ``ppl``; called on the original and each factorized model.
         on_point: called with each point as soon as it is measured (progress printing).
+        max_moment_bytes: the budget of one group's float64 input moments.
+        batch_size: calibration windows per forward pass.
+
+    Returns:
+        The points in (method, ratio) order as given.
 
     Raises:
         ValueError: a ratio outside (0, 1] or an unknown method (before any work is done).
@@ -85,46 +96,103 @@ def spectral_sweep(
     for method in methods:
         if method is not None and method not in WHITEN_METHODS:
             raise ValueError(f"spectral_sweep: unknown method {method!r}; expected None or one of {WHITEN_METHODS}")
-    configs = [(m, FactorizeConfig(param_ratio=r, whiten=m)) for m in methods for r in ratios]  # validates ratios
-    moments = collect_input_moments(model, calibration)
+    for r in ratios:
+        FactorizeConfig(param_ratio=r)  # validates the ratio before any work
+    order = sorted(set(ratios), reverse=True)
     arch = models.architecture(model)
-    originals = {n: models.projection_weight(m).detach().to(torch.float64) for n, m in arch.iter_projections(model)}
     baseline = _ppl(measure(model)) if measure is not None else None
-    points = []
-    # One SVD per projection and method, truncated at every ratio — while it fits: U, s, Vᵀ (and S, S⁻¹ when
-    # whitened) in float64 take about 3x the projections' float64 size (~3 GB for SmolLM2, far more for a 7B model).
-    weights = sum(w.numel() for w in originals.values())
-    cache_ok = len(ratios) > 1 and 3 * 8 * weights <= SVD_CACHE_BYTES
-    svd_cache: dict = {}
-    for i, (method, config) in enumerate(configs):
-        if i and method != configs[i - 1][0]:
-            svd_cache.clear()  # keyed by method: the previous method's entries will not be asked for again
-        candidate = copy.deepcopy(model)
-        report = factorize_(candidate, config, moments, svd_cache=svd_cache if cache_ok else None)
-        w_err = w_sq = o_err = o_sq = 0.0
-        for name, module in arch.iter_projections(candidate):
-            w = originals[name]
-            error = module.effective_weight().double() - w
-            w_err += float((error**2).sum())
-            w_sq += float((w**2).sum())
-            o_err += moments[name].output_sq_norm(error)
-            o_sq += moments[name].output_sq_norm(w)
-        energies = [r["energy_kept"] for r in report["modules"].values()]
-        point = SweepPoint(
-            method=method or "plain",
-            param_ratio=config.param_ratio,
-            params_kept_fraction=report["params_kept_fraction"],
-            weight_rel_error=math.sqrt(w_err / w_sq),
-            output_rel_error=math.sqrt(o_err / o_sq),
-            energy_kept_mean=sum(energies) / len(energies),
-            perplexity=_ppl(measure(candidate)) if measure is not None else None,
-        )
-        del candidate
-        points.append(point)
-        if on_point is not None:
-            on_point(point)
-    tokens = next(iter(moments.values())).tokens if moments else 0
-    return SweepResult(tokens, baseline, points)
+    points: dict[tuple[str, float], SweepPoint] = {}
+    tokens = 0
+    for method in methods:
+        label = method or "plain"
+        sums = {r: _Totals() for r in order}
+        factored: dict[str, LowRankLinear] = {}
+        for _, moments in stream_input_moments(model, calibration, max_bytes=max_moment_bytes, batch_size=batch_size):
+            scalings: dict[int, tuple] = {}  # one whitening per input, shared by the projections that read it
+            for name, moment in moments.items():
+                tokens = moment.tokens
+                module = model.get_submodule(name)
+                weight = models.projection_weight(module)
+                if method is not None and id(moment) not in scalings:
+                    scalings = {id(moment): _scaling_on(moment, method, weight.device)}
+                factored[name] = _factor_and_measure(
+                    weight, module, name, method and scalings[id(moment)], moment, order, sums
+                )
+            del moments, scalings
+        originals = {name: models.set_module(model, name, module) for name, module in factored.items()}
+        try:
+            for ratio in order:
+                for name, module in factored.items():
+                    module.truncate_(sums[ratio].ranks[name])
+                t = sums[ratio]
+                point = SweepPoint(
+                    method=label,
+                    param_ratio=ratio,
+                    params_kept_fraction=t.kept / t.total,
+                    weight_rel_error=math.sqrt(t.w_err / t.w_sq),
+                    output_rel_error=math.sqrt(t.o_err / t.o_sq),
+                    energy_kept_mean=sum(t.energies) / len(t.energies),
+                    perplexity=_ppl(measure(model)) if measure is not None else None,
+                )
+                points[(label, ratio)] = point
+                if on_point is not None:
+                    on_point(point)
+        finally:
+            for name, module in originals.items():
+                models.set_module(model, name, module)
+            del factored
+    ordered = [points[(m or "plain", r)] for m in methods for r in ratios]
+    return SweepResult(tokens, baseline, ordered)
+
+
+@dataclasses.dataclass
+class _Totals:
+    """One ratio's sums over projections."""
+
+    kept: int = 0
+    total: int = 0
+    w_err: float = 0.0
+    w_sq: float = 0.0
+    o_err: float = 0.0
+    o_sq: float = 0.0
+    energies: list = dataclasses.field(default_factory=list)
+    ranks: dict = dataclasses.field(default_factory=dict)
+
+
+def _scaling_on(moment, method: str, device: torch.device):
+    """The whitening (S, S⁻¹, damping) of one input, computed on the weight's device."""
+    on_device = InputMoment(moment.xtx.to(device), moment.tokens)
+    return input_scaling(on_device, method)
+
+
+def _factor_and_measure(weight, module, name, scaling, moment, order, sums) -> LowRankLinear:
+    """One projection: its SVD once, each ratio's rank, errors and energy added to ``sums``; returns the
+    LowRankLinear at the largest ratio's rank, factors in the weight's dtype on its device."""
+    w = weight.detach().to(torch.float64)
+    out_features, in_features = w.shape
+    decomposition = svd_of(w, scaling)
+    w_sq = float((w**2).sum())
+    o_sq = moment.output_sq_norm(w)
+    largest = truncated_svd(w, param_ratio=order[0], scaling=scaling, decomposition=decomposition)
+    a_stored, b_stored = largest.a.to(weight.dtype), largest.b.to(weight.dtype)
+    for ratio in order:
+        rank = rank_for(out_features, in_features, param_ratio=ratio)
+        s = decomposition[1]
+        # The stored (model-dtype) factors truncated, as the model will multiply by them.
+        error = a_stored[:, :rank].double() @ b_stored[:rank].double() - w
+        t = sums[ratio]
+        t.ranks[name] = rank
+        t.kept += rank * (out_features + in_features)
+        t.total += out_features * in_features
+        t.w_err += float((error**2).sum())
+        t.w_sq += w_sq
+        t.o_err += moment.output_sq_norm(error)
+        t.o_sq += o_sq
+        total = float((s**2).sum())
+        t.energies.append(float((s[:rank] ** 2).sum()) / total if total > 0 else 1.0)
+        del error
+    bias = getattr(module, "bias", None)
+    return LowRankLinear.from_factors(a_stored, b_stored, None if bias is None else bias.detach())
 
 
 def _ppl(value) -> float:
