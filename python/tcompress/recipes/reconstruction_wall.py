@@ -269,6 +269,7 @@ def reconstruction_wall(
     variants: Sequence[str] = VARIANTS,
     measure: Callable[[torch.nn.Module], object] | None = None,
     refinements: int = 0,
+    baseline: float | None = None,
     max_moment_bytes: int = DEFAULT_GROUP_BYTES,
     batch_size: int = 8,
 ) -> WallResult:
@@ -290,8 +291,10 @@ def reconstruction_wall(
             measured.
         variants: which of :data:`VARIANTS` to run.
         measure: model -> a number or an object with ``ppl`` (e.g. a perplexity closure); called on the
-            preprocessed model and on each variant's model.
+            preprocessed model (unless nothing is preprocessed and ``baseline`` is given) and on each variant's
+            model — always the same live object, so ``measure`` must not cache by identity.
         refinements: LoftQ alternations for ``residual-int4+lr``.
+        baseline: the unmodified model's number when the caller already has it (used only without preprocessing).
         max_moment_bytes: the budget of one group's float64 input moments.
         batch_size: calibration windows per forward pass.
 
@@ -320,8 +323,8 @@ def reconstruction_wall(
     with restoring(model, weights=True):
         if configs:
             compress_(model, *configs)
-        # Unpreprocessed, the model is the caller's own: a caching ``measure`` (the report's) reuses its number.
-        baseline = _ppl(measure(model)) if measure is not None else None
+        if (configs or baseline is None) and measure is not None:
+            baseline = _ppl(measure(model))
         for variant in variants:
             layers, rebuilt = [], {}
             for _, moments in stream_input_moments(

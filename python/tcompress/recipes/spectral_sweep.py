@@ -64,6 +64,7 @@ def spectral_sweep(
     methods: Sequence[str | None] = (None, "svd-llm"),
     measure: Callable[[torch.nn.Module], object] | None = None,
     on_point: Callable[[SweepPoint], None] | None = None,
+    baseline: float | None = None,
     max_moment_bytes: int = DEFAULT_GROUP_BYTES,
     batch_size: int = 8,
 ) -> SweepResult:
@@ -82,8 +83,10 @@ def spectral_sweep(
         calibration: (n, L) int64 windows: the inputs' second moments (for whitening and the output errors).
         ratios: fractions of parameters to keep, each in (0, 1].
         methods: None (plain SVD) and/or whitening methods (``"svd-llm"``, ``"asvd"``).
-        measure: model -> a number or an object with ``ppl``; called on the original and each factorized model.
+        measure: model -> a number or an object with ``ppl``; called on the original (unless ``baseline`` is given)
+            and on each factorized model — always the same live object, so ``measure`` must not cache by identity.
         on_point: called with each point as soon as it is measured (progress printing).
+        baseline: the unfactorized model's number when the caller already has it.
         max_moment_bytes: the budget of one group's float64 input moments.
         batch_size: calibration windows per forward pass.
 
@@ -100,7 +103,8 @@ def spectral_sweep(
         FactorizeConfig(param_ratio=r)  # validates the ratio before any work
     order = sorted(set(ratios), reverse=True)
     arch = models.architecture(model)
-    baseline = _ppl(measure(model)) if measure is not None else None
+    if baseline is None and measure is not None:
+        baseline = _ppl(measure(model))
     points: dict[tuple[str, float], SweepPoint] = {}
     tokens = 0
     for method in methods:

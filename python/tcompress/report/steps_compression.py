@@ -1,15 +1,16 @@
 """The report's compression steps: baseline perplexity, the spectral sweep, W8/W4 with and without rotation, and the
 reconstruction wall. Each step takes the :class:`~tcompress.report.context.ReportContext` and returns a
-JSON-serializable dict; the model itself is never changed (every variant is a copy)."""
+JSON-serializable dict. Variants are made on the live model and undone (no copies of the model): when a step
+ends, the model computes what it did before."""
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
 from .. import models
 from ..recipes import QuantizeConfig, RotateConfig, compress_
+from ..recipes.live_edit import restoring
 from ..recipes.reconstruction_wall import factored_rank, reconstruction_wall
 from ..recipes.spectral_sweep import spectral_sweep
 from .context import ReportContext
@@ -49,7 +50,8 @@ def spectral(ctx: ReportContext) -> dict[str, Any]:
         ctx.calib_windows,
         ratios=ctx.budget.spectral_ratios,
         methods=methods,
-        measure=ctx.measure,
+        measure=ctx.measure_modified,
+        baseline=ctx.baseline().ppl,
         on_point=on_point,
     )
     return result.to_dict()
@@ -68,35 +70,45 @@ def _fits(model, config: QuantizeConfig) -> str | None:
 
 def quantization(ctx: ReportContext) -> dict[str, Any]:
     """Perplexity of each weight/activation setting without and with rotation (and of the rotated fp32 model, which
-    must equal the baseline: the rotation is an exact reparametrization)."""
-    rows: list[dict[str, Any]] = []
-    bases: dict[bool, Any] = {False: ctx.model}
-    try:
-        bases[True] = compress_(copy.deepcopy(ctx.model), ROTATION)
-    except (ValueError, NotImplementedError) as exc:  # e.g. a hidden size with no Hadamard construction
-        bases[True] = exc
+    must equal the baseline: the rotation is an exact reparametrization).
+
+    No model copies: each setting quantizes the live model and is undone (the dense projections are kept aside, not
+    copied); the rotation is fused into the live weights once, with one host copy of the model to restore them.
+    """
+    model = ctx.model
     labels = ["fp32", *ctx.budget.quant_configs]
-    for label in labels:
+    rows: dict[tuple[str, bool], dict[str, Any]] = {}
+
+    def run(label: str, rotated: bool, why_not: str | None) -> None:
         config = None if label == "fp32" else QUANT_CONFIGS[label]
-        for rotated in (False, True):
-            if label == "fp32" and not rotated:
-                continue  # the baseline step's number
-            row: dict[str, Any] = {"setting": label, "rotated": rotated, "config": config and config.to_dict()}
-            base = bases[rotated]
-            reason = f"rotation failed: {base}" if isinstance(base, Exception) else config and _fits(base, config)
-            if reason:
-                row.update(ppl=None, note=reason)
-                rows.append(row)
-                ctx.log(f"  {label}{' rotated' if rotated else ''}: {reason}")
-                continue
-            start = time.perf_counter()
-            model = base if config is None else compress_(copy.deepcopy(base), config)
-            result = ctx.measure(model)
-            row.update(ppl=result.ppl, tokens=result.tokens, seconds=time.perf_counter() - start)
-            rows.append(row)
-            ctx.log(f"  {label}{' rotated' if rotated else ''}: perplexity {result.ppl:.4f}")
-            del model
-    return {"baseline_ppl": ctx.baseline().ppl, "rotation": ROTATION.to_dict(), "rows": rows}
+        row: dict[str, Any] = {"setting": label, "rotated": rotated, "config": config and config.to_dict()}
+        rows[(label, rotated)] = row
+        reason = why_not or (config and _fits(model, config))
+        if reason:
+            row.update(ppl=None, note=reason)
+            ctx.log(f"  {label}{' rotated' if rotated else ''}: {reason}")
+            return
+        start = time.perf_counter()
+        with restoring(model, weights=False):  # module swaps only: the dense projections come back untouched
+            if config is not None:
+                compress_(model, config)
+            result = ctx.measure_modified(model)
+        row.update(ppl=result.ppl, tokens=result.tokens, seconds=time.perf_counter() - start)
+        ctx.log(f"  {label}{' rotated' if rotated else ''}: perplexity {result.ppl:.4f}")
+
+    ctx.baseline()  # measured on the unmodified model before anything changes it
+    for label in labels[1:]:
+        run(label, False, None)
+    with restoring(model, weights=True):
+        try:
+            compress_(model, ROTATION)
+            failed = None
+        except (ValueError, NotImplementedError) as exc:  # e.g. a hidden size with no Hadamard construction
+            failed = f"rotation failed: {exc}"
+        for label in labels:
+            run(label, True, failed)
+    ordered = [rows[(label, rotated)] for label in labels for rotated in (False, True) if (label, rotated) in rows]
+    return {"baseline_ppl": ctx.baseline().ppl, "rotation": ROTATION.to_dict(), "rows": ordered}
 
 
 def _wall_group_size(model) -> int | None:
@@ -117,7 +129,12 @@ def wall(ctx: ReportContext) -> dict[str, Any]:
     for rotate in ctx.budget.wall_rotations:
         start = time.perf_counter()
         result = reconstruction_wall(
-            ctx.model, ctx.calib_windows, group_size=group_size, rotate=rotate, measure=ctx.measure
+            ctx.model,
+            ctx.calib_windows,
+            group_size=group_size,
+            rotate=rotate,
+            measure=ctx.measure_modified,
+            baseline=ctx.baseline().ppl,
         ).to_dict()
         result["rotated"] = rotate
         result["seconds"] = time.perf_counter() - start
