@@ -33,8 +33,9 @@ from torch import nn
 
 from .. import models
 
-#: Default budget of one group's float64 sums (bytes): Mistral-7B's 2.2 GB per block gives groups of 3 blocks.
-DEFAULT_GROUP_BYTES = 8 << 30
+#: Default budget of one group's float64 sums (bytes): Mistral-7B's 2.2 GB per block makes every block a group of its
+#: own; GPT-2's 89 MB per block puts its 12 blocks in one group.
+DEFAULT_GROUP_BYTES = 2 << 30
 #: The most float64 activation rows converted at once per hook (bytes), so a long batch never doubles in float64.
 CHUNK_BYTES = 256 << 20
 
@@ -169,7 +170,9 @@ def _collect_group(
         if key in hooked_keys:
             continue  # the same tensor reaches this projection as the one already hooked for this key
         hooked_keys.add(key)
-        handles.append(module.register_forward_pre_hook(lambda m, args, key=key: _accumulate(sums, counts, key, args[0])))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, args, key=key: _accumulate(sums, counts, key, args[0]))
+        )
 
     def stop(module, args, output):
         raise _StopForward

@@ -109,12 +109,15 @@ def rank_for(
 
 
 def input_scaling(
-    moment, method: str, *, asvd_alpha: float = 0.5, damping: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """XᵀX summary -> (S (in, in), S⁻¹ (in, in), damping used), float64, for ``method`` "svd-llm" or "asvd".
+    moment, method: str, *, asvd_alpha: float = 0.5, damping: float = 1e-6, inverse: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """XᵀX summary -> (S (in, in), S⁻¹ (in, in) or None, damping used), float64 on the moment's device, for
+    ``method`` "svd-llm" (S lower triangular) or "asvd" (S diagonal).
 
     ``moment`` is an :class:`~tcompress.analysis.projection_inputs.InputMoment` (or anything with a
-    ``second_moment`` (in, in) tensor).
+    ``second_moment`` (in, in) tensor). ``inverse=False`` leaves S⁻¹ out (None): :func:`truncated_svd` then solves
+    with the triangular S instead, which saves an (in, in) float64 matrix (1.6 GB for Mistral-7B's down_proj).
+    Memory beyond the moment: XᵀX/n and S (the damping goes onto the diagonal in place, no identity matrix).
 
     Raises:
         ValueError: an unknown method, or a moment that stays indefinite even at damping 1e-1 (NaN inputs, say).
@@ -126,16 +129,19 @@ def input_scaling(
         # A channel that never fired would make S singular: give it the smallest non-zero scale.
         floor = rms[rms > 0].min() if bool((rms > 0).any()) else torch.tensor(1.0, dtype=torch.float64)
         s = torch.where(rms > 0, rms, floor) ** asvd_alpha
-        return torch.diag(s), torch.diag(1.0 / s), 0.0
+        return torch.diag(s), torch.diag(1.0 / s) if inverse else None, 0.0
     if method != "svd-llm":
         raise ValueError(f"input_scaling: method must be one of {', '.join(WHITEN_METHODS)}; got {method!r}")
     mean_diag = float(torch.diagonal(sigma).mean())
     if not math.isfinite(mean_diag):
         raise ValueError("input_scaling: the calibration second moment holds NaN or Inf")
-    eye = torch.eye(n, dtype=torch.float64)
+    diagonal = torch.diagonal(sigma)  # a view: damping is added to (and taken off) sigma's diagonal in place
     lam = 0.0
     while True:
-        chol, info = torch.linalg.cholesky_ex(sigma + lam * max(mean_diag, 1e-30) * eye)
+        added = lam * max(mean_diag, 1e-30)
+        diagonal.add_(added)
+        chol, info = torch.linalg.cholesky_ex(sigma)
+        diagonal.sub_(added)
         if int(info) == 0:
             break
         lam = damping if lam == 0.0 else lam * 10
@@ -144,8 +150,11 @@ def input_scaling(
                 f"input_scaling: the calibration second moment ({n} x {n}) is not positive definite even with a "
                 f"diagonal damping of {_MAX_DAMPING} x its mean diagonal"
             )
-    inverse = torch.linalg.solve_triangular(chol, eye, upper=False)
-    return chol, inverse, lam
+    del sigma, diagonal
+    if not inverse:
+        return chol, None, lam
+    eye = torch.eye(n, dtype=torch.float64, device=chol.device)
+    return chol, torch.linalg.solve_triangular(chol, eye, upper=False), lam
 
 
 def truncated_svd(
@@ -159,7 +168,8 @@ def truncated_svd(
 ) -> Factors:
     """weight (out, in) -> :class:`Factors` with A (out, r), B (r, in), in float64.
 
-    ``scaling`` is (S, S⁻¹, damping) from :func:`input_scaling`: the SVD is taken of W·S and B = Σ_r^½·V_rᵀ·S⁻¹.
+    ``scaling`` is (S, S⁻¹ or None, damping) from :func:`input_scaling`: the SVD is taken of W·S and
+    B = Σ_r^½·V_rᵀ·S⁻¹ (solved with the triangular S when S⁻¹ is None).
     ``decomposition`` is that SVD (U, s, Vᵀ) when the caller already has it (a sweep over ranks of one weight).
     """
     w = weight.detach().to(torch.float64)
@@ -171,7 +181,11 @@ def truncated_svd(
     a = u[:, :r] * root
     b = root[:, None] * vh[:r]
     if scaling is not None:
-        b = b @ scaling[1]
+        b = (
+            b @ scaling[1]
+            if scaling[1] is not None
+            else torch.linalg.solve_triangular(scaling[0], b, upper=False, left=False)
+        )
     total = float((s**2).sum())
     kept = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
     return Factors(a, b, s, r, kept, 0.0 if scaling is None else scaling[2])

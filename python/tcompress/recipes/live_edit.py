@@ -32,7 +32,7 @@ def restoring(model: nn.Module, *, weights: bool = True) -> Iterator[nn.Module]:
     tree = [(m, dict(m._modules), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     saved: dict[int, tuple[torch.Tensor, torch.Tensor, torch.device, torch.dtype]] = {}
     if weights:
-        for m, _, params, buffers in tree:
+        for _module, _, params, buffers in tree:
             for t in (*params.values(), *buffers.values()):
                 if t is None or id(t) in saved or t.device.type == "meta":
                     continue

@@ -275,11 +275,12 @@ def reconstruction_wall(
 ) -> WallResult:
     """Runs the reconstruction-wall experiment on ``model`` in place and puts the model back as it was.
 
-    Memory: the model, one host copy of its tensors (to restore it), one host copy of the projections' Ŵ in the
-    model's dtype, and one group of blocks' float64 input moments at a time (``max_moment_bytes``). Per variant, the
-    moments of the (preprocessed) model stream group by group; each projection's Ŵ and errors are computed while its
-    group's moments are in hand, Ŵ goes to the host; after the last group every Ŵ is written into the live weights
-    and ``measure`` runs once. The moments therefore always describe the unquantized model, as the bit rule assumes.
+    Memory: the model, one host copy of its tensors when preprocessing (to undo it), one host copy of the
+    projections' Ŵ in the model's dtype, and one group of blocks' float64 input moments at a time
+    (``max_moment_bytes``). Per variant, the moments of the (preprocessed) model stream group by group; each
+    projection's Ŵ and errors are computed while its group's moments are in hand, Ŵ goes to the host; after the last
+    group every Ŵ is written into the live weights and ``measure`` runs once. The moments therefore always
+    describe the unquantized model, as the bit rule assumes.
 
     Args:
         model: a model of a family :mod:`tcompress.models` knows, with dense projections.
@@ -320,7 +321,8 @@ def reconstruction_wall(
             )
     results = []
     tokens = 0
-    with restoring(model, weights=True):
+    # The host copy of every tensor is needed only to undo preprocessing; Ŵ itself is undone from ``originals``.
+    with restoring(model, weights=bool(configs)):
         if configs:
             compress_(model, *configs)
         if (configs or baseline is None) and measure is not None:

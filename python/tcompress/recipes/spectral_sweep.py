@@ -102,7 +102,7 @@ def spectral_sweep(
     for r in ratios:
         FactorizeConfig(param_ratio=r)  # validates the ratio before any work
     order = sorted(set(ratios), reverse=True)
-    arch = models.architecture(model)
+    models.architecture(model)  # an unsupported model fails here, before any work
     if baseline is None and measure is not None:
         baseline = _ppl(measure(model))
     points: dict[tuple[str, float], SweepPoint] = {}
@@ -166,7 +166,7 @@ class _Totals:
 def _scaling_on(moment, method: str, device: torch.device):
     """The whitening (S, S⁻¹, damping) of one input, computed on the weight's device."""
     on_device = InputMoment(moment.xtx.to(device), moment.tokens)
-    return input_scaling(on_device, method)
+    return input_scaling(on_device, method, inverse=False)
 
 
 def _factor_and_measure(weight, module, name, scaling, moment, order, sums) -> LowRankLinear:
