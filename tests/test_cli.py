@@ -92,3 +92,110 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["perplexity", str(tmp_path / "nothing-here")])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("tcompress: error:")
+
+
+def test_perplexity_command_in_bfloat16(stories260k_dir, capsys):
+    import re
+
+    assert cli.main(["perplexity", str(stories260k_dir), "--text", "tinystories", "--dtype", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "(bfloat16)" in out and "3211 predicted tokens" in out
+    ppl = float(re.search(r"perplexity ([0-9.]+)", out).group(1))
+    assert ppl == pytest.approx(3.351, rel=0.03)  # bf16 rounding moves it a little, not a lot
+
+
+@pytest.mark.parametrize("command", ["perplexity", "quantize", "report", "export"])
+@pytest.mark.parametrize("given, expected", [("bfloat16", "bfloat16"), ("bf16", "bfloat16"), ("FP16", "float16")])
+def test_every_loading_command_takes_a_dtype(command, given, expected):
+    argv = {
+        "perplexity": ["perplexity", "m"],
+        "quantize": ["quantize", "m", "--out", "x"],
+        "report": ["report", "m"],
+        "export": ["export", "x", "--format", "gguf"],
+    }[command]
+    parser = cli.build_parser()
+    assert parser.parse_args(argv).dtype == "float32"
+    assert parser.parse_args([*argv, "--dtype", given]).dtype == expected
+
+
+@pytest.mark.parametrize("command", [["perplexity", "m"], ["report"], ["export", "x", "--format", "gguf"]])
+def test_a_bad_dtype_is_a_usage_error(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, "--dtype", "fp8"])
+    assert exc.value.code == 2
+    assert "argument --dtype: expected float32, bfloat16 or float16 (or fp32, bf16, fp16); got 'fp8'" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["perplexity", "m"],
+        ["quantize", "m", "--out", "x"],
+        ["export", "x", "--format", "gguf", "--model", "m"],
+    ],
+)
+def test_the_dtype_reaches_load(argv, monkeypatch, capsys):
+    import tcompress.models
+
+    seen = {}
+
+    def fake_load(name, **kwargs):
+        seen.update(kwargs, name=name)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(tcompress.models, "load", fake_load)
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--dtype", "bf16"])
+    assert exc.value.code == 2 and "stop here" in capsys.readouterr().err
+    assert seen == {"name": "m", "dtype": "bfloat16"}
+
+
+def test_report_passes_dtype_and_budget_overrides(monkeypatch):
+    import tcompress.report
+
+    seen = {}
+
+    def fake_run_report(model, **kwargs):
+        seen.update(kwargs)
+        return {"steps": {}}
+
+    monkeypatch.setattr(tcompress.report, "run_report", fake_run_report)
+    argv = ["report", "m", "--dtype", "bf16", "--no-tf32", "--eval-tokens", "all", "--calib-windows", "8"]
+    argv += ["--calib-length", "64", "--geometry-layers", "2", "--geometry-windows", "4", "--exit-windows", "3"]
+    argv += ["--exit-train-steps", "5", "--speed-tokens", "0"]
+    assert cli.main(argv) == 0
+    assert seen["dtype"] == "bfloat16" and seen["tf32"] is False
+    assert {k: seen[k] for k in ("eval_tokens", "calib_windows", "calib_length", "speed_tokens")} == {
+        "eval_tokens": "all",
+        "calib_windows": 8,
+        "calib_length": 64,
+        "speed_tokens": 0,
+    }
+    assert (seen["geometry_layers"], seen["geometry_windows"], seen["exit_windows"], seen["exit_train_steps"]) == (
+        2,
+        4,
+        3,
+        5,
+    )
+    assert cli.main(["report", "m"]) == 0  # without the flags: the budget's own sizes, fp32, TF32 allowed
+    assert seen["eval_tokens"] is None and seen["calib_windows"] is None and seen["dtype"] == "float32" and seen["tf32"]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--eval-tokens", "most", "argument --eval-tokens: expected a positive integer or 'all'; got 'most'"),
+        ("--eval-tokens", "0", "argument --eval-tokens: expected a positive integer or 'all'; got '0'"),
+        ("--calib-windows", "1", "argument --calib-windows: expected an integer ≥ 2; got 1"),
+        ("--calib-length", "x", "argument --calib-length: expected an integer ≥ 2; got 'x'"),
+        ("--geometry-windows", "1", "argument --geometry-windows: expected an integer ≥ 2; got 1"),
+        ("--exit-windows", "0", "argument --exit-windows: expected a positive integer; got 0"),
+        ("--speed-tokens", "-1", "argument --speed-tokens: expected an integer ≥ 0; got -1"),
+    ],
+)
+def test_report_refuses_bad_budget_overrides(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report", "m", flag, value])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

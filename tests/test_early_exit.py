@@ -51,9 +51,9 @@ def test_never_exiting_reproduces_the_full_model(factory):
     # Logits at every generated position agree with one full forward pass over the whole sequence.
     emitted, depths = policy_logits(runner, ours.tokens)
     with torch.no_grad():
-        full = model(ours.tokens, use_cache=False).logits[0]
+        full = model(ours.tokens, use_cache=False).logits
     torch.testing.assert_close(emitted, full, rtol=1e-5, atol=1e-5)
-    assert depths == [4] * ours.tokens.shape[1]
+    assert depths.tolist() == [[4] * ours.tokens.shape[1]]
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
@@ -76,7 +76,7 @@ def test_always_exiting_fills_the_skipped_caches(factory):
     # Teacher-forcing the generated text through the same policy emits the same tokens: generation and evaluation
     # build the same caches.
     emitted, _ = policy_logits(runner, out.tokens[:, :-1], prompt_length=prompt.shape[1])
-    assert torch.equal(emitted[prompt.shape[1] - 1 :].argmax(-1), out.tokens[0, prompt.shape[1] :])
+    assert torch.equal(emitted[0, prompt.shape[1] - 1 :].argmax(-1), out.tokens[0, prompt.shape[1] :])
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
@@ -160,5 +160,16 @@ def test_bad_inputs_are_clear_errors():
         runner.generate(torch.zeros(1, 3, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="windows must be"):
         evaluate_exit_policy(runner, torch.zeros(4, dtype=torch.long))
+    windows = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        evaluate_exit_policy(runner, windows, batch_size=0)
+    with pytest.raises(ValueError, match=r"forced_depths must have the shape of windows \(2, 5\)"):
+        evaluate_exit_policy(runner, windows, forced_depths=torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"forced_depths must be head depths \[1, 2\] or the full depth 4; got \[3\]"):
+        policy_logits(runner, windows, torch.full((2, 5), 3))
+    with pytest.raises(ValueError, match=r"ids must be \(B, L\) token ids"):
+        policy_logits(runner, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer token ids"):
+        policy_logits(runner, torch.zeros(2, 5))
     with pytest.raises(ValueError, match="unsupported architecture"):
         EarlyExitLM(torch.nn.Linear(2, 2), heads, 0.9, [1])

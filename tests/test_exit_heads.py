@@ -134,3 +134,26 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     (tmp_path / "h" / "exit_heads.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="cannot read"):
         load_exit_heads(tmp_path / "h", model)
+
+
+def test_heads_of_an_offloaded_model_live_on_the_execution_device():
+    # accelerate's cpu_offload keeps every weight on `meta` until its hook loads it: the heads must not follow the
+    # head's weight there, and the early-exit paths must run through the hooks.
+    from accelerate import cpu_offload
+    from tcompress.recipes.early_exit import EarlyExitLM, evaluate_exit_policy
+
+    model = _deeper(tiny_mistral)
+    windows = torch.randint(0, 512, (3, 10))
+    expected = evaluate_exit_policy(EarlyExitLM(model, build_exit_heads(model, [1, 2]), 0.003, [1, 2]), windows)
+    assert 1 < len(expected.exit_counts) and 4 in expected.exit_counts  # some tokens exit, not all
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert model.lm_head.weight.device.type == "meta"
+    heads = build_exit_heads(model, [1, 2], kind="tuned")
+    assert {p.device.type for p in heads.parameters()} == {"cpu"}
+    runner = EarlyExitLM(model, heads, 0.003, [1, 2])
+    result = evaluate_exit_policy(runner, windows)
+    assert result.exit_counts == expected.exit_counts and result.ppl == pytest.approx(expected.ppl, rel=1e-6)
+    assert len(runner.generate(windows[:1, :3], 4).depths) == 4
+    # Training after an inference-mode pass (accelerate re-created the placeholders in it) restores requires_grad.
+    train_exit_heads(heads, model, windows, steps=2, tokens_per_step=4, progress=False)
+    assert all(p.requires_grad for p in model.parameters())

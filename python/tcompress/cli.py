@@ -3,14 +3,18 @@
 tcompress              info, then the kernel self-check (the default job)
 tcompress info [--json]
 tcompress selfcheck [--rows N]
-tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L]
+tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L] [--dtype D]
 tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmetric] [--scale-dtype D]
-                   [--act-bits 8|4] [--rotate [--online-hadamard] [--rotate-seed S]] [--eval-tokens N]
+                   [--act-bits 8|4] [--rotate [--online-hadamard] [--rotate-seed S]] [--eval-tokens N] [--dtype D]
 tcompress report [MODEL] [--text T] [--calibration T] [--budget quick|standard|full] [--device D]
-                 [--device-map auto] [--out DIR] [--only STEP ...] [--skip STEP ...]
+                 [--device-map auto] [--dtype D] [--no-tf32] [--out DIR] [--only STEP ...] [--skip STEP ...]
+                 [--eval-tokens N|all] [--calib-windows N] [--calib-length N] [--geometry-layers N]
+                 [--geometry-windows N] [--exit-windows N] [--exit-train-steps N] [--speed-tokens N]
 tcompress report --render DIR      redraw the plots and report.md of a report folder from its results.json
 tcompress export OUT --format compressed-tensors|gguf [--model M] [--bits 8|4] [--group-size G|none]
-                 [--asymmetric] [--rotate] [--qtype Q8_0|Q4_0] [--overwrite] [--check]
+                 [--asymmetric] [--rotate] [--qtype Q8_0|Q4_0] [--dtype D] [--overwrite] [--check]
+
+--dtype float32|bfloat16|float16 (also fp32, bf16, fp16): the dtype the model is loaded in (default float32).
 """
 
 from __future__ import annotations
@@ -56,10 +60,15 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     from . import data
     from .models import load
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, dtype=args.dtype)
     source = data.text_source(args.text) if args.text else data.default_text_source()
     result = _measure(model, tokenizer, source, args.tokens, args.length)
-    print(f"{args.model} on {source.label}: perplexity {result.ppl:.4f} over {result.tokens} predicted tokens")
+    # The model's own dtype: a folder from `tcompress quantize` loads as saved, whatever --dtype says.
+    dtype = str(getattr(model, "dtype", args.dtype)).replace("torch.", "")
+    print(
+        f"{args.model} ({dtype}) on {source.label}: perplexity {result.ppl:.4f} over {result.tokens} predicted "
+        f"tokens in {result.seconds:.1f} s"
+    )
     return 0
 
 
@@ -80,7 +89,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     configs = [config]
     if args.rotate:
         configs.insert(0, RotateConfig(seed=args.rotate_seed, online_hadamard=args.online_hadamard))
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, dtype=args.dtype)
     source = data.default_text_source() if args.eval_tokens else None
     before = _measure(model, tokenizer, source, args.eval_tokens, None) if source else None
     compress_(model, *configs)
@@ -110,9 +119,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
         budget=args.budget,
         device=args.device,
         device_map=args.device_map,
+        dtype=args.dtype,
+        tf32=not args.no_tf32,
         out=args.out,
         only=args.only,
         skip=args.skip,
+        eval_tokens=args.eval_tokens,
+        calib_windows=args.calib_windows,
+        calib_length=args.calib_length,
+        geometry_layers=args.geometry_layers,
+        geometry_windows=args.geometry_windows,
+        exit_windows=args.exit_windows,
+        exit_train_steps=args.exit_train_steps,
+        speed_tokens=args.speed_tokens,
         command=" ".join(["tcompress", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else None,
     )
     # Exit status 1 when a step failed: the report is written either way, but scripts should notice.
@@ -128,7 +147,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--bits applies to --format compressed-tensors; GGUF quantizes with --qtype Q8_0|Q4_0")
     if args.format == "compressed-tensors" and args.qtype is not None:
         raise ValueError("--qtype applies to --format gguf; compressed-tensors takes --bits/--group-size")
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, dtype=args.dtype)
     configs = [RotateConfig(seed=args.rotate_seed)] if args.rotate else []
     if args.bits is not None:
         configs.append(QuantizeConfig(bits=args.bits, group_size=args.group_size, symmetric=not args.asymmetric))
@@ -182,6 +201,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer ≥ ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {low}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {low}; got {value}")
+        return value
+
+    return parse
+
+
+def _tokens_or_all(text: str) -> int | str:
+    if text.lower() == "all":
+        return "all"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all'; got {text!r}") from None
+
+
+def _dtype(text: str) -> str:
+    """An argparse type: a dtype name -> its canonical name (bf16 -> bfloat16)."""
+    from .models.load import resolve_dtype
+
+    try:
+        return str(resolve_dtype(text)).replace("torch.", "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected float32, bfloat16 or float16 (or fp32, bf16, fp16); got {text!r}"
+        ) from None
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        type=_dtype,
+        default="float32",
+        metavar="float32|bfloat16|float16",
+        help="the dtype the model is loaded in (default float32; also fp32, bf16, fp16)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcompress",
@@ -203,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokens", type=_positive_int, help="token budget (default: the whole text)")
     p.add_argument("--length", type=_positive_int, help="window length (default: the model's evaluation length)")
+    _add_dtype(p)
     p.set_defaults(func=_cmd_perplexity)
 
     p = sub.add_parser("quantize", help="round-to-nearest int8/int4 weight quantization, saved as a compressed folder")
@@ -222,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate-seed", type=int, default=0, help="seed of the rotation's random signs (default 0)")
     p.add_argument("--eval-tokens", type=_positive_int, help="also report perplexity before/after on this many tokens")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    _add_dtype(p)
     p.set_defaults(func=_cmd_quantize)
 
     from .report import BUDGET_NAMES, DEFAULT_MODEL, STEPS
@@ -242,9 +309,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=BUDGET_NAMES, default="quick", help="quick (default), standard or full")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--device-map", help="auto: spread a model too large for one device (accelerate)")
-    p.add_argument("--out", help="output folder (default tcompress-report/<model>-<budget>)")
+    _add_dtype(p)
+    p.add_argument(
+        "--no-tf32", action="store_true", help="on CUDA, keep float32 matmuls in full float32 (default: TF32 allowed)"
+    )
+    p.add_argument(
+        "--out", help="output folder (default tcompress-report/<model>-<budget>[-<dtype>][-custom with overrides])"
+    )
     p.add_argument("--only", nargs="+", choices=list(STEPS), metavar="STEP", help=f"run only these: {', '.join(STEPS)}")
     p.add_argument("--skip", nargs="+", choices=list(STEPS), metavar="STEP", help="leave these steps out")
+    sizes = p.add_argument_group("budget overrides", "replace one size of --budget (recorded in results.json)")
+    sizes.add_argument(
+        "--eval-tokens", type=_tokens_or_all, metavar="N|all", help="evaluation tokens, or all (the whole text)"
+    )
+    sizes.add_argument("--calib-windows", type=_int_at_least(2), metavar="N", help="calibration windows (≥ 2)")
+    sizes.add_argument("--calib-length", type=_int_at_least(2), metavar="N", help="calibration window length (≥ 2)")
+    sizes.add_argument("--geometry-layers", type=_positive_int, metavar="N", help="blocks whose geometry is measured")
+    sizes.add_argument(
+        "--geometry-windows", type=_int_at_least(2), metavar="N", help="calibration windows of the geometry (≥ 2)"
+    )
+    sizes.add_argument(
+        "--exit-windows", type=_positive_int, metavar="N", help="evaluation windows of the easy-token curves"
+    )
+    sizes.add_argument("--exit-train-steps", type=_positive_int, metavar="N", help="exit-head training steps")
+    sizes.add_argument(
+        "--speed-tokens", type=_int_at_least(0), metavar="N", help="tokens decoded to time early exit (0: skip)"
+    )
     p.add_argument("--render", metavar="DIR", help="only redraw the plots and report.md of DIR from its results.json")
     p.set_defaults(func=_cmd_report)
 
@@ -269,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", action="store_true", help="QuaRot-style Hadamard rotation fused into the weights first")
     p.add_argument("--rotate-seed", type=int, default=0, help="seed of the rotation's random signs (default 0)")
     p.add_argument("--qtype", choices=("Q8_0", "Q4_0"), help="gguf: the GGML quantization (default Q8_0)")
+    _add_dtype(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--check", action="store_true", help="reload with transformers and compare logits with tcompress's")
     p.set_defaults(func=_cmd_export)

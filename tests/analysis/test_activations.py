@@ -75,6 +75,39 @@ def test_gradients_with_frozen_parameters_and_grads_left_alone():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_gradient_pass_freezes_the_parameters_and_restores_their_flags():
+    model = FACTORIES["mistral"]()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a mix of flags, to see each restored as it was
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    kept = torch.ones_like(model.lm_head.weight)
+    model.lm_head.weight.grad = kept
+    seen = []
+    hook = model.model.layers[1].register_forward_hook(
+        lambda *_: seen.append([p.requires_grad for p in model.parameters()])
+    )
+    windows = _windows(n=4)
+    try:
+        stats = collect_block_statistics(model, windows, gradients=True, holdout=0.0, batch_size=2)
+    finally:
+        hook.remove()
+    assert seen and not any(any(flags) for flags in seen)  # frozen during every forward of the pass
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    assert model.lm_head.weight.grad is kept
+    assert all(p.grad is None for name, p in model.named_parameters() if name != "lm_head.weight")
+    # The statistics are those of autograd with the parameters left trainable.
+    model.model.embed_tokens.weight.requires_grad_(True)
+    out = model(windows, output_hidden_states=True, use_cache=False)
+    for h in out.hidden_states[:2]:
+        h.retain_grad()
+    per_window_loss(out.logits, windows).backward()
+    for layer in (0, 1):
+        g = _rows(out.hidden_states[layer].grad, "all")
+        torch.testing.assert_close(stats.moments(layer, "all").grad_grad, g.T @ g, rtol=1e-6, atol=1e-12)
+    # Capturing only block 1 (its input then becomes the leaf) gives block 1 the same gradients.
+    only = collect_block_statistics(model, windows, layers=[1], gradients=True, holdout=0.0, batch_size=2)
+    torch.testing.assert_close(only.moments(1, "all").grad_grad, stats.moments(1, "all").grad_grad)
+
+
 def test_heldout_split_is_by_window_and_seeded():
     train, heldout = split_windows(10, 0.2, seed=3)
     assert len(heldout) == 2 and sorted(train + heldout) == list(range(10))

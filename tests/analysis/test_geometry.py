@@ -183,6 +183,36 @@ def test_unembedding_directions_are_the_pulled_back_logit_principal_directions()
         geometry.unembedding_directions(cov, torch.ones(vocab, d + 1))
 
 
+def test_unembedding_directions_from_a_precomputed_head_gram(monkeypatch):
+    gen = torch.Generator().manual_seed(15)
+    d, vocab = 6, 40
+    cov = _random_cov(d, 16)
+    w = torch.randn(vocab, d, generator=gen, dtype=torch.float32)
+    gamma = torch.rand(d, generator=gen) + 0.5
+    folded = w.double() * gamma.double()
+    # Rows a block at a time (3 rows per block here) give the gram of the whole folded weight.
+    monkeypatch.setattr(geometry, "_GRAM_CHUNK_ELEMENTS", 3 * d)
+    gram = geometry.HeadGram.of(w, gamma)
+    assert gram.hidden_size == d and gram.basis.dtype == torch.float64
+    values, vectors = torch.linalg.eigh(folded.T @ folded)
+    torch.testing.assert_close(gram.singular, values.sqrt(), rtol=1e-10, atol=0)
+    expected = geometry.unembedding_directions(cov, folded)
+    got = geometry.unembedding_directions(cov, gram=gram)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-9, atol=1e-12)
+    for k in (1, 3, 6):
+        assert geometry.subspace_overlap(got[1][:, :k], expected[1][:, :k]) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="exactly one of head_weight and gram"):
+        geometry.unembedding_directions(cov)
+    with pytest.raises(ValueError, match="exactly one of head_weight and gram"):
+        geometry.unembedding_directions(cov, folded, gram=gram)
+    with pytest.raises(ValueError, match="head gram is for d = 6; the covariance has d = 5"):
+        geometry.unembedding_directions(_random_cov(5, 1), gram=gram)
+    with pytest.raises(ValueError, match=r"scale must be \(6,\)"):
+        geometry.HeadGram.of(w, gamma[:5])
+    with pytest.raises(ValueError, match=r"non-empty \(vocab, d\) floating tensor; got \(40, 6\) torch.int64"):
+        geometry.HeadGram.of(w.long())
+
+
 # -- one layer, end to end --------------------------------------------------------------------------------------
 
 

@@ -177,6 +177,42 @@ def test_geometry_of_collected_statistics_covers_both_position_sets(tiny_mistral
     assert decoded["settings"]["what"] == "test" and decoded["default_positions"] == "no_first"
 
 
+def test_geometry_decomposes_the_head_gram_once_per_model(tiny_gpt2, monkeypatch):
+    from tcompress.analysis import geometry
+
+    stats = collect_block_statistics(tiny_gpt2, _windows(4, 24, 5), gradients=True, holdout=0.25, seed=0)
+    calls = []
+    original = geometry.HeadGram.of.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(args[0].shape)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(geometry.HeadGram, "of", classmethod(counting))
+    report, _ = activation_geometry(stats, model=tiny_gpt2)
+    assert len(report.layers) == 4 and calls == [(512, 64)]  # 2 layers x 2 position sets, one decomposition
+    monkeypatch.undo()
+    folded = geometry.folded_head_weight(tiny_gpt2)
+    for g in report.layers:
+        moments = stats.moments(g.layer, g.positions, "train")
+        per_layer, _ = geometry.layer_geometry(moments, layer=g.layer, positions=g.positions, head_weight=folded)
+        assert per_layer.unembedding.overlap == pytest.approx(g.unembedding.overlap, rel=1e-9)
+
+
+def test_geometry_on_statistics_held_on_a_cuda_device_matches_the_cpu(tiny_mistral, cuda_device):
+    import dataclasses
+
+    stats = collect_block_statistics(tiny_mistral, _windows(4, 24, 6), gradients=True, holdout=0.25, seed=0)
+    on_device = dataclasses.replace(stats, parts={k: m.to(cuda_device) for k, m in stats.parts.items()})
+    report, bases = activation_geometry(on_device, model=tiny_mistral)
+    reference, _ = activation_geometry(stats, model=tiny_mistral)
+    for g, r in zip(report.layers, reference.layers):
+        assert g.k == r.k
+        assert g.gradient.overlap == pytest.approx(r.gradient.overlap, rel=1e-6, abs=1e-9)
+        assert g.unembedding.overlap == pytest.approx(r.unembedding.overlap, rel=1e-6, abs=1e-9)
+    assert all(b.variance.device.type == "cpu" for b in bases.values())
+
+
 def test_stories260k_variance_subspace_keeps_most_heldout_variance(stories260k):
     model, tok = stories260k
     stories = data.tinystories_texts()

@@ -11,7 +11,7 @@ import tcompress
 import torch
 from model_factories import tiny_gpt2
 from tcompress.models import architecture, resolve_model
-from tcompress.models.load import SMOLLM2_GGUF
+from tcompress.models.load import SMOLLM2_GGUF, resolve_dtype
 from transformers import GPT2TokenizerFast, OPTConfig, OPTForCausalLM
 
 
@@ -129,3 +129,37 @@ def test_load_smollm2():
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model folder or file"):
         resolve_model(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("BF16", torch.bfloat16),
+        ("torch.float16", torch.float16),
+        ("fp16", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+    ],
+)
+def test_resolve_dtype_takes_names_and_dtypes(name, expected):
+    assert resolve_dtype(name) is expected
+
+
+@pytest.mark.parametrize("bad", ["fp8", "int8", "", 16, None])
+def test_load_refuses_an_unknown_dtype_before_reading_anything(bad, tmp_path):
+    # The model does not exist: the dtype is checked first, so the message is about the dtype.
+    expected = r"load: dtype must be one of float32, fp32, bfloat16, bf16, float16, fp16 or a floating torch.dtype; got"
+    with pytest.raises(ValueError, match=expected):
+        tcompress.load(tmp_path / "nothing-here", dtype=bad)
+
+
+def test_load_refuses_a_non_floating_dtype():
+    with pytest.raises(ValueError, match="dtype must be a floating-point dtype such as torch.bfloat16; got torch.int8"):
+        resolve_dtype(torch.int8)
+
+
+def test_load_stories260k_with_a_dtype_name(stories260k_dir):
+    model, _ = tcompress.load(stories260k_dir, dtype="bf16")
+    assert model.dtype == torch.bfloat16

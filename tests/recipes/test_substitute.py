@@ -1,15 +1,19 @@
 """substitute_: layers replaced by fitted linear maps drop into every family, keep generation with a KV cache right,
-count parameters as the paper does, fit clean vs sequential, and reject bad configs with clear messages."""
+count parameters as the paper does, fit clean vs sequential, reject bad configs with clear messages, and work on a
+model that accelerate dispatched with disk offload (the map on the layer's execution device, the model whole again
+after measure_substitution)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from model_factories import FACTORIES
+from tcompress import evaluate, models
 from tcompress.analysis.activations import collect_block_statistics
 from tcompress.analysis.linearity import fit_affine
 from tcompress.nn import LinearBlock
 from tcompress.recipes import SubstituteConfig, SubstitutedBlock, compress_, substitute_
+from tcompress.recipes.substitute import measure_substitution
 
 
 def _windows(n=8, t=24, seed=0):
@@ -154,3 +158,57 @@ def test_measure_substitution_restores_the_model_when_measuring_fails():
     with pytest.raises(RuntimeError, match="measure failed"):
         measure_substitution(model, _windows(), SubstituteConfig(blocks=(-1,), rank=8), broken, 1.0)
     assert [id(b) for b in model.model.layers] == before
+
+
+# -- a model that accelerate dispatched with offload (tests/offload_models.py) ------------------------------------
+
+
+@pytest.fixture(scope="module", params=["gpt2", "mistral"])
+def pair(request, tmp_path_factory):
+    pytest.importorskip("accelerate")
+    from offload_models import offloaded_pair
+
+    return offloaded_pair(request.param, tmp_path_factory.mktemp(f"offload-{request.param}"))
+
+
+def _measure(windows):
+    return lambda model: evaluate.perplexity(model, windows, progress=False)
+
+
+@pytest.mark.parametrize("config", [SubstituteConfig(blocks=(-1,), rank=8), SubstituteConfig(blocks=(0, 1), rank=None)])
+def test_measure_substitution_matches_and_puts_the_offloaded_block_back(pair, config):
+    measure = _measure(pair.windows)
+    baseline = measure(pair.plain).ppl
+    assert measure(pair.model).ppl == pytest.approx(baseline, rel=1e-6)
+    blocks = models.architecture(pair.model).blocks(pair.model)
+    originals = list(blocks)
+    row = measure_substitution(pair.model, pair.windows, config, measure, baseline)
+    reference = measure_substitution(pair.plain, pair.windows, config, measure, baseline)
+    assert row["ppl"] == pytest.approx(reference["ppl"], rel=1e-5)
+    assert row["compression_ratio"] == reference["compression_ratio"]
+    assert all(a is b for a, b in zip(blocks, originals))
+    assert measure(pair.model).ppl == pytest.approx(baseline, rel=1e-6)
+
+
+def test_substituted_map_lives_on_the_execution_device_and_keeps_the_hooks(pair):
+    spec = models.architecture(pair.model)
+    name = f"{spec.blocks_path}.1"
+    original, plain_original = pair.model.get_submodule(name), pair.plain.get_submodule(name)
+    try:
+        substitute_(pair.model, pair.windows, SubstituteConfig(blocks=(1,), rank=4))
+        substituted = pair.model.get_submodule(name)
+        assert isinstance(substituted, SubstitutedBlock)
+        assert models.is_offloaded(substituted)  # offloaded like the block it replaced
+        assert models.execution_device(substituted) == torch.device("cpu")
+        with models.materialized(substituted):
+            assert substituted.linear_block.U.device.type == "cpu"
+            assert substituted.linear_block.U.dtype == torch.float32
+        assert substituted.linear_block.U.device.type == "meta"
+        plain_substituted = substitute_(pair.plain, pair.windows, SubstituteConfig(blocks=(1,), rank=4))
+        assert plain_substituted.compression_ratio > 1
+        ppl = _measure(pair.windows)
+        assert ppl(pair.model).ppl == pytest.approx(ppl(pair.plain).ppl, rel=1e-5)
+    finally:
+        models.set_module(pair.model, name, original)
+        models.set_module(pair.plain, name, plain_original)
+        pair.model.tcompress_config = pair.plain.tcompress_config = []

@@ -168,3 +168,178 @@ def test_cli_render(stories_report, tmp_path, capsys):
     (tmp_path / "results.json").write_text((out / "results.json").read_text())
     assert cli.main(["report", "--render", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").is_file()
+
+
+# -- dtype, TF32 and budget overrides -------------------------------------------------------------------------------
+
+
+def test_with_overrides_replaces_sizes_and_keeps_the_name():
+    import dataclasses
+
+    from tcompress.report.budgets import budget, with_overrides
+
+    quick = budget("quick")
+    changed = with_overrides(quick, eval_tokens=None, calib_windows=8, spectral_ratios=[0.5], substitution_ranks=[None])
+    assert changed.name == "quick" and changed.eval_tokens is None and changed.calib_windows == 8
+    assert changed.spectral_ratios == (0.5,) and changed.substitution_ranks == (None,)  # lists stored as tuples
+    restored = dataclasses.replace(
+        changed,
+        eval_tokens=quick.eval_tokens,
+        calib_windows=quick.calib_windows,
+        spectral_ratios=quick.spectral_ratios,
+        substitution_ranks=quick.substitution_ranks,
+    )
+    assert restored == quick  # nothing else changed
+    assert with_overrides(quick) == quick
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"eval_token": 10}, "unknown budget override(s) eval_token; expected some of eval_tokens, calib_windows"),
+        ({"name": "huge"}, "unknown budget override(s) name"),
+        ({"eval_tokens": 0}, "eval_tokens must be a positive int or None (the whole text); got 0"),
+        ({"eval_tokens": "all"}, "eval_tokens must be a positive int or None (the whole text); got 'all'"),
+        ({"calib_windows": 1}, "calib_windows must be an int ≥ 2; got 1"),
+        ({"calib_length": 2.5}, "calib_length must be an int ≥ 2; got 2.5"),
+        ({"geometry_windows": True}, "geometry_windows must be an int ≥ 2; got True"),
+        ({"speed_tokens": -1}, "speed_tokens must be an int ≥ 0; got -1"),
+        ({"spectral_ratios": (0.5, 1.5)}, "spectral_ratios must be a non-empty sequence of numbers in (0, 1]; got"),
+        ({"spectral_ratios": ()}, "spectral_ratios must be a non-empty sequence of numbers in (0, 1]; got ()"),
+        ({"exit_taus": (0.0,)}, "exit_taus must be a non-empty sequence of positive numbers; got (0.0,)"),
+        ({"quant_configs": ("W3",)}, "quant_configs must be a non-empty sequence of names out of W8, W8A8"),
+        ({"spectral_methods": "plain"}, "spectral_methods must be a non-empty sequence of names out of plain"),
+        ({"substitution_int8": "yes"}, "substitution_int8 must be True or False; got 'yes'"),
+        ({"wall_rotations": (0,)}, "wall_rotations must be a non-empty sequence of True/False; got (0,)"),
+        ({"multi_block_counts": (2, 0)}, "multi_block_counts must be a non-empty sequence of ints ≥ 1; got (2, 0)"),
+    ],
+)
+def test_with_overrides_names_what_is_wrong(overrides, message):
+    import re
+
+    from tcompress.report.budgets import budget, with_overrides
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        with_overrides(budget("quick"), **overrides)
+
+
+def test_run_report_refuses_bad_dtype_and_overrides_before_loading():
+    with pytest.raises(ValueError, match=r"report: dtype must be one of float32, .* got 'fp8'"):
+        run_report("no-such-model", dtype="fp8")
+    with pytest.raises(ValueError, match="eval_tokens must be a positive int, None or 'all' .*; got 'most'"):
+        run_report("no-such-model", eval_tokens="most")
+    with pytest.raises(ValueError, match="budget override calib_windows must be an int ≥ 2; got 1"):
+        run_report("no-such-model", calib_windows=1)
+    with pytest.raises(ValueError, match="calib_windows given both as an argument and in overrides, differently"):
+        run_report("no-such-model", calib_windows=4, overrides={"calib_windows": 8})
+    with pytest.raises(ValueError, match="unknown budget override"):
+        run_report("no-such-model", overrides={"windows": 8})
+    with pytest.raises(ValueError, match="tf32 must be True or False; got 'no'"):
+        run_report("no-such-model", tf32="no")
+
+
+def test_default_output_folder_names_dtype_and_overrides():
+    import torch
+
+    assert str(report_runner._default_out("smollm2-135m", "quick", torch.float32, {})).endswith("smollm2-135m-quick")
+    assert str(report_runner._default_out("smollm2-135m", "full", torch.bfloat16, {})).endswith(
+        "smollm2-135m-full-bfloat16"
+    )
+    assert str(report_runner._default_out("a/b", "quick", torch.float32, {"eval_tokens": 8})).endswith(
+        "a--b-quick-custom"
+    )
+
+
+def test_tf32_is_allowed_only_inside_and_restored():
+    import torch
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    with report_runner._tf32(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+    with pytest.raises(RuntimeError), report_runner._tf32(True):
+        raise RuntimeError("a failing report")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+    with report_runner._tf32(False):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+
+
+@pytest.fixture(scope="module")
+def bf16_report(tmp_path_factory, stories260k_dir):
+    """A bf16 stories260K report with smaller sizes: baseline and linearity only (a few seconds)."""
+    out = tmp_path_factory.mktemp("bf16-report")
+    results = run_report(
+        "stories260k",
+        text="tinystories",
+        out=out,
+        only=["baseline", "linearity"],
+        dtype="bf16",
+        eval_tokens=1024,
+        calib_windows=8,
+        calib_length=64,
+        log=_quiet,
+        command="test",
+    )
+    return out, results
+
+
+def test_bf16_report_records_dtype_precision_and_overrides(bf16_report):
+    out, results = bf16_report
+    assert all(entry["status"] == "ok" for entry in results["steps"].values())
+    assert results["model"]["dtype"] == "bfloat16"
+    assert results["precision"] == {"dtype": "bfloat16", "tf32": False, "float32_matmul_precision": "highest"}
+    assert results["overrides"] == {"eval_tokens": 1024, "calib_windows": 8, "calib_length": 64}
+    assert results["budget"]["name"] == "quick" and results["budget"]["calib_windows"] == 8
+    assert results["data"]["calibration"]["windows"] == [8, 64]
+    assert results["data"]["evaluation"]["tokens"] <= 1024
+    # bf16 rounding costs stories260K a little perplexity, not a lot (fp32: 3.1 to 3.4 on these texts)
+    assert 2.5 < results["steps"]["baseline"]["result"]["ppl"] < 4.5
+    assert json.loads((out / "results.json").read_text())["overrides"] == results["overrides"]
+
+
+def test_reruns_reuse_steps_only_with_the_same_dtype_and_overrides(bf16_report, tmp_path):
+    out, _ = bf16_report
+    sizes = dict(eval_tokens=1024, calib_windows=8, calib_length=64)
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "results.json").write_text((out / "results.json").read_text())
+    results = run_report(
+        "stories260k", text="tinystories", out=same, only=["baseline"], dtype="bfloat16", log=_quiet, **sizes
+    )
+    assert list(results["steps"]) == ["baseline", "linearity"]  # linearity kept from the earlier run
+    for name, changed in (
+        ("fp32", dict(sizes, dtype="float32")),
+        ("sizes", dict(sizes, eval_tokens=512, dtype="bf16")),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text((out / "results.json").read_text())
+        results = run_report("stories260k", text="tinystories", out=folder, only=["baseline"], log=_quiet, **changed)
+        assert list(results["steps"]) == ["baseline"], name
+
+
+def test_tf32_is_on_while_a_cuda_report_runs_and_restored_after(monkeypatch, stories260k_dir, tmp_path):
+    """On CPU the setting changes nothing, so the run pretends to be on CUDA and a step records what it saw."""
+    import torch
+
+    seen = {}
+    real_baseline = report_runner.STEPS["baseline"]
+
+    def recording_baseline(ctx):
+        seen["precision"] = torch.get_float32_matmul_precision()
+        seen["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        return real_baseline(ctx)
+
+    before = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(report_runner, "_uses_cuda", lambda device, device_map: True)
+    monkeypatch.setitem(report_runner.STEPS, "baseline", recording_baseline)
+    results = run_report(
+        "stories260k", text="tinystories", out=tmp_path, only=["baseline"], calib_windows=4, calib_length=32, log=_quiet
+    )
+    assert seen == {"precision": "high", "allow_tf32": True}
+    assert results["precision"]["tf32"] is True and results["precision"]["float32_matmul_precision"] == "high"
+    assert torch.get_float32_matmul_precision() == before
+    no_tf32 = run_report(
+        "stories260k", text="tinystories", out=tmp_path / "strict", only=["baseline"], tf32=False, log=_quiet
+    )
+    assert no_tf32["precision"]["tf32"] is False and seen["precision"] == before

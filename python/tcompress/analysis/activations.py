@@ -340,7 +340,7 @@ class _Collector:
             hidden = models.block_input_hidden_states(args, kwargs)
             replaced = None
             if self.gradients and not hidden.requires_grad:
-                # The model's parameters may be frozen; a leaf that requires grad still gets dL/dh.
+                # The parameters are frozen, so nothing upstream requires grad: a leaf that does still gets dL/dh.
                 hidden = replaced = hidden.detach().requires_grad_(True)
             self.inputs[layer] = hidden
             if self.gradients:
@@ -387,7 +387,9 @@ def collect_block_statistics(
     ``windows`` (num_windows, T) int64 -> :class:`BlockStatistics` holding, per block, position part and split, a
     :class:`Moments`. The model runs in eval mode (its flags are restored) without a KV cache; with ``gradients`` it
     runs with autograd and backpropagates the loss described in the module docstring (run fp32 models for
-    meaningful gradients); the parameters' ``.grad`` fields are left as they were.
+    meaningful gradients) with every parameter frozen for the pass (``requires_grad`` restored afterwards), so no
+    parameter gradient is computed and the ``.grad`` fields are left as they were. A model that accelerate
+    dispatched with offload works (the ids go to the embedding's execution device).
 
     Args:
         model: a causal LM of a family :mod:`tcompress.models` supports (may be split over devices).
@@ -415,12 +417,22 @@ def collect_block_statistics(
     for i in layer_ids:
         handles.append(blocks[i].register_forward_pre_hook(collector.pre_hook(i), with_kwargs=True))
         handles.append(blocks[i].register_forward_hook(collector.post_hook(i), with_kwargs=True))
-    device = spec.embeddings(model).weight.device
+    # Where the ids go: the embedding's execution device (its weight sits on meta when accelerate offloads it).
+    device = models.execution_device(spec.embeddings(model))
     kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
-    saved_grads = {p: p.grad for p in model.parameters()}
     training = [(m, m.training) for m in model.modules()]
+    # dL/dh needs no parameter gradient: frozen parameters give the backward pass nothing to accumulate (no second
+    # copy of the model in .grad) and stop it at the first captured block's input.
+    requires_grad = [
+        (m, n, p.requires_grad)
+        for m in model.modules()
+        for n, p in m._parameters.items()
+        if p is not None and gradients
+    ]
     model.eval()
     try:
+        for m, n, _ in requires_grad:
+            m._parameters[n].requires_grad_(False)
         for split, indices in (("train", train), ("heldout", heldout)):
             collector.split = split
             for start in range(0, len(indices), batch_size):
@@ -436,8 +448,9 @@ def collect_block_statistics(
             h.remove()
         for m, flag in training:
             m.training = flag
-        for p, g in saved_grads.items():
-            p.grad = g
+        for m, n, flag in requires_grad:
+            # Looked up again: accelerate's offload hooks replace a module's Parameter objects at every forward.
+            m._parameters[n].requires_grad_(flag)
     d = next(iter(collector.parts.values())).hidden_size
     return BlockStatistics(
         layers=layer_ids,

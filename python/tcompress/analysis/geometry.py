@@ -41,6 +41,9 @@ UNCORRELATED_BELOW = 0.5
 # Eigenvalues below this fraction of the largest are treated as zero when whitening (directions without variance).
 _RELATIVE_RANK_TOLERANCE = 1e-10
 
+# Elements of the head weight turned into float64 at a time when forming WᵀW (256 MiB of float64 per block of rows).
+_GRAM_CHUNK_ELEMENTS = 1 << 25
+
 
 class HiddenStateMoments(Protocol):
     """What the geometry reads from a block's statistics (:class:`tcompress.analysis.activations.Moments` has it)."""
@@ -79,7 +82,7 @@ def _check_basis(who: str, name: str, basis: torch.Tensor, d: int | None = None)
         raise ValueError(f"{who}: {name} has {basis.shape[0]} rows; expected d = {d}")
     basis = basis.double()
     gram = basis.T @ basis
-    if not torch.allclose(gram, torch.eye(basis.shape[1], dtype=torch.float64), atol=1e-6):
+    if not torch.allclose(gram, torch.eye(basis.shape[1], dtype=torch.float64, device=basis.device), atol=1e-6):
         raise ValueError(f"{who}: {name} must have orthonormal columns (BᵀB = I)")
     return basis
 
@@ -153,11 +156,11 @@ def canonical_correlations(cov: torch.Tensor, u: torch.Tensor, g: torch.Tensor) 
     g = _check_basis("canonical_correlations", "g", g, cov.shape[0])
     count = min(u.shape[1], g.shape[1])
     if float(torch.diagonal(cov).sum()) <= 0.0:
-        return torch.zeros(count, dtype=torch.float64)
+        return torch.zeros(count, dtype=torch.float64, device=cov.device)
     wx = _inverse_sqrt(u.T @ cov @ u)
     wy = _inverse_sqrt(g.T @ cov @ g)
     singular = torch.linalg.svdvals(wx.T @ (u.T @ cov @ g) @ wy).clamp(0.0, 1.0)
-    out = torch.zeros(count, dtype=torch.float64)
+    out = torch.zeros(count, dtype=torch.float64, device=cov.device)
     out[: min(count, singular.numel())] = singular[:count]
     return out
 
@@ -179,7 +182,66 @@ def variance_fraction_in(second_moment: torch.Tensor, basis: torch.Tensor) -> fl
     return float(torch.diagonal(b.T @ s @ b).sum()) / total
 
 
-def unembedding_directions(cov: torch.Tensor, head_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class HeadGram:
+    """WᵀW = B diag(s²) Bᵀ for a head weight W (vocab, d), over the range of W: what the unembedding directions of
+    every layer share, so it is computed once per model (:meth:`of`, :func:`folded_head_gram`).
+
+    Attributes:
+        basis: (d, r) B, orthonormal eigenvectors of WᵀW with nonzero eigenvalue (r = rank W), float64.
+        singular: (r,) s, the matching singular values of W (square roots of the eigenvalues), float64.
+    """
+
+    basis: torch.Tensor
+    singular: torch.Tensor
+
+    @property
+    def hidden_size(self) -> int:
+        """d."""
+        return self.basis.shape[0]
+
+    @classmethod
+    def of(cls, head_weight: torch.Tensor, scale: torch.Tensor | None = None) -> HeadGram:
+        """W = ``head_weight`` (vocab, d) (times ``scale`` (d,) per column, if given) -> :class:`HeadGram` of W.
+
+        Computed in float64 on the weight's device, a block of rows at a time (no float64 copy of W is made).
+
+        Raises:
+            ValueError: a weight that is not a non-empty 2-D floating tensor, or a scale that is not (d,).
+        """
+        if (
+            not isinstance(head_weight, torch.Tensor)
+            or head_weight.dim() != 2
+            or head_weight.numel() == 0
+            or not head_weight.dtype.is_floating_point
+        ):
+            got = (
+                f"{tuple(head_weight.shape)} {head_weight.dtype}"
+                if isinstance(head_weight, torch.Tensor)
+                else type(head_weight).__name__
+            )
+            raise ValueError(f"HeadGram.of: head_weight must be a non-empty (vocab, d) floating tensor; got {got}")
+        d = head_weight.shape[1]
+        if scale is not None and (not isinstance(scale, torch.Tensor) or tuple(scale.shape) != (d,)):
+            got = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise ValueError(f"HeadGram.of: scale must be ({d},) to match head_weight; got {got}")
+        weight = head_weight.detach()
+        factor = None if scale is None else scale.detach().to(device=weight.device, dtype=torch.float64)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=weight.device)
+        rows = max(1, _GRAM_CHUNK_ELEMENTS // d)
+        for start in range(0, weight.shape[0], rows):
+            chunk = weight[start : start + rows].double()
+            if factor is not None:
+                chunk = chunk * factor[None, :]
+            gram.addmm_(chunk.T, chunk)
+        values, vectors = torch.linalg.eigh(gram)
+        keep = values > _RELATIVE_RANK_TOLERANCE * float(values.max())
+        return cls(basis=vectors[:, keep], singular=values[keep].sqrt())
+
+
+def unembedding_directions(
+    cov: torch.Tensor, head_weight: torch.Tensor | None = None, *, gram: HeadGram | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(eigenvalues (r,), directions (d, r)): the logit-lens principal directions pulled back to the residual stream.
 
     With W = ``head_weight`` (vocab, d) (the final norm's scale already folded in) and Σ = ``cov`` (d, d): the
@@ -188,18 +250,27 @@ def unembedding_directions(cov: torch.Tensor, head_weight: torch.Tensor) -> tupl
     pulled-back directions Wᵀ u_i ∝ B S e_i. The leading k columns of the result are an orthonormal basis of the span
     of the top-k pulled-back directions (Gram-Schmidt in order, so nested in k).
 
+    Give either ``head_weight`` or ``gram`` (B and S precomputed by :meth:`HeadGram.of`, e.g. once for all layers of a
+    model). Computed in float64 on ``cov``'s device.
+
     Raises:
-        ValueError: a bad covariance, or a head weight whose width is not d.
+        ValueError: a bad covariance, neither or both of head_weight and gram, or a head whose width is not d.
     """
     cov = _check_square_symmetric("unembedding_directions", "cov", cov)
-    if not isinstance(head_weight, torch.Tensor) or head_weight.dim() != 2 or head_weight.shape[1] != cov.shape[0]:
-        got = tuple(head_weight.shape) if isinstance(head_weight, torch.Tensor) else type(head_weight).__name__
-        raise ValueError(f"unembedding_directions: head_weight must be (vocab, {cov.shape[0]}); got {got}")
-    w = head_weight.detach().double().cpu()
-    gram_values, gram_vectors = torch.linalg.eigh(w.T @ w)
-    keep = gram_values > _RELATIVE_RANK_TOLERANCE * float(gram_values.max())
-    b, s = gram_vectors[:, keep], gram_values[keep].sqrt()
-    inner = (s[:, None] * (b.T @ cov.cpu() @ b)) * s[None, :]
+    d = cov.shape[0]
+    if (head_weight is None) == (gram is None):
+        raise ValueError("unembedding_directions: give exactly one of head_weight and gram")
+    if gram is None:
+        if not isinstance(head_weight, torch.Tensor) or head_weight.dim() != 2 or head_weight.shape[1] != d:
+            got = tuple(head_weight.shape) if isinstance(head_weight, torch.Tensor) else type(head_weight).__name__
+            raise ValueError(f"unembedding_directions: head_weight must be (vocab, {d}); got {got}")
+        gram = HeadGram.of(head_weight.to(cov.device))
+    if gram.hidden_size != d:
+        raise ValueError(
+            f"unembedding_directions: the head gram is for d = {gram.hidden_size}; the covariance has d = {d}"
+        )
+    b, s = gram.basis.to(cov.device), gram.singular.to(cov.device)
+    inner = (s[:, None] * (b.T @ cov @ b)) * s[None, :]
     values, vectors = torch.linalg.eigh((inner + inner.T) / 2)
     values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
     pulled_back = b @ (s[:, None] * vectors)
@@ -319,8 +390,11 @@ def layer_geometry(
     gradients: bool = True,
     head_weight: torch.Tensor | None = None,
     heldout: HiddenStateMoments | None = None,
+    head_gram: HeadGram | None = None,
 ) -> tuple[LayerGeometry, LayerBases]:
     """One block's input statistics -> (:class:`LayerGeometry`, :class:`LayerBases`).
+
+    The matrix work runs in float64 on the device the moments are on; the returned bases are on the CPU.
 
     Args:
         moments: the block's float64 sums for one position set (``mean_in``, ``cov_in``, ``grad_second_moment``).
@@ -331,11 +405,14 @@ def layer_geometry(
         head_weight: (vocab, d) head weight with the final norm's scale folded in, for the unembedding directions;
             None skips them.
         heldout: the same block's sums over held-out windows, for the retained variance of each basis; None skips it.
+        head_gram: the head's :class:`HeadGram` (:func:`folded_head_gram`), instead of ``head_weight``: computed once
+            for all layers of a model.
 
     Raises:
         ValueError: as the matrix functions, or moments without gradient sums when ``gradients``.
     """
-    cov = moments.cov_in().double().cpu()
+    cov = moments.cov_in().double()
+    device = cov.device
     values, vectors = principal_directions(cov)
     k = components_for_fraction(values, variance_target)
     u = vectors[:, :k]
@@ -343,19 +420,21 @@ def layer_geometry(
     gradient = unembedding = grad_share = None
     g = w = None
     if gradients:
-        grad_moment = moments.grad_second_moment().double().cpu()
+        grad_moment = moments.grad_second_moment().double().to(device)
         g = principal_directions(grad_moment)[1][:, :k]
         gradient = compare_subspaces("gradient", cov, u, g)
         trace = float(torch.diagonal(grad_moment).sum())
         grad_share = variance_fraction_in(grad_moment, u) if trace > 0 else math.nan
-    if head_weight is not None:
-        w = unembedding_directions(cov, head_weight)[1][:, :k]
+    if head_weight is not None or head_gram is not None:
+        if head_gram is None:
+            head_gram = HeadGram.of(head_weight.to(device))
+        w = unembedding_directions(cov, gram=head_gram)[1][:, :k]
         unembedding = compare_subspaces("unembedding", cov, u, w)
-    mean = moments.mean_in().double().cpu()
+    mean = moments.mean_in().double().to(device)
     retained: dict[str, float] = {}
     if heldout is not None and heldout.count > 0:
-        offset = heldout.mean_in().double().cpu() - mean
-        about_mean = heldout.cov_in().double().cpu() + torch.outer(offset, offset)  # E[(h-μ)(h-μ)ᵀ] on held-out h
+        offset = heldout.mean_in().double().to(device) - mean
+        about_mean = heldout.cov_in().double().to(device) + torch.outer(offset, offset)  # E[(h-μ)(h-μ)ᵀ], held out
         for name, basis in (("variance", u), ("gradient", g), ("unembedding", w)):
             if basis is not None:
                 retained[name] = variance_fraction_in(about_mean, basis)
@@ -373,7 +452,8 @@ def layer_geometry(
         heldout_tokens=int(heldout.count) if heldout is not None else 0,
         heldout_retained_variance=retained,
     )
-    return geometry, LayerBases(mean, u, g, w)
+    # On the CPU: a report keeps the bases of every layer and position set, which would add up on an accelerator.
+    return geometry, LayerBases(*(None if t is None else t.cpu() for t in (mean, u, g, w)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,16 +498,36 @@ class GeometryReport:
 def folded_head_weight(model: torch.nn.Module) -> torch.Tensor:
     """(vocab, d): the model's head weight times the final norm's scale (W_U · diag(γ)), float64 on the CPU.
 
-    The final norm's centring (LayerNorm) and per-token scaling are not folded (see the module docstring).
+    The final norm's centring (LayerNorm) and per-token scaling are not folded (see the module docstring). Works on
+    offloaded weights (read through :func:`tcompress.models.materialized`). For the unembedding directions,
+    :func:`folded_head_gram` needs only a (d, d) float64 matrix, not this (vocab, d) copy.
     """
     from .. import models
 
     spec = models.architecture(model)
-    weight = spec.head(model).weight.detach().double().cpu()
-    gamma = getattr(spec.final_norm(model), "weight", None)
-    if gamma is not None:
-        weight = weight * gamma.detach().double().cpu()[None, :]
+    head, norm = spec.head(model), spec.final_norm(model)
+    with models.materialized(head), models.materialized(norm):
+        weight = head.weight.detach().double().cpu()
+        gamma = getattr(norm, "weight", None)
+        if gamma is not None:
+            weight = weight * gamma.detach().double().cpu()[None, :]
     return weight
+
+
+def folded_head_gram(model: torch.nn.Module) -> HeadGram:
+    """:class:`HeadGram` of the folded head W_U · diag(γ) (see :func:`folded_head_weight`).
+
+    Computed in float64 on the head's execution device (offloaded weights are read through
+    :func:`tcompress.models.materialized`), a block of rows at a time, and left there.
+    """
+    from .. import models
+
+    spec = models.architecture(model)
+    head, norm = spec.head(model), spec.final_norm(model)
+    with models.materialized(head), models.materialized(norm):
+        weight = head.weight
+        gamma = getattr(norm, "weight", None)
+        return HeadGram.of(weight, None if gamma is None else gamma.to(weight.device))
 
 
 def activation_geometry(
@@ -450,7 +550,8 @@ def activation_geometry(
         ValueError: a layer that was not captured, an unknown position set, or the matrix functions' errors.
     """
     layers = tuple(statistics.layers) if layers is None else tuple(layers)
-    head = folded_head_weight(model) if model is not None else None
+    # WᵀW and its eigendecomposition once for the model, not once per layer and position set.
+    gram = folded_head_gram(model) if model is not None else None
     results, bases = [], {}
     for layer in layers:
         for p in positions:
@@ -460,7 +561,7 @@ def activation_geometry(
                 positions=p,
                 variance_target=variance_target,
                 gradients=bool(statistics.gradients),
-                head_weight=head,
+                head_gram=gram,
                 heldout=statistics.moments(layer, p, "heldout") if statistics.heldout_windows else None,
             )
             results.append(geometry)

@@ -181,9 +181,7 @@ def _collect_group(
     if stops_early:
         handles.append(blocks[last].register_forward_hook(stop))
     training = [(m, m.training) for m in model.modules()]
-    device = arch.embeddings(model).weight.device
-    if device.type == "meta":  # an offloaded embedding: accelerate's hook moves the ids to its execution device
-        device = torch.device("cpu")
+    device = models.execution_device(arch.embeddings(model))  # accelerate-offloaded: where its hook computes
     kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
     try:
         model.eval()

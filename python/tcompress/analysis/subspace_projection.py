@@ -55,6 +55,9 @@ class ProjectionResult:
 class SubspaceProjection:
     """A forward pre-hook: block input h (B, T, d) -> μ + B Bᵀ (h - μ), summing retained variance as it goes.
 
+    Runs on the device the block's input arrives on (for a model that accelerate dispatched, the previous block's
+    execution device); μ and B move there on first use.
+
     Args:
         mean: (d,) μ.
         basis: (d, k) orthonormal columns B.
@@ -69,7 +72,7 @@ class SubspaceProjection:
             got = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
             raise ValueError(f"SubspaceProjection: mean must be ({basis.shape[0]},) to match the basis; got {got}")
         gram = basis.double().T @ basis.double()
-        if not torch.allclose(gram, torch.eye(basis.shape[1], dtype=torch.float64), atol=1e-6):
+        if not torch.allclose(gram, torch.eye(basis.shape[1], dtype=torch.float64, device=gram.device), atol=1e-6):
             raise ValueError("SubspaceProjection: basis must have orthonormal columns (BᵀB = I)")
         self.mean = mean.detach().double()
         self.basis = basis.detach().double()
@@ -89,7 +92,10 @@ class SubspaceProjection:
                 f"SubspaceProjection: hidden states of width {hidden.shape[-1]} do not match the basis's "
                 f"d = {self.basis.shape[0]}"
             )
-        mean, basis = self.mean.to(hidden.device), self.basis.to(hidden.device)
+        if self.basis.device != hidden.device:
+            # Moved once and kept: the block's input arrives on the block's execution device at every forward.
+            self.mean, self.basis = self.mean.to(hidden.device), self.basis.to(hidden.device)
+        mean, basis = self.mean, self.basis
         part = hidden[:, 1:] if self.skip_first else hidden
         centred = part.double() - mean
         coords = centred @ basis

@@ -6,8 +6,9 @@ later head depth. The curves are the easy fraction against depth and τ; a token
 which it is (strictly) easy, and the summary gives the fraction exiting at or before 50% and 75% of the depth.
 
 :func:`kl_sensitivity` checks that the KL criterion means what it seems to: for the tokens judged easy, it actually
-skips the remaining blocks (token by token, with the skipped blocks' keys/values propagated from the exited state, see
-:mod:`tcompress.recipes.early_exit`) and measures the KL and loss change that skipping really causes.
+skips the remaining blocks (position by position, a batch of windows at a time, with the skipped blocks' keys/values
+propagated from the exited state, see :mod:`tcompress.recipes.early_exit`) and measures the KL and loss change that
+skipping really causes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import block_outputs, block_stepper
+from ..models import block_outputs, block_stepper, execution_device
 from ..nn.exit_head import ExitHeads
 
 DEFAULT_TAUS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -94,31 +95,42 @@ class DifficultySummary:
         return asdict(self)
 
 
+def _check_batch_size(who: str, batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{who}: batch_size must be a positive int (windows per step); got {batch_size!r}")
+
+
 @torch.inference_mode()
-def token_stats(model: nn.Module, heads: ExitHeads, windows: torch.Tensor, *, progress: bool = False) -> TokenStats:
+def token_stats(
+    model: nn.Module, heads: ExitHeads, windows: torch.Tensor, *, batch_size: int = 8, progress: bool = False
+) -> TokenStats:
     """KL(p_final ‖ p_k) and argmax agreement per token and head depth over ``windows`` (n, L).
 
-    One full forward per window (block outputs kept by hooks), then each head on every position 0..L-2.
+    One full forward per ``batch_size`` windows (block outputs kept by hooks), then each head on every position
+    0..L-2, one window at a time (so the peak memory holds a few (L, vocab) tensors, not (batch, L, vocab) ones).
 
     Raises:
-        ValueError: windows that are not (n, L >= 2) integer ids.
+        ValueError: windows that are not (n, L >= 2) integer ids, or a batch size that is not a positive int.
     """
     if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2:
         raise ValueError(f"token_stats: windows must be (n, L >= 2) int64 ids; got {windows!r:.80}")
-    device = next(model.parameters()).device
+    _check_batch_size("token_stats", batch_size)
+    device = execution_device(model.get_input_embeddings())
     kls, agrees = [], []
-    for w in tqdm(range(windows.shape[0]), desc="token difficulty", unit="window", disable=not progress):
-        ids = windows[w : w + 1].long().to(device)
+    starts = range(0, windows.shape[0], batch_size)
+    for start in tqdm(starts, desc="token difficulty", unit="batch", disable=not progress):
+        ids = windows[start : start + batch_size].long().to(device)
         hidden, logits = block_outputs(model, ids)
-        log_p = F.log_softmax(logits[0, :-1].float(), dim=-1)
-        top = log_p.argmax(-1)
-        kl_cols, agree_cols = [], []
-        for k in heads.depths:
-            log_q = F.log_softmax(heads.logits(k, hidden[k - 1][0, :-1]).float(), dim=-1)
-            kl_cols.append(F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).clamp_min(0))
-            agree_cols.append(log_q.argmax(-1) == top)
-        kls.append(torch.stack(kl_cols, 1).cpu())
-        agrees.append(torch.stack(agree_cols, 1).cpu())
+        for b in range(ids.shape[0]):
+            log_p = F.log_softmax(logits[b, :-1].float(), dim=-1)
+            top = log_p.argmax(-1)
+            kl_cols, agree_cols = [], []
+            for k in heads.depths:
+                log_q = F.log_softmax(heads.logits(k, hidden[k - 1][b, :-1]).float(), dim=-1).to(log_p.device)
+                kl_cols.append(F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).clamp_min(0))
+                agree_cols.append(log_q.argmax(-1) == top)
+            kls.append(torch.stack(kl_cols, 1).cpu())
+            agrees.append(torch.stack(agree_cols, 1).cpu())
     return TokenStats(
         list(heads.depths), block_stepper(model).num_blocks, torch.cat(kls), torch.cat(agrees), windows.shape[1]
     )
@@ -192,15 +204,26 @@ class SensitivityResult:
 
 @torch.inference_mode()
 def kl_sensitivity(
-    model: nn.Module, heads: ExitHeads, windows: torch.Tensor, stats: TokenStats, tau: float, *, progress: bool = False
+    model: nn.Module,
+    heads: ExitHeads,
+    windows: torch.Tensor,
+    stats: TokenStats,
+    tau: float,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> SensitivityResult:
     """Skips the blocks after each token's first easy depth (τ) for real and measures KL and loss change.
 
     ``stats`` must come from :func:`token_stats` on the same model, heads and windows. Each position exits at its
     judged depth (an oracle gate); the last position of a window, which predicts nothing, runs the full depth.
+    ``batch_size`` windows step together (:func:`tcompress.recipes.early_exit.policy_logits`).
+
+    Raises:
+        ValueError: stats of other windows, or a batch size that is not a positive int.
     """
     # Imported here: recipes build on analysis-free parts, and this is the one analysis that runs a recipe.
-    from ..recipes.early_exit import EarlyExitLM, policy_logits
+    from ..recipes.early_exit import EarlyExitLM, policy_tokens
 
     n_windows, length = windows.shape
     if stats.kl.shape[0] != n_windows * (length - 1):
@@ -208,29 +231,26 @@ def kl_sensitivity(
             f"kl_sensitivity: stats cover {stats.kl.shape[0]} tokens; windows {tuple(windows.shape)} predict "
             f"{n_windows * (length - 1)} (compute stats on the same windows)"
         )
+    _check_batch_size("kl_sensitivity", batch_size)
     exit_depths = stats.exit_depths(tau).view(n_windows, length - 1)
+    forced = torch.cat([exit_depths, torch.full((n_windows, 1), stats.num_blocks)], 1)
     runner = EarlyExitLM(model, heads, threshold=2.0, check_layers=[])
-    device = next(model.parameters()).device
+    device = execution_device(model.get_input_embeddings())
     kl_at_exit = torch.cat([stats.kl, torch.zeros(stats.kl.shape[0], 1)], 1)
     column = {k: c for c, k in enumerate(stats.depths + [stats.num_blocks])}
     predicted = kl_at_exit.gather(1, torch.tensor([column[int(d)] for d in exit_depths.flatten()])[:, None])[:, 0]
     actual_kl, loss_change = [], []
     nll_full = nll_skip = 0.0
     depth_sum = 0
-    for w in tqdm(range(n_windows), desc="kl sensitivity", unit="window", disable=not progress):
-        ids = windows[w : w + 1].long().to(device)
-        forced = torch.cat([exit_depths[w], torch.tensor([stats.num_blocks])])
-        emitted, depths = policy_logits(runner, ids, forced)
-        full = model(ids, use_cache=False).logits[0]
-        log_p = F.log_softmax(emitted[:-1].float(), dim=-1)
-        log_r = F.log_softmax(full[:-1].float(), dim=-1)
-        target = ids[0, 1:, None]
-        nll_p, nll_r = -log_p.gather(-1, target)[:, 0], -log_r.gather(-1, target)[:, 0]
-        actual_kl.append(F.kl_div(log_p, log_r, log_target=True, reduction="none").sum(-1).cpu())
-        loss_change.append((nll_p - nll_r).cpu())
-        nll_full += float(nll_r.double().sum())
-        nll_skip += float(nll_p.double().sum())
-        depth_sum += sum(depths[:-1])
+    starts = range(0, n_windows, batch_size)
+    for start in tqdm(starts, desc="kl sensitivity", unit="batch", disable=not progress):
+        ids = windows[start : start + batch_size].long().to(device)
+        result = policy_tokens(runner, ids, forced[start : start + batch_size])
+        actual_kl.append(result.kl.flatten())
+        loss_change.append((result.nll - result.nll_full).flatten())
+        nll_full += float(result.nll_full.double().sum())
+        nll_skip += float(result.nll.double().sum())
+        depth_sum += int(result.depths.sum())
     actual = torch.cat(actual_kl)
     change = torch.cat(loss_change)
     easy = exit_depths.flatten() < stats.num_blocks

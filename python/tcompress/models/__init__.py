@@ -4,12 +4,15 @@
   projections (roles ``q k v o gate up down`` for Llama-style models, ``qkv o up down`` for GPT-2);
 - :func:`load`: a causal LM and its tokenizer from a hub id, a directory, a ``.gguf`` file, or the named real models
   ``"smollm2-135m"`` and ``"stories260k"``;
-- :func:`set_module`: replace a submodule by its qualified name.
+- :func:`set_module`: replace a submodule by its qualified name (offload-aware);
+- :func:`materialized`, :func:`execution_device`, :func:`is_offloaded`: models that accelerate dispatched with
+  offload (weights on ``meta`` until a hook loads them), see :mod:`tcompress.models.offload`.
 """
 
 from __future__ import annotations
 
 from .load import ModelSource, load, resolve_model
+from .offload import execution_device, is_offloaded, materialized
 from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
 from .table import (
     ARCHITECTURES,
@@ -41,7 +44,10 @@ __all__ = [
     "block_outputs",
     "block_stepper",
     "decoder_layer_output",
+    "execution_device",
+    "is_offloaded",
     "load",
+    "materialized",
     "norm_parameters",
     "projection_weight",
     "resolve_model",

@@ -102,6 +102,33 @@ def _stories260k_dir() -> Path:
     return directory
 
 
+#: The parameter dtypes :func:`load` accepts by name (``--dtype`` on the command line), short names included.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, who: str = "load") -> torch.dtype:
+    """A dtype name (``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"fp32"``/``"bf16"``/``"fp16"``; any case) or
+    a floating ``torch.dtype`` -> the ``torch.dtype``. ``who`` starts the error message.
+
+    Raises:
+        ValueError: an unknown name, a non-floating dtype, or something that is neither.
+    """
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"{who}: dtype must be a floating-point dtype such as torch.bfloat16; got {dtype}")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"{who}: dtype must be one of {', '.join(DTYPES)} or a floating torch.dtype; got {dtype!r}")
+
+
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     import transformers
 
@@ -113,9 +140,11 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
 def load(
     name_or_path: str | os.PathLike,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[Any, Any]:
     """Loads a supported causal LM and its tokenizer, in eval mode, in ``dtype`` on ``device``.
 
@@ -123,11 +152,18 @@ def load(
         name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory, a
             folder written by :func:`tcompress.recipes.save_compressed` (with its tokenizer; loaded as saved,
             ``dtype`` ignored) or a hub id (see :func:`resolve_model`).
-        dtype: the parameters' dtype. GGUF weights are dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
+        dtype: the parameters' dtype, a ``torch.dtype`` or a name (:func:`resolve_dtype`). GGUF weights are
+            dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
         device: where the model is put (ignored with ``device_map``).
         device_map: passed to ``from_pretrained`` (needs ``accelerate``): ``"auto"`` spreads a model too large for
             one device over the GPUs, then CPU memory. The analyses (``collect_block_statistics`` with
             ``stats_device``) and recipes run on such a split model; ``None`` keeps the whole model on ``device``.
+            ``"cpu"``/``"disk"`` entries offload weights (on ``meta`` until a hook loads them; see
+            :mod:`tcompress.models.offload`).
+        offload_folder: where ``"disk"`` entries of ``device_map`` keep their weights (passed to
+            ``from_pretrained``; needed when the map has any).
+        max_memory: per-device memory limits for ``device_map="auto"``, e.g. ``{0: "20GiB", "cpu": "60GiB"}``
+            (passed to ``from_pretrained``).
 
     Returns:
         (model, tokenizer): a ``transformers`` causal LM that :func:`architecture` supports, and its tokenizer.
@@ -135,9 +171,12 @@ def load(
     Raises:
         FileNotFoundError: a named model is not installed; the message says how to install it.
         ImportError: a GGUF file needs the ``gguf`` and ``accelerate`` packages and one is missing.
-        ValueError: the checkpoint is of an architecture tcompress does not support (nothing is returned).
+        ValueError: the checkpoint is of an architecture tcompress does not support (nothing is returned), or an
+            unknown ``dtype``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = resolve_dtype(dtype)  # before anything is read, so a typo costs nothing
 
     source = resolve_model(name_or_path)
     if source.gguf_file is None and (Path(source.path) / "tcompress.json").is_file():
@@ -157,6 +196,10 @@ def load(
         extra["gguf_file"] = source.gguf_file
     if device_map is not None:
         extra["device_map"] = device_map
+    if offload_folder is not None:
+        extra["offload_folder"] = os.fspath(offload_folder)
+    if max_memory is not None:
+        extra["max_memory"] = max_memory
     model = AutoModelForCausalLM.from_pretrained(source.path, **_dtype_kwargs(dtype), **extra)
     try:
         architecture(model)

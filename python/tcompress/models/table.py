@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .offload import inherit_placement_
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -401,9 +403,17 @@ def _has_submodule(model: nn.Module, path: str) -> bool:
 def set_module(model: nn.Module, name: str, new_module: nn.Module) -> nn.Module:
     """Replaces the submodule at qualified ``name`` (as in ``model.named_modules()``) and returns the old one.
 
+    On a model that accelerate dispatched (``load(..., device_map=...)``), the new module is made to run where the old
+    one ran: it gets an accelerate hook on the old module's execution device and, when the old module was offloaded
+    (weights on ``meta``), its tensors are offloaded to host memory and loaded for each forward (read them inside
+    :func:`tcompress.models.materialized`); see :func:`tcompress.models.offload.inherit_placement_`. A module that
+    already carries hooks (an original put back) is installed as it is, and the old module keeps its hooks, so
+    putting it back restores the model. Without accelerate hooks the module is installed as given.
+
     Raises:
         TypeError: ``new_module`` is not an ``nn.Module``.
         AttributeError: there is no submodule called ``name`` (nothing is changed).
+        ValueError: on a dispatched model, ``new_module`` has tensors on ``meta`` (nothing is changed).
     """
     if not isinstance(new_module, nn.Module):
         raise TypeError(f"set_module: new_module must be an nn.Module; got {type(new_module).__name__}")
@@ -415,5 +425,8 @@ def set_module(model: nn.Module, name: str, new_module: nn.Module) -> nn.Module:
         old = parent.get_submodule(child)
     except AttributeError:
         raise AttributeError(f"set_module: {type(model).__name__} has no submodule {name!r}") from None
+    parts = parent_name.split(".") if parent_name else []
+    ancestors = [model.get_submodule(".".join(parts[:i])) for i in range(len(parts) + 1)]
+    inherit_placement_(new_module, old, ancestors)
     setattr(parent, child, new_module)
     return old

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import architecture, block_outputs
+from ..models import architecture, block_outputs, execution_device
 from ..nn.exit_head import ExitHeads
 
 HEADS_FILE = "exit_heads.safetensors"
@@ -30,7 +30,8 @@ def build_exit_heads(
     model: nn.Module, depths: list[int] | None = None, kind: str = "tuned", rank: int | None = None
 ) -> ExitHeads:
     """Exit heads for ``model`` at ``depths`` (default: every depth 1 .. num_blocks-1), reading out through the model's
-    own final norm and head. Tuned heads start as the logit lens (translators at zero).
+    own final norm and head. Tuned heads start as the logit lens (translators at zero). The translators live on the
+    head's execution device, also when accelerate has offloaded the head (weights on ``meta``).
 
     Raises:
         ValueError: a depth outside [1, num_blocks - 1], or the errors of :class:`ExitHeads`.
@@ -44,7 +45,17 @@ def build_exit_heads(
         raise ValueError(f"build_exit_heads: depths must lie in [1, {num_blocks - 1}] for this model; got {bad}")
     head = spec.head(model)
     heads = ExitHeads(depths, spec.final_norm(model), head, head.weight.shape[1], kind=kind, rank=rank)
-    return heads.to(head.weight.device)
+    return heads.to(execution_device(head))
+
+
+def _set_requires_grad(p: torch.Tensor, flag: bool) -> None:
+    if p.is_inference():
+        # An offloaded placeholder that accelerate re-created while an inference_mode forward ran: torch lets such a
+        # tensor change requires_grad only inside inference mode.
+        with torch.inference_mode():
+            p.requires_grad_(flag)
+    else:
+        p.requires_grad_(flag)
 
 
 def _kl_final_to_head(log_p_final: torch.Tensor, head_logits: torch.Tensor) -> torch.Tensor:
@@ -94,10 +105,11 @@ def train_exit_heads(
     for name, value in (("steps", steps), ("tokens_per_step", tokens_per_step)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"train_exit_heads: {name} must be a positive int; got {value!r}")
-    device = next(model.parameters()).device
+    device = execution_device(model.get_input_embeddings())
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(heads.translators.parameters(), lr=lr)
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    # By name: accelerate replaces an offloaded parameter (on `meta`) by a new object each time its hook unloads it.
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     kl_first: list[float] = []
     kl_last: list[float] = []
@@ -105,7 +117,7 @@ def train_exit_heads(
     start = time.perf_counter()
     model.eval()
     try:
-        for p, _ in frozen:
+        for p in model.parameters():
             p.requires_grad_(False)
         bar = tqdm(range(steps), desc="exit heads", unit="step", disable=not progress)
         for step in bar:
@@ -127,8 +139,8 @@ def train_exit_heads(
             tokens += n
             bar.set_postfix(kl=f"{sum(values) / len(values):.4f}")
     finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
+        for name, p in model.named_parameters():
+            _set_requires_grad(p, frozen.get(name, p.requires_grad))
         model.train(was_training)
     return {
         "steps": steps,

@@ -95,13 +95,14 @@ class QuantizeConfig(RecipeConfig):
                 "narrow include/exclude to the ones still in floating point"
             )
         spec = QuantSpec.of(self)
-        for name in names:
-            check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
         untie = head_name is not None and arch.is_tied(model)
-        # Quantize everything first (a scale can still overflow its dtype here), then swap: all or nothing.
-        replacements = {
-            name: QuantLinear.from_linear(candidates[name], spec, name=name, act_bits=self.act_bits) for name in names
-        }
+        # Quantize everything first (a scale can still overflow its dtype here), then swap: all or nothing. Weights
+        # that accelerate offloads are read while materialized, one module at a time.
+        replacements = {}
+        for name in names:
+            with models.materialized(candidates[name]):
+                check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
+                replacements[name] = QuantLinear.from_linear(candidates[name], spec, name=name, act_bits=self.act_bits)
         for name, module in replacements.items():
             models.set_module(model, name, module)
         if untie:

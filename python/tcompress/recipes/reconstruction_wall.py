@@ -333,8 +333,9 @@ def reconstruction_wall(
                 model, calibration, max_bytes=max_moment_bytes, batch_size=batch_size
             ):
                 for name, moment in moments.items():
-                    weight = models.projection_weight(model.get_submodule(name))
-                    w_hat, layer = reconstruct(weight, variant, group_size, moment, refinements)
+                    with models.materialized(model.get_submodule(name)):  # offloaded: read on the execution device
+                        weight = models.projection_weight(model.get_submodule(name))
+                        w_hat, layer = reconstruct(weight, variant, group_size, moment, refinements)
                     layer.name = name
                     layers.append(layer)
                     rebuilt[name] = w_hat.to(device="cpu", dtype=weight.dtype)
@@ -342,9 +343,12 @@ def reconstruction_wall(
                 del moments
             perplexity = None
             if measure is not None:
-                with torch.no_grad():
+                with restoring(model, weights=False), torch.no_grad():  # puts back modules swapped for Ŵ
                     originals = {}  # the (preprocessed) weights on the host while Ŵ is in place
-                    for name, module in arch.iter_projections(model):
+                    for name, module in list(arch.iter_projections(model)):
+                        if models.is_offloaded(module):  # an offload store keeps no in-place edit: swap a module
+                            models.set_module(model, name, _dense_like(module, rebuilt.pop(name)))
+                            continue
                         weight = models.projection_weight(module)
                         originals[name] = weight.detach().to("cpu", copy=True)
                         weight.copy_(rebuilt.pop(name).to(weight.device))  # a view (transposed for Conv1D)
@@ -352,10 +356,24 @@ def reconstruction_wall(
                         perplexity = _ppl(measure(model))
                     finally:
                         for name, module in arch.iter_projections(model):
-                            models.projection_weight(module).copy_(originals.pop(name).to(module.weight.device))
+                            if name in originals:
+                                models.projection_weight(module).copy_(originals.pop(name).to(module.weight.device))
             del rebuilt
             results.append(WallVariant(variant, layers, perplexity))
     return WallResult(group_size, [c.to_dict() for c in configs], tokens, baseline, results)
+
+
+def _dense_like(module: torch.nn.Module, weight: torch.Tensor) -> torch.nn.Linear:
+    """An ``nn.Linear`` computing x·Ŵᵀ + the module's bias, for ``weight`` Ŵ (out, in) (on the host)."""
+    with models.materialized(module):
+        bias = getattr(module, "bias", None)
+        bias = None if bias is None else bias.detach().to("cpu", copy=True)
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
 
 
 def _fp16_low_rank(w: torch.Tensor, rank: int) -> torch.Tensor:

@@ -71,7 +71,15 @@ class RotateConfig(RecipeConfig):
         Raises:
             ValueError: the model was already rotated or quantized, or d (or, with ``online_hadamard``, the
                 down-projection's input size) has no Hadamard construction.
+            NotImplementedError: some weights are offloaded by accelerate (kept on ``meta`` until a hook loads
+                them): the rotation rewrites weights in place, which an offload store does not keep.
         """
+        if models.is_offloaded(model):
+            raise NotImplementedError(
+                "RotateConfig: the model has weights offloaded by accelerate (device_map with CPU/disk offload); the "
+                "rotation rewrites every weight in place and cannot write into the offload store: load the model "
+                "onto devices that hold it (more GPU memory, or device='cpu') to rotate it"
+            )
         arch = models.architecture(model)
         d = arch.embeddings(model).weight.shape[1]
         _check_rotatable(model, arch, d, self.online_hadamard)

@@ -116,12 +116,13 @@ def spectral_sweep(
             for name, moment in moments.items():
                 tokens = moment.tokens
                 module = model.get_submodule(name)
-                weight = models.projection_weight(module)
-                if method is not None and id(moment) not in scalings:
-                    scalings = {id(moment): _scaling_on(moment, method, weight.device)}
-                factored[name] = _factor_and_measure(
-                    weight, module, name, method and scalings[id(moment)], moment, order, sums
-                )
+                with models.materialized(module):  # offloaded weights are read on their execution device
+                    weight = models.projection_weight(module)
+                    if method is not None and id(moment) not in scalings:
+                        scalings = {id(moment): _scaling_on(moment, method, weight.device)}
+                    factored[name] = _factor_and_measure(
+                        weight, module, name, method and scalings[id(moment)], moment, order, sums
+                    )
             del moments, scalings
         originals = {name: models.set_module(model, name, module) for name, module in factored.items()}
         try:

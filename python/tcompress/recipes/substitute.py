@@ -169,9 +169,13 @@ def _resolve_blocks(config: SubstituteConfig, blocks: nn.ModuleList) -> list[int
     return sorted(resolved)
 
 
-def _fit_map(moments, config: SubstituteConfig, like: torch.Tensor) -> LinearBlock:
+def _block_dtype(block: nn.Module) -> torch.dtype:
+    """The dtype of a decoder layer's floating parameters (known even when they are offloaded to ``meta``)."""
+    return next((p.dtype for p in block.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _fit_map(moments, config: SubstituteConfig, device: torch.device, dtype: torch.dtype) -> LinearBlock:
     fit = fit_affine(moments, target="residual", ridge=config.ridge)
-    dtype, device = like.dtype, like.device
     if config.rank is None:
         A, b = fit.output_map()
         return LinearBlock.from_dense(A.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
@@ -201,6 +205,10 @@ def substitute_(
     their train split is used. The config is appended to ``model.tcompress_config``. If anything fails, layers
     already replaced by this call are put back.
 
+    Each map is built on its layer's execution device in the layer's dtype, so a model that accelerate dispatched
+    (offloaded layers' weights on ``meta``) works: :func:`tcompress.models.set_module` gives the map the layer's
+    placement (offloaded to host memory when the layer was), and the replaced layer keeps its hooks for being put back.
+
     Raises:
         ValueError: bad block indices (out of range, repeated, already substituted), a rank above d, bad windows.
         TypeError: ``config`` is not a :class:`SubstituteConfig`.
@@ -229,8 +237,8 @@ def substitute_(
         for i in indices:
             stats = clean or collect_block_statistics(model, windows, layers=[i], **collect)
             moments = stats.moments(i, config.positions)
-            like = next(blocks[i].parameters())
-            linear_block = _fit_map(moments, config, like)
+            # Where the layer computes, not where its parameters sit: an offloaded layer's are on meta.
+            linear_block = _fit_map(moments, config, models.execution_device(blocks[i]), _block_dtype(blocks[i]))
             params = block_parameters(blocks[i])
             name = f"{spec.blocks_path}.{i}"
             replaced.append((name, models.set_module(model, name, SubstitutedBlock(linear_block, i))))

@@ -15,6 +15,7 @@ budget serves GPT-2, SmolLM2 and Mistral alike.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 BUDGET_NAMES = ("quick", "standard", "full")
@@ -178,6 +179,137 @@ def budget(name: str) -> Budget:
     if name not in BUDGETS:
         raise ValueError(f"report: budget must be one of {', '.join(BUDGET_NAMES)}; got {name!r}")
     return BUDGETS[name]
+
+
+def _count(low: int):
+    """A validator of an int ≥ ``low``."""
+
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"an int ≥ {low}"
+        return None
+
+    return check
+
+
+def _eval_tokens(value):
+    if value is None or _count(1)(value) is None:
+        return None
+    return "a positive int or None (the whole text)"
+
+
+def _fractions(high: float, *, none: bool = False):
+    """A validator of a non-empty sequence of numbers in (0, high] (None allowed where ``none``)."""
+
+    def check(value):
+        what = "a non-empty sequence of " + ("positive numbers" if high == math.inf else f"numbers in (0, {high:g}]")
+        what += " or None" if none else ""
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value:
+            return what
+        for v in value:
+            if v is None and none:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= high:
+                return what
+        return None
+
+    return check
+
+
+def _names(allowed_from):
+    """A validator of a non-empty sequence of names out of ``allowed_from()`` (a callable, so step modules that import
+    this one can supply their tables)."""
+
+    def check(value):
+        allowed = allowed_from()
+        what = f"a non-empty sequence of names out of {', '.join(allowed)}"
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value:
+            return what
+        return None if all(v in allowed for v in value) else what
+
+    return check
+
+
+def _flags(value):
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, bool) for v in value):
+        return None
+    return "a non-empty sequence of True/False"
+
+
+def _flag(value):
+    return None if isinstance(value, bool) else "True or False"
+
+
+def _quant_config_names() -> tuple[str, ...]:
+    from .steps_compression import QUANT_CONFIGS
+
+    return tuple(QUANT_CONFIGS)
+
+
+def _counts(value):
+    if isinstance(value, (tuple, list)) and value and all(_count(1)(v) is None for v in value):
+        return None
+    return "a non-empty sequence of ints ≥ 1"
+
+
+#: How each overridable Budget field is checked: a function returning None for a good value, else what it expects.
+_CHECKS = {
+    "eval_tokens": _eval_tokens,
+    # The held-out split of the block statistics needs one window apart and one to fit on.
+    "calib_windows": _count(2),
+    "calib_length": _count(2),
+    "spectral_ratios": _fractions(1.0),
+    "spectral_methods": _names(lambda: ("plain", "svd-llm", "asvd")),
+    "quant_configs": _names(_quant_config_names),
+    "wall_rotations": _flags,
+    "conditional_pairs": _count(0),
+    "substitution_ranks": _fractions(1.0, none=True),
+    "substitution_int8": _flag,
+    "multi_block_counts": _counts,
+    "multi_block_sequential": _flag,
+    "geometry_layers": _count(1),
+    "geometry_windows": _count(2),
+    "projection_positions": _names(lambda: ("no_first", "all")),
+    "exit_depths": _fractions(1.0),
+    "exit_train_steps": _count(1),
+    "exit_tokens_per_step": _count(1),
+    "exit_windows": _count(1),
+    "exit_length": _count(2),
+    "exit_taus": _fractions(math.inf),
+    "exit_thresholds": _fractions(1.0),
+    "sweep_windows": _count(1),
+    "speed_tokens": _count(0),
+    "speed_repeats": _count(1),
+}
+
+
+def with_overrides(base: Budget, **overrides: Any) -> Budget:
+    """``base`` with some sizes replaced, e.g. ``with_overrides(budget("quick"), eval_tokens=None, calib_windows=64)``.
+
+    The name stays the base budget's (the overrides are recorded next to it in results.json). Sequences may be lists
+    or tuples; they are stored as tuples.
+
+    Args:
+        base: the budget to start from.
+        overrides: Budget field names (every field but ``name``) and their new values; ``eval_tokens=None`` means
+            the whole evaluation text.
+
+    Raises:
+        ValueError: an unknown field name, or a value of the wrong kind or out of range (the message names the
+            field, what it expects and what was given).
+    """
+    unknown = sorted(set(overrides) - set(_CHECKS))
+    if unknown:
+        raise ValueError(
+            f"report: unknown budget override(s) {', '.join(unknown)}; expected some of {', '.join(_CHECKS)}"
+        )
+    changes = {}
+    for name, value in overrides.items():
+        expected = _CHECKS[name](value)
+        if expected:
+            raise ValueError(f"report: budget override {name} must be {expected}; got {value!r}")
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(base, **changes)
 
 
 def spaced_layers(count: int, num_blocks: int) -> list[int]:

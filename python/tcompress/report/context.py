@@ -1,5 +1,6 @@
 """What every report step shares: the model, its evaluation and calibration windows, the baseline perplexity and
-the block statistics (computed once, on first use, and reused by the steps that need them)."""
+the block statistics (computed once, on first use, reused by the steps that need them, and released once none of
+the steps still to run needs them: :data:`STEPS_USING_BLOCK_STATISTICS`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from torch import nn
 from .. import data, evaluate, models
 from .budgets import Budget
 
+#: The report steps that read :meth:`ReportContext.block_statistics` (the geometry step collects its own, with
+#: gradients). After the last of these in a run, :meth:`ReportContext.release_block_statistics` frees them.
+STEPS_USING_BLOCK_STATISTICS = frozenset({"linearity", "substitution"})
+
 
 def token_fingerprint(ids: torch.Tensor) -> str:
     """(n, L) int64 -> the first 16 hex digits of the SHA-256 of the token ids: the tokens a number was measured on."""
@@ -22,8 +27,10 @@ def token_fingerprint(ids: torch.Tensor) -> str:
 
 def weight_fingerprint(model: nn.Module) -> str:
     """The first 16 hex digits of the SHA-256 of the token-embedding table: which weights a number was measured on."""
-    table = models.architecture(model).embeddings(model).weight.detach()
-    return hashlib.sha256(table.float().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+    embeddings = models.architecture(model).embeddings(model)
+    with models.materialized(embeddings):  # an offloaded table sits on meta until loaded
+        table = embeddings.weight.detach().float().contiguous().cpu()
+    return hashlib.sha256(table.numpy().tobytes()).hexdigest()[:16]
 
 
 def source_windows(source: data.TextSource, tokenizer: Any, length: int, max_tokens: int | None) -> torch.Tensor:
@@ -105,9 +112,26 @@ class ReportContext:
             self.log(f"  block statistics of {self.num_blocks} blocks in {time.perf_counter() - start:.0f} s")
         return self._block_stats
 
+    def release_block_statistics(self) -> int:
+        """Drops the block statistics (their float64 matrices: 2·d² per block, position part and split, on the
+        device each block computes on), so later steps get that memory back; returns the bytes released (0 when none
+        were held). :meth:`block_statistics` computes them again if a step asks afterwards."""
+        stats, self._block_stats = self._block_stats, None
+        if stats is None:
+            return 0
+        released = sum(
+            t.numel() * t.element_size()
+            for moments in stats.parts.values()
+            for t in vars(moments).values()
+            if isinstance(t, torch.Tensor)
+        )
+        del stats
+        self.log(f"  released the block statistics ({released / 2**20:.0f} MiB)")
+        return released
+
     def describe(self) -> dict[str, Any]:
         """The model's and the data's identities, for results.json."""
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(p.numel() for p in self.model.parameters())  # shapes only: fine on meta (offloaded)
         config = getattr(self.model, "config", None)
         return {
             "model": {
@@ -118,7 +142,9 @@ class ReportContext:
                 "hidden_size": self.hidden_size,
                 "parameters": params,
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-                "device": str(next(self.model.parameters()).device),
+                # Where it computes: an offloaded model's first parameter may sit on meta.
+                "device": str(models.execution_device(self.model)),
+                "offloaded": models.is_offloaded(self.model),
                 "hub_commit": getattr(config, "_commit_hash", None),
                 "embedding_sha256_16": weight_fingerprint(self.model),
             },

@@ -125,8 +125,12 @@ def wall(ctx: ReportContext) -> dict[str, Any]:
     """The reconstruction wall at equal bits: Q(W) vs Q(A)·Q(B), and Q(W − AB) + AB vs direct int5, without and
     (per budget) with rotation."""
     group_size = _wall_group_size(ctx.model)
-    runs = []
+    runs, skipped = [], []
     for rotate in ctx.budget.wall_rotations:
+        if rotate and models.is_offloaded(ctx.model):
+            skipped.append({"rotated": True, "note": "not run: the rotation cannot rewrite offloaded weights"})
+            ctx.log("  rotated: not run (the model has offloaded weights, which the rotation cannot rewrite)")
+            continue
         start = time.perf_counter()
         result = reconstruction_wall(
             ctx.model,
@@ -144,4 +148,4 @@ def wall(ctx: ReportContext) -> dict[str, Any]:
                 f"output error {v['output_rel_error']:.4f}, perplexity {v['perplexity']:.4f}"
             )
         runs.append(result)
-    return {"group_size": group_size, "runs": runs}
+    return {"group_size": group_size, "runs": runs, **({"skipped": skipped} if skipped else {})}

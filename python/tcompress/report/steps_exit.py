@@ -21,6 +21,9 @@ from .context import ReportContext, source_windows
 SENSITIVITY_TAU = 0.1
 #: The gate threshold decoding speed is measured at.
 SPEED_THRESHOLD = 0.9
+#: Windows per step of the token-difficulty forwards, the KL-sensitivity check and the teacher-forced sweep (results
+#: do not depend on it beyond fp32 rounding; memory grows with it: two (batch, length, vocab) logit tensors).
+BATCH_SIZE = 8
 #: A threshold the max-probability gate can never pass: EarlyExitLM's own loop with every check and no exit.
 NEVER = 2.0
 
@@ -97,14 +100,22 @@ def early_exit(ctx: ReportContext) -> dict[str, Any]:
     }
     sweep_windows = windows[: budget.sweep_windows]
     for kind, heads in (("lens", lens), ("tuned", tuned)):
-        stats = token_stats(model, heads, windows)
+        stats = token_stats(model, heads, windows, batch_size=BATCH_SIZE)
         summary = summarize(stats, kind, budget.exit_taus).to_dict()
         result[f"difficulty_{kind}"] = summary
         result[f"sensitivity_{kind}"] = kl_sensitivity(
-            model, heads, sweep_windows, first_windows(stats, sweep_windows.shape[0]), SENSITIVITY_TAU
+            model,
+            heads,
+            sweep_windows,
+            first_windows(stats, sweep_windows.shape[0]),
+            SENSITIVITY_TAU,
+            batch_size=BATCH_SIZE,
         ).to_dict()
         result[f"sweep_{kind}"] = [
-            r.to_dict() for r in threshold_sweep(model, heads, sweep_windows, list(budget.exit_thresholds), depths)
+            r.to_dict()
+            for r in threshold_sweep(
+                model, heads, sweep_windows, list(budget.exit_thresholds), depths, batch_size=BATCH_SIZE
+            )
         ]
         tau = f"{max(budget.exit_taus):g}"
         ctx.log(

@@ -125,6 +125,8 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
             "variance": _spectrum(moments.cov_in()),
             "gradient": _spectrum(moments.grad_second_moment()),
         }
+    # The (d, d) float64 sums are done with (the bases are on the CPU); free them before the evaluations below.
+    stats = moments = None
     baseline = ctx.baseline().ppl
     projections = []
     for layer in layers:
