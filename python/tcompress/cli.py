@@ -112,6 +112,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.render:
         print(f"written: {render(args.render)}")
         return 0
+    if args.plan:
+        return _print_plan(args)
     results = run_report(
         args.model,
         text=args.text,
@@ -136,6 +138,42 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     # Exit status 1 when a step failed: the report is written either way, but scripts should notice.
     return 0 if all(entry["status"] == "ok" for entry in results["steps"].values()) else 1
+
+
+#: The report's budget-override flags (argparse destinations), as ``Budget`` field names.
+_SIZE_FLAGS = (
+    "eval_tokens",
+    "calib_windows",
+    "calib_length",
+    "geometry_layers",
+    "geometry_windows",
+    "exit_windows",
+    "exit_train_steps",
+    "speed_tokens",
+)
+
+
+def _print_plan(args: argparse.Namespace) -> int:
+    """``tcompress report MODEL --plan``: prints each step's memory and work; exit status 1 when a step would not
+    fit. Reads only the model's configuration."""
+    from .models.load import resolve_dtype
+    from .report.budgets import budget, with_overrides
+    from .report.plan import gib, plan_report
+
+    overrides = {k: getattr(args, k) for k in _SIZE_FLAGS if getattr(args, k) is not None}
+    if isinstance(overrides.get("eval_tokens"), str):
+        overrides["eval_tokens"] = None  # "all": the whole text
+    dtype = str(resolve_dtype(args.dtype)).replace("torch.", "")
+    text, plans = plan_report(
+        args.model or "smollm2-135m",
+        with_overrides(budget(args.budget), **overrides),
+        dtype=dtype,
+        device="cpu" if args.device == "cpu" else args.device,
+        device_memory=None if args.device_memory is None else gib(args.device_memory),
+        host_memory=None if args.host_memory is None else gib(args.host_memory),
+    )
+    print(text)
+    return 0 if all(p.fits for p in plans) else 1
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -336,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed-tokens", type=_int_at_least(0), metavar="N", help="tokens decoded to time early exit (0: skip)"
     )
     p.add_argument("--render", metavar="DIR", help="only redraw the plots and report.md of DIR from its results.json")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each step's estimated peak device/host memory and work for this budget, device and dtype, and "
+        "which steps would not fit; runs nothing (a folder with only config.json will do)",
+    )
+    p.add_argument(
+        "--device-memory", type=float, metavar="GIB", help="--plan: device memory (default: the GPU's, else 80)"
+    )
+    p.add_argument("--host-memory", type=float, metavar="GIB", help="--plan: host memory (default: this machine's)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(

@@ -75,6 +75,14 @@ class ComparisonResult:
 
 
 def _device(model: nn.Module) -> torch.device:
+    """Where the token ids go: the input embedding's execution device (accelerate may keep an offloaded embedding on
+    ``meta`` and load it onto that device for each forward)."""
+    from .models.offload import execution_device
+
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if isinstance(embedding, nn.Module):
+        return execution_device(embedding)
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 

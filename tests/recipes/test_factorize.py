@@ -201,3 +201,34 @@ def test_config_round_trips_through_a_dict():
 
     config = FactorizeConfig(param_ratio=0.6, whiten="asvd", exclude=("*.o_proj",))
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_a_whitening_factor_on_another_device_is_refused():
+    """The class of bug where moments were moved to the host and met GPU weights: caught by a device check (here a
+    factor on ``meta`` against a CPU weight; no GPU needed)."""
+    w = torch.randn(8, 6, dtype=torch.float64)
+    scaling = (torch.eye(6, device="meta"), None, 0.0)
+    with pytest.raises(ValueError, match="whitening factor is on meta but the weight is on cpu"):
+        truncated_svd(w, rank=2, scaling=scaling)
+    from tcompress.recipes.factorize import svd_of
+
+    with pytest.raises(ValueError, match="whitening factor is on meta"):
+        svd_of(w, scaling)
+
+
+def test_moments_stay_on_the_device_their_inputs_arrive_on(tiny_mistral):
+    """Nothing moves the sums to the host (the old ``.cpu()``), so whitening is built where the weights are."""
+    from tcompress.analysis.projection_inputs import input_keys, stream_input_moments
+
+    ids = _ids(tiny_mistral)
+    groups = list(stream_input_moments(tiny_mistral, ids, max_bytes=1))
+    assert [g for g, _ in groups] == [[i] for i in range(tiny_mistral.config.num_hidden_layers)]
+    keys = input_keys(tiny_mistral)
+    for _, moments in groups:
+        for name, moment in moments.items():
+            weight = models.projection_weight(tiny_mistral.get_submodule(name))
+            assert moment.xtx.device == weight.device
+        by_key = {}
+        for name, moment in moments.items():  # q/k/v and gate/up share one object, not copies
+            assert by_key.setdefault(keys[name], moment) is moment
+        assert len({id(m) for m in moments.values()}) == 4

@@ -84,3 +84,16 @@ def test_bad_dtype_and_model_type_raise():
         plan_steps(ModelShape.from_config(GPT2_XL), budget("quick"), dtype="int8")
     with pytest.raises(ValueError, match="unsupported model type 'bert'"):
         ModelShape.from_config(type("C", (), {"model_type": "bert"})())
+
+
+def test_cli_plan_prints_every_step_and_flags_what_does_not_fit(tmp_path, capsys):
+    from tcompress.cli import main
+
+    MISTRAL_7B.save_pretrained(tmp_path)
+    args = ["report", str(tmp_path), "--plan", "--budget", "full", "--device", "cuda", "--dtype", "bfloat16"]
+    assert main([*args, "--device-memory", "80", "--host-memory", "64"]) == 0
+    out = capsys.readouterr().out
+    assert all(step in out for step in ("spectral", "wall", "geometry", "early-exit")) and "NO" not in out
+    assert main([*args, "--device-memory", "16", "--host-memory", "64", "--calib-windows", "16"]) == 1
+    out = capsys.readouterr().out
+    assert "16 x 2048 calibration tokens" in out and "spectral would not fit: needs" in out

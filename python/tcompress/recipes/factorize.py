@@ -173,6 +173,8 @@ def truncated_svd(
     ``decomposition`` is that SVD (U, s, Vᵀ) when the caller already has it (a sweep over ranks of one weight).
     """
     w = weight.detach().to(torch.float64)
+    if scaling is not None:
+        _check_same_device("truncated_svd", weight, scaling[0])
     if decomposition is None:
         decomposition = svd_of(w, scaling)
     u, s, vh = decomposition
@@ -196,7 +198,19 @@ def svd_of(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """weight (out, in) -> the thin SVD (U, s, Vᵀ) in float64 of W, or of W·S with ``scaling`` = (S, S⁻¹, damping)."""
     w = weight.detach().to(torch.float64)
+    if scaling is not None:
+        _check_same_device("svd_of", weight, scaling[0])
     return torch.linalg.svd(w if scaling is None else w @ scaling[0], full_matrices=False)
+
+
+def _check_same_device(who: str, weight: torch.Tensor, factor: torch.Tensor) -> None:
+    """Whitening factors must meet the weight on its device: a moment gathered on one device (or moved to the host)
+    and a weight on another is the mistake this catches with a message instead of a kernel error."""
+    if factor.device != weight.device:
+        raise ValueError(
+            f"{who}: the whitening factor is on {factor.device} but the weight is on {weight.device}; build the "
+            "scaling from a moment on the weight's device (input_scaling(InputMoment(xtx.to(weight.device), n), ...))"
+        )
 
 
 @dataclasses.dataclass

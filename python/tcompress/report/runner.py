@@ -33,7 +33,7 @@ from .._files import atomic_file
 from ..models.load import resolve_dtype
 from .budgets import Budget, with_overrides
 from .budgets import budget as get_budget
-from .context import ReportContext, source_windows
+from .context import STEPS_USING_BLOCK_STATISTICS, ReportContext, source_windows
 from .findings import judge
 from .markdown import render_markdown
 from .plots import draw_plots
@@ -359,7 +359,7 @@ def _run(
         + f"; {str(dtype).replace('torch.', '')}{' (TF32 matmuls)' if tf32 else ''}; steps {', '.join(plan)}"
     )
     bar = tqdm(plan, desc="report", unit="step", disable=None)  # None: no bar when the output is not a terminal
-    for name in bar:
+    for index, name in enumerate(bar):
         bar.set_postfix_str(name)
         say(f"[{name}]")
         step_start = time.perf_counter()
@@ -369,6 +369,8 @@ def _run(
             entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             say(f"  FAILED: {entry['error']}")
         entry["seconds"] = time.perf_counter() - step_start
+        if not STEPS_USING_BLOCK_STATISTICS.intersection(plan[index + 1 :]):
+            ctx.release_block_statistics()  # 32·d²·L bytes (17 GB for Mistral-7B) no later step needs
         results["steps"][name] = entry
         results["seconds"] = time.perf_counter() - started
         _write_json(path, results)

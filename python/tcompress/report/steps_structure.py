@@ -46,6 +46,10 @@ def linearity(ctx: ReportContext) -> dict[str, Any]:
             f"  block {block.layer}: R² output {r2['output'].pooled:.4f}, residual update {r2['residual'].pooled:.4f}"
         )
     pairs = _conditional_pairs(ctx.num_blocks, ctx.budget.conditional_pairs)
+    if not pairs:  # a one-block model has no upstream block to replace
+        ctx.log("  conditional linearity: not measured (it needs two blocks)")
+        conditional = {"pairs": [], "note": "not measured: a one-block model has no upstream block to replace"}
+        return {"ridge": RIDGE, "curve": curve.to_dict(), "conditional": conditional, "conditional_seconds": 0.0}
     start = time.perf_counter()
     conditional = conditional_linearity(
         ctx.model, ctx.calib_windows, pairs, clean_stats=stats, ridge=RIDGE, batch_size=4
