@@ -20,7 +20,7 @@ baseline       —                                                              
 spectral       held factors at the largest ratio ρ_max·P_proj·b + G + one       —
                projection's float64 SVD: 8·(3·out·in + min·(out+in) + 2·in²)
 quantization   quantized projections P_proj·(bits/8) + fp16 scales; rotation    one copy of the weights, W (to undo
-               temporaries 8·V·d (the embedding in float64)                     the rotation)
+               temporaries 20·V·d (the embedding in float64, rotated, recast)   the rotation)
 wall           G + one projection's float64 work: 8·(6·out·in + min·(out+in))   Ŵ of every projection, P_proj·b, and
                                                                                 W when rotated
 linearity      block statistics, 32·d²·L (train/held-out × ΣxᵀX, ΣxᵀY,          the first-position sums, 32·d²·L
@@ -189,7 +189,7 @@ def plan_steps(
     L, d, f, V = shape.num_blocks, shape.hidden, shape.mlp, shape.vocab
     p_proj = L * shape.block_projection_params
     weights = shape.params * b
-    t_eval = min(2048 if shape.family != "gpt2" else 1024, shape.context)
+    t_eval = min(2048 if shape.family != "gpt2" else 1024, shape.context, budget.eval_tokens or shape.context)
     t_calib = min(budget.calib_length, shape.context)
     n_calib = budget.calib_windows
 
@@ -239,7 +239,7 @@ def plan_steps(
     quantized = p_proj * bits // 8 + p_proj // 64 * 2
     add(
         "quantization",
-        {**base, "quantized projections": quantized, "rotation temporaries": 8 * V * d},
+        {**base, "quantized projections": quantized, "rotation temporaries": 20 * V * d},
         {"copy of the weights (to undo the rotation)": weights},
         0.0,
         0.0,

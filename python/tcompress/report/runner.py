@@ -327,7 +327,9 @@ def _run(
     source = models.resolve_model(model)
     lm, tokenizer = models.load(model, dtype=dtype, device=device, device_map=device_map)
     arch = models.architecture(lm)
-    eval_windows = source_windows(eval_source, tokenizer, arch.eval_length(lm), the_budget.eval_tokens)
+    # A token budget smaller than the model's window evaluates one shorter window rather than failing.
+    eval_length = min(arch.eval_length(lm), the_budget.eval_tokens or arch.eval_length(lm))
+    eval_windows = source_windows(eval_source, tokenizer, eval_length, the_budget.eval_tokens)
     calib_length = min(the_budget.calib_length, arch.eval_length(lm))
     calib_bos = bool(calib_source.documents) and getattr(tokenizer, "bos_token_id", None) is not None
     calib_windows = data.calibration_windows(
