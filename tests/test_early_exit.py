@@ -8,14 +8,9 @@ import torch
 from model_factories import tiny_gpt2, tiny_llama, tiny_mistral
 from tcompress.evaluate import perplexity
 from tcompress.models import block_stepper
-from tcompress.recipes.early_exit import (
-    EarlyExitLM,
-    evaluate_exit_policy,
-    full_model_generate,
-    policy_logits,
-    threshold_sweep,
-)
+from tcompress.recipes.early_exit import EarlyExitLM, full_model_generate
 from tcompress.recipes.exit_heads import build_exit_heads
+from tcompress.recipes.exit_policy import evaluate_exit_policy, policy_logits, threshold_sweep
 
 FACTORIES = [tiny_llama, tiny_mistral, tiny_gpt2]
 NEVER = 2.0  # max_prob never reaches 2

@@ -217,13 +217,14 @@ def kl_sensitivity(
 
     ``stats`` must come from :func:`token_stats` on the same model, heads and windows. Each position exits at its
     judged depth (an oracle gate); the last position of a window, which predicts nothing, runs the full depth.
-    ``batch_size`` windows step together (:func:`tcompress.recipes.early_exit.policy_logits`).
+    ``batch_size`` windows step together (:func:`tcompress.recipes.exit_policy.policy_logits`).
 
     Raises:
         ValueError: stats of other windows, or a batch size that is not a positive int.
     """
     # Imported here: recipes build on analysis-free parts, and this is the one analysis that runs a recipe.
-    from ..recipes.early_exit import EarlyExitLM, policy_tokens
+    from ..recipes.early_exit import EarlyExitLM
+    from ..recipes.exit_policy import policy_tokens
 
     n_windows, length = windows.shape
     if stats.kl.shape[0] != n_windows * (length - 1):
