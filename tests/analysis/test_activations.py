@@ -163,3 +163,28 @@ def test_bad_input_messages():
         stats.moments(1, positions="first")
     with pytest.raises(ValueError, match="use gradients=True"):
         stats.moments(1).grad_second_moment()
+
+
+def test_fp16_gradients_are_loss_scaled_and_unscaled_exactly(tiny_mistral, monkeypatch):
+    """fp16 backward passes scale the loss by 2^⌈log2(T-1)⌉ (so tiny per-token gradients do not underflow) and divide
+    it out in float64: the gradient moments match the fp32 model's to fp16 precision; fp32 runs are not scaled."""
+    import copy
+
+    from tcompress.analysis import activations
+
+    ids = torch.randint(0, tiny_mistral.config.vocab_size, (2, 130), generator=torch.Generator().manual_seed(0))
+    scales = []
+    original = activations._Collector._add_gradients
+
+    def spy(self, layer, split, g):
+        scales.append(self.loss_scale)
+        return original(self, layer, split, g)
+
+    monkeypatch.setattr(activations._Collector, "_add_gradients", spy)
+    ref = collect_block_statistics(tiny_mistral, ids, layers=[1], gradients=True, holdout=0.0)
+    assert set(scales) == {1.0}
+    scales.clear()
+    half = collect_block_statistics(copy.deepcopy(tiny_mistral).half(), ids, layers=[1], gradients=True, holdout=0.0)
+    assert set(scales) == {256.0}  # T - 1 = 129 -> 2^8
+    want, got = ref.moments(1).grad_second_moment(), half.moments(1).grad_second_moment()
+    assert float((got - want).norm() / want.norm()) < 2e-3

@@ -324,6 +324,7 @@ class _Collector:
         self.stats_device = stats_device
         self.first_position_device = first_position_device
         self.split = "train"
+        self.loss_scale = 1.0  # the backward pass's loss multiplier, divided out of every g (exactly: a power of two)
         self.parts: dict[tuple[int, str, str], Moments] = {}
         self.inputs: dict[int, torch.Tensor] = {}
 
@@ -356,6 +357,8 @@ class _Collector:
 
     def _add_gradients(self, layer: int, split: str, g: torch.Tensor) -> None:
         d = g.shape[-1]
+        if self.loss_scale != 1.0:
+            g = g.to(torch.float64) / self.loss_scale
         self.parts[(layer, "first", split)].update_gradients(g[:, 0])
         self.parts[(layer, "rest", split)].update_gradients(g[:, 1:].reshape(-1, d))
 
@@ -429,6 +432,11 @@ def collect_block_statistics(
         for n, p in m._parameters.items()
         if p is not None and gradients
     ]
+    if gradients and any(p.dtype == torch.float16 for p in model.parameters()):
+        # fp16's smallest normal is 6e-5: per-token gradients of a mean over T-1 tokens fall below it (99.7% of
+        # SmolLM2's at block 29 with T = 256). Scaling the loss by 2^⌈log2(T-1)⌉ makes it a per-token sum, exactly
+        # undone in float64 when each g is added.
+        collector.loss_scale = float(2 ** math.ceil(math.log2(max(windows.shape[1] - 1, 1))))
     model.eval()
     try:
         for m, n, _ in requires_grad:
@@ -439,7 +447,8 @@ def collect_block_statistics(
                 ids = windows[indices[start : start + batch_size]].to(device)
                 if gradients:
                     with torch.enable_grad():
-                        per_window_loss(_logits(model(ids, **kwargs)), ids).backward()
+                        loss = per_window_loss(_logits(model(ids, **kwargs)), ids)
+                        (loss * collector.loss_scale if collector.loss_scale != 1.0 else loss).backward()
                 else:
                     with torch.no_grad():
                         model(ids, **kwargs)
