@@ -78,3 +78,12 @@ class ByteTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = True, **kwargs) -> dict:
         ids = list(text.encode("utf-8"))
         return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def deeper(factory, layers: int = 4) -> torch.nn.Module:
+    """``factory``'s model rebuilt with ``layers`` blocks (seed 2), in eval mode."""
+    model = factory()
+    cfg_dict = model.config.to_dict()
+    cfg_dict["n_layer" if "n_layer" in cfg_dict else "num_hidden_layers"] = layers
+    torch.manual_seed(2)
+    return type(model)(type(model.config).from_dict(cfg_dict)).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_factories import tiny_gpt2, tiny_llama, tiny_mistral
+from model_factories import deeper, tiny_gpt2, tiny_llama, tiny_mistral
 from tcompress.evaluate import perplexity
 from tcompress.models import block_stepper
 from tcompress.recipes.early_exit import EarlyExitLM, full_model_generate
@@ -15,14 +15,6 @@ from tcompress.recipes.exit_policy import evaluate_exit_policy, policy_logits, t
 FACTORIES = [tiny_llama, tiny_mistral, tiny_gpt2]
 NEVER = 2.0  # max_prob never reaches 2
 ALWAYS = 0.0  # max_prob is always >= 0
-
-
-def _deeper(factory, layers=4):
-    model = factory()
-    cfg_dict = model.config.to_dict()
-    cfg_dict["n_layer" if "n_layer" in cfg_dict else "num_hidden_layers"] = layers
-    torch.manual_seed(2)
-    return type(model)(type(model.config).from_dict(cfg_dict)).eval()
 
 
 def _trained_like(heads):
@@ -35,7 +27,7 @@ def _trained_like(heads):
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 def test_never_exiting_reproduces_the_full_model(factory):
-    model = _deeper(factory)
+    model = deeper(factory)
     heads = _trained_like(build_exit_heads(model, [1, 2, 3]))
     prompt = torch.randint(3, 512, (1, 5))
     runner = EarlyExitLM(model, heads, NEVER, [1, 2, 3])
@@ -53,7 +45,7 @@ def test_never_exiting_reproduces_the_full_model(factory):
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 def test_always_exiting_fills_the_skipped_caches(factory):
-    model = _deeper(factory)
+    model = deeper(factory)
     heads = _trained_like(build_exit_heads(model, [1, 2, 3]))
     prompt = torch.randint(3, 512, (1, 4))
     runner = EarlyExitLM(model, heads, ALWAYS, [2, 3])
@@ -76,7 +68,7 @@ def test_always_exiting_fills_the_skipped_caches(factory):
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 def test_kv_fill_equals_what_the_block_itself_caches(factory):
-    model = _deeper(factory)
+    model = deeper(factory)
     stepper = block_stepper(model)
     prefix = torch.randint(3, 512, (1, 3))
     h_new = torch.randn(1, 2, 64)
@@ -102,7 +94,7 @@ def test_kv_fill_equals_what_the_block_itself_caches(factory):
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 def test_teacher_forced_without_exits_equals_perplexity(factory):
-    model = _deeper(factory, layers=3)
+    model = deeper(factory, layers=3)
     heads = build_exit_heads(model, kind="lens")
     windows = torch.randint(0, 512, (2, 12))
     result = evaluate_exit_policy(EarlyExitLM(model, heads, NEVER, [1, 2]), windows)
@@ -115,7 +107,7 @@ def test_teacher_forced_without_exits_equals_perplexity(factory):
 
 
 def test_threshold_sweep_goes_from_shallow_to_full_depth():
-    model = _deeper(tiny_llama)
+    model = deeper(tiny_llama)
     heads = _trained_like(build_exit_heads(model, [1, 2, 3]))
     windows = torch.randint(0, 512, (1, 10))
     sweep = threshold_sweep(model, heads, windows, [ALWAYS, NEVER], [1, 3])
@@ -126,7 +118,7 @@ def test_threshold_sweep_goes_from_shallow_to_full_depth():
 
 
 def test_batched_prefill_and_sampling():
-    model = _deeper(tiny_mistral)
+    model = deeper(tiny_mistral)
     heads = build_exit_heads(model, [2])
     runner = EarlyExitLM(model, heads, 0.5, [2])
     ids = torch.randint(3, 512, (3, 6))
@@ -140,7 +132,7 @@ def test_batched_prefill_and_sampling():
 
 
 def test_bad_inputs_are_clear_errors():
-    model = _deeper(tiny_llama)
+    model = deeper(tiny_llama)
     heads = build_exit_heads(model, [1, 2])
     with pytest.raises(ValueError, match=r"check_layers \[3\] have no exit head"):
         EarlyExitLM(model, heads, 0.9, [1, 3])

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from model_factories import tiny_gpt2, tiny_llama, tiny_mistral
+from model_factories import deeper, tiny_gpt2, tiny_llama, tiny_mistral
 from tcompress.analysis.tokens import TokenStats, kl_sensitivity, token_stats
 from tcompress.data import tinystories_texts, token_windows
 from tcompress.models import block_outputs
@@ -28,17 +28,9 @@ from tcompress.recipes.exit_policy import evaluate_exit_policy, policy_logits, t
 FACTORIES = [tiny_gpt2, tiny_mistral, tiny_llama]
 
 
-def _deeper(factory, layers=4):
-    model = factory()
-    cfg_dict = model.config.to_dict()
-    cfg_dict["n_layer" if "n_layer" in cfg_dict else "num_hidden_layers"] = layers
-    torch.manual_seed(2)
-    return type(model)(type(model.config).from_dict(cfg_dict)).eval()
-
-
 def _tiny_setup(factory):
     """(model, tuned heads with random translators at depths 1..3, (5, 12) windows)."""
-    model = _deeper(factory)
+    model = deeper(factory)
     heads = build_exit_heads(model, [1, 2, 3])
     with torch.no_grad():
         for p in heads.parameters():

@@ -126,14 +126,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out=args.out,
         only=args.only,
         skip=args.skip,
-        eval_tokens=args.eval_tokens,
-        calib_windows=args.calib_windows,
-        calib_length=args.calib_length,
-        geometry_layers=args.geometry_layers,
-        geometry_windows=args.geometry_windows,
-        exit_windows=args.exit_windows,
-        exit_train_steps=args.exit_train_steps,
-        speed_tokens=args.speed_tokens,
+        **{size: getattr(args, size) for size in _SIZE_FLAGS},
         command=" ".join(["tcompress", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else None,
     )
     # Exit status 1 when a step failed: the report is written either way, but scripts should notice.
