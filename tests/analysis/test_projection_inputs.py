@@ -54,3 +54,23 @@ def test_bad_arguments_raise(tiny_mistral):
         collect_input_moments(tiny_mistral, _ids(tiny_mistral), names=["lm_head"])
     with pytest.raises(ValueError, match="batch_size"):
         collect_input_moments(tiny_mistral, _ids(tiny_mistral), batch_size=0)
+
+
+def test_fewer_tokens_than_features_keep_the_rows():
+    """Below in_features tokens the rows X are kept instead of XᵀX (smaller, and output norms cost n·out·in instead of
+    in²·out); both forms give the same XᵀX and the same output norms."""
+    x = torch.randn(20, 50, dtype=torch.float64)
+    d = torch.randn(7, 50, dtype=torch.float64)
+    from_rows, from_gram = InputMoment(rows=x), InputMoment(x.T @ x, 20)
+    assert from_rows.tokens == 20 and from_rows.nbytes == 20 * 50 * 8
+    assert from_rows.output_sq_norm(d) == pytest.approx(from_gram.output_sq_norm(d), rel=1e-12)
+    torch.testing.assert_close(from_rows.xtx, from_gram.xtx)
+    with pytest.raises(ValueError, match="exactly one of xtx"):
+        InputMoment()
+
+
+def test_collection_keeps_rows_only_where_tokens_are_fewer_than_features(tiny_mistral):
+    ids = _ids(tiny_mistral, n=2, length=40)  # 80 tokens: fewer than the MLP width (172), more than d (64)
+    moments = collect_input_moments(tiny_mistral, ids)
+    held = {name: m.rows is not None for name, m in moments.items()}
+    assert held["model.layers.0.mlp.down_proj"] and not held["model.layers.0.self_attn.q_proj"]

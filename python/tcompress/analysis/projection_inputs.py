@@ -26,7 +26,6 @@ time), whatever the model's dtype.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,17 +39,36 @@ DEFAULT_GROUP_BYTES = 2 << 30
 CHUNK_BYTES = 256 << 20
 
 
-@dataclass
 class InputMoment:
     """The calibration inputs of one projection (or of several that read the same tensor), summarized.
 
+    Held as XᵀX (in, in) when there are at least as many token rows as input features, else as the rows X (n, in)
+    themselves, which are then smaller and make output norms cheaper: ||X·Dᵀ||² costs n·out·in instead of in²·out
+    (for Mistral-7B's down_proj at 2,048 calibration tokens: 0.24 instead of 1.7 TFLOP per norm). XᵀX is formed
+    from the rows on first use (whitening needs it).
+
     Attributes:
-        xtx: (in, in) float64, Σ over calibration tokens of xᵀx, on the device the inputs arrived on.
         tokens: the number of token rows summed.
+        rows: (n, in) float64 X, or None when only XᵀX is held.
     """
 
-    xtx: torch.Tensor
-    tokens: int
+    def __init__(self, xtx: torch.Tensor | None = None, tokens: int = 0, *, rows: torch.Tensor | None = None):
+        if (xtx is None) == (rows is None):
+            raise ValueError("InputMoment: give exactly one of xtx (in, in) and rows (n, in)")
+        self._xtx = xtx
+        self.rows = rows
+        self.tokens = int(tokens if rows is None else rows.shape[0])
+
+    @property
+    def xtx(self) -> torch.Tensor:
+        """(in, in) float64, Σ over calibration tokens of xᵀx, on the device the inputs arrived on."""
+        if self._xtx is None:
+            self._xtx = self.rows.T @ self.rows
+        return self._xtx
+
+    @property
+    def device(self) -> torch.device:
+        return (self.rows if self.rows is not None else self._xtx).device
 
     @property
     def second_moment(self) -> torch.Tensor:
@@ -59,13 +77,15 @@ class InputMoment:
 
     def output_sq_norm(self, weight_error: torch.Tensor) -> float:
         """weight_error (out, in) -> ||X·Dᵀ||_F² = tr(D·XᵀX·Dᵀ) over the calibration tokens (float64 arithmetic, on
-        this moment's device)."""
-        d = weight_error.detach().to(device=self.xtx.device, dtype=torch.float64)
-        return float(((d @ self.xtx) * d).sum())
+        this moment's device), from the rows when they are held (fewer rows than features: cheaper)."""
+        d = weight_error.detach().to(device=self.device, dtype=torch.float64)
+        if self.rows is not None:
+            return float((self.rows @ d.T).pow(2).sum())
+        return float(((d @ self._xtx) * d).sum())
 
     @property
     def nbytes(self) -> int:
-        return self.xtx.numel() * self.xtx.element_size()
+        return sum(t.numel() * t.element_size() for t in (self._xtx, self.rows) if t is not None)
 
 
 def input_keys(model: nn.Module) -> dict[str, str]:
@@ -142,16 +162,22 @@ def _check_windows(who: str, windows, batch_size) -> None:
         raise ValueError(f"{who}: batch_size must be a positive int; got {batch_size!r}")
 
 
-def _accumulate(sums: dict[str, torch.Tensor], counts: dict[str, int], key: str, x: torch.Tensor) -> None:
+def _accumulate(
+    sums: dict[str, torch.Tensor], rows: dict[str, list], counts: dict[str, int], key: str, x: torch.Tensor, total: int
+) -> None:
+    """Adds one batch of a projection's inputs: to XᵀX, or (fewer ``total`` rows than features) to the kept rows."""
     x = x.detach().reshape(-1, x.shape[-1])
-    rows = max(1, CHUNK_BYTES // (8 * x.shape[1]))
-    for start in range(0, x.shape[0], rows):
-        chunk = x[start : start + rows].to(torch.float64)
+    counts[key] = counts.get(key, 0) + x.shape[0]
+    if total < x.shape[1]:
+        rows.setdefault(key, []).append(x.to(torch.float64))
+        return
+    step = max(1, CHUNK_BYTES // (8 * x.shape[1]))
+    for start in range(0, x.shape[0], step):
+        chunk = x[start : start + step].to(torch.float64)
         if key in sums:
             sums[key].addmm_(chunk.T, chunk)
         else:
             sums[key] = chunk.T @ chunk
-    counts[key] = counts.get(key, 0) + x.shape[0]
 
 
 def _collect_group(
@@ -162,7 +188,9 @@ def _collect_group(
     blocks = arch.blocks(model)
     last = max(block_of(name, model) for name in projections)
     sums: dict[str, torch.Tensor] = {}
+    kept: dict[str, list] = {}
     counts: dict[str, int] = {}
+    total = windows.numel()
     handles = []
     hooked_keys = set()
     for name, module in projections.items():
@@ -171,7 +199,9 @@ def _collect_group(
             continue  # the same tensor reaches this projection as the one already hooked for this key
         hooked_keys.add(key)
         handles.append(
-            module.register_forward_pre_hook(lambda m, args, key=key: _accumulate(sums, counts, key, args[0]))
+            module.register_forward_pre_hook(
+                lambda m, args, key=key: _accumulate(sums, kept, counts, key, args[0], total)
+            )
         )
 
     def stop(module, args, output):
@@ -197,6 +227,7 @@ def _collect_group(
         for module, flag in training:
             module.training = flag
     shared = {key: InputMoment(sums[key], counts[key]) for key in sums}
+    shared.update({key: InputMoment(rows=torch.cat(chunks)) for key, chunks in kept.items()})
     return {name: shared[keys[name]] for name in projections if keys[name] in shared}
 
 
