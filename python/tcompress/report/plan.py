@@ -7,7 +7,8 @@ memory behaviour of the report is written down; a change to a step's memory beha
 Notation: L blocks, hidden size d, MLP width f, vocabulary V, b bytes per parameter of the model's dtype, P the
 parameters (P_proj those of the block projections, whose largest is out_max × in_max), T a window's length, n
 calibration windows of length T_c, e evaluation windows of length T_e (batch 1), G the float64 input moments of one
-group of blocks (:mod:`tcompress.analysis.projection_inputs`: 8·(3d² + f²) per block, grouped up to 2 GiB).
+group of blocks (:mod:`tcompress.analysis.projection_inputs`: 8·(3d² + f²) per block, grouped up to 2 GiB; with
+fewer calibration tokens n than an input's features the rows are kept instead, 8·n·in).
 
 Always on the device: the weights, W = P·b, and the forward activations of one evaluation window,
 A(T) = T·(16·d·b + 4·f·b + V·(b + 8)) (hidden states and the MLP's intermediate, and the logits in the model's dtype
@@ -126,8 +127,13 @@ class ModelShape:
 
     @property
     def moment_bytes_per_block(self) -> int:
-        """8·(3d² + f²): the float64 input sums of one block, one per distinct input."""
+        """8·(3d² + f²): the float64 input sums of one block, one per distinct input (what groups are sized by)."""
         return 8 * (3 * self.hidden**2 + self.mlp**2)
+
+    def held_moment_bytes_per_block(self, tokens: int) -> int:
+        """What one block's input moments hold for ``tokens`` calibration tokens: XᵀX (8·in²) per input, or the rows
+        X (8·n·in) where there are fewer tokens than features."""
+        return 8 * sum(min(tokens, n) * n for n in (self.hidden,) * 3 + (self.mlp,))
 
 
 @dataclasses.dataclass
@@ -153,9 +159,9 @@ class StepPlan:
     why: str = ""
 
 
-def _moment_group_bytes(shape: ModelShape, max_bytes: int) -> int:
-    per = shape.moment_bytes_per_block
-    return per * min(shape.num_blocks, max(1, max_bytes // per))
+def _moment_group_bytes(shape: ModelShape, max_bytes: int, tokens: int) -> int:
+    blocks = min(shape.num_blocks, max(1, max_bytes // shape.moment_bytes_per_block))
+    return blocks * shape.held_moment_bytes_per_block(tokens)
 
 
 def _stream_passes(shape: ModelShape, max_bytes: int) -> float:
@@ -199,7 +205,7 @@ def plan_steps(
     largest = max(shape.projections(), key=lambda s: s[0] * s[1])
     out_max, in_max = largest
     low = min(out_max, in_max)
-    group = _moment_group_bytes(shape, moment_group_bytes)
+    group = _moment_group_bytes(shape, moment_group_bytes, n_calib * t_calib)
     stream = _stream_passes(shape, moment_group_bytes)
     ratios = budget.spectral_ratios
     plans: list[StepPlan] = []
