@@ -166,7 +166,12 @@ class _Totals:
 
 def _scaling_on(moment, method: str, device: torch.device):
     """The whitening (S, S⁻¹, damping) of one input, computed on the weight's device."""
-    on_device = moment if moment.device == device else InputMoment(moment.xtx.to(device), moment.tokens)
+    if moment.device == device:
+        on_device = moment
+    elif moment.rows is not None:
+        on_device = InputMoment(rows=moment.rows.to(device))
+    else:
+        on_device = InputMoment(moment.xtx.to(device), moment.tokens)
     return input_scaling(on_device, method, inverse=False)
 
 
