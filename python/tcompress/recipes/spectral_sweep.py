@@ -107,6 +107,7 @@ def spectral_sweep(
         baseline = _ppl(measure(model))
     points: dict[tuple[str, float], SweepPoint] = {}
     tokens = 0
+    output_norms: dict[str, float] = {}  # ||X·Wᵀ||² per projection, shared by the methods
     for method in methods:
         label = method or "plain"
         sums = {r: _Totals() for r in order}
@@ -121,7 +122,7 @@ def spectral_sweep(
                     if method is not None and id(moment) not in scalings:
                         scalings = {id(moment): _scaling_on(moment, method, weight.device)}
                     factored[name] = _factor_and_measure(
-                        weight, module, name, method and scalings[id(moment)], moment, order, sums
+                        weight, module, name, method and scalings[id(moment)], moment, order, sums, output_norms
                     )
             del moments, scalings
         originals = {name: models.set_module(model, name, module) for name, module in factored.items()}
@@ -175,19 +176,22 @@ def _scaling_on(moment, method: str, device: torch.device):
     return input_scaling(on_device, method, inverse=False)
 
 
-def _factor_and_measure(weight, module, name, scaling, moment, order, sums) -> LowRankLinear:
+def _factor_and_measure(weight, module, name, scaling, moment, order, sums, output_norms) -> LowRankLinear:
     """One projection: its SVD once, each ratio's rank, errors and energy added to ``sums``; returns the
     LowRankLinear at the largest ratio's rank, factors in the weight's dtype on its device."""
     w = weight.detach().to(torch.float64)
     out_features, in_features = w.shape
     decomposition = svd_of(w, scaling)
     w_sq = float((w**2).sum())
-    o_sq = moment.output_sq_norm(w)
+    if name not in output_norms:  # ||X·Wᵀ||² is the same for every method: one (out, in) x (in, in) product
+        output_norms[name] = moment.output_sq_norm(w)
+    o_sq = output_norms[name]
+    s = decomposition[1]
+    energy_total = float((s**2).sum())
     largest = truncated_svd(w, param_ratio=order[0], scaling=scaling, decomposition=decomposition)
     a_stored, b_stored = largest.a.to(weight.dtype), largest.b.to(weight.dtype)
     for ratio in order:
         rank = rank_for(out_features, in_features, param_ratio=ratio)
-        s = decomposition[1]
         # The stored (model-dtype) factors truncated, as the model will multiply by them.
         error = a_stored[:, :rank].double() @ b_stored[:rank].double() - w
         t = sums[ratio]
@@ -198,8 +202,7 @@ def _factor_and_measure(weight, module, name, scaling, moment, order, sums) -> L
         t.w_sq += w_sq
         t.o_err += moment.output_sq_norm(error)
         t.o_sq += o_sq
-        total = float((s**2).sum())
-        t.energies.append(float((s[:rank] ** 2).sum()) / total if total > 0 else 1.0)
+        t.energies.append(float((s[:rank] ** 2).sum()) / energy_total if energy_total > 0 else 1.0)
         del error
     bias = getattr(module, "bias", None)
     return LowRankLinear.from_factors(a_stored, b_stored, None if bias is None else bias.detach())
