@@ -39,6 +39,32 @@ def test_hadamard_linear_computes_the_original_map(n):
     assert not torch.allclose(layer.weight, w)
 
 
+def test_hadamard_linear_fuses_wide_weights_slice_by_slice():
+    # in = 2^20: the offline W·H is computed two rows at a time (a float64 budget of 4M elements); same result.
+    weight = torch.randn(5, 1 << 20, generator=torch.Generator().manual_seed(0))
+    fused = HadamardLinear.from_linear(weight, None).weight
+    expected = ops.hadamard_reference(weight.to(torch.float64)).to(torch.float32)
+    assert torch.equal(fused, expected)
+
+
+def test_hadamard_linear_in_place_shares_the_weight_and_computes_the_same_map():
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(64, 24)
+    x = torch.randn(3, 64, generator=gen)
+    with torch.no_grad():
+        expected = lin(x)
+        copied = HadamardLinear.from_linear(lin.weight, lin.bias)
+        assert copied.weight.data_ptr() != lin.weight.data_ptr()
+        shared = HadamardLinear.from_linear(lin.weight, lin.bias, in_place=True)
+        assert shared.weight.data_ptr() == lin.weight.data_ptr() and shared.bias.data_ptr() == lin.bias.data_ptr()
+        torch.testing.assert_close(shared(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copied.weight, shared.weight, rtol=0, atol=0)
+        # A transposed view (Conv1D's layout) is copied into a contiguous weight, in_place or not.
+        view = HadamardLinear.from_linear(torch.randn(64, 24).T, None, in_place=True)
+        assert view.weight.is_contiguous()
+
+
 def test_hadamard_linear_refuses_a_width_without_construction():
     with pytest.raises(ValueError, match=r"module 'blk.down'.*K \* 2\^m"):
         HadamardLinear.from_linear(randn(8, 90), None, name="blk.down")

@@ -60,6 +60,20 @@ def test_norm_fusion_alone_keeps_the_logits_and_leaves_embeddings_unrotated(fami
         assert torch.equal(arch.embeddings(fused).weight, arch.embeddings(original).weight)
 
 
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_rotation_in_slices_equals_the_rotation_whole(family, monkeypatch):
+    # Large tables (Mistral-7B's embedding and head) are rotated a slice at a time to bound the float64 temporaries;
+    # a slice of a few elements makes every tensor take that path here, which must give the same weights.
+    original = with_random_norms(FACTORIES[family]())
+    whole = compress_(copy.deepcopy(original), RotateConfig(seed=3))
+    monkeypatch.setattr("tcompress.recipes.rotate._SLICE_ELEMENTS", 50)
+    sliced = compress_(copy.deepcopy(original), RotateConfig(seed=3))
+    expected = dict(whole.named_parameters())
+    for name, p in sliced.named_parameters():
+        assert torch.allclose(p, expected[name], rtol=0, atol=1e-6 * float(expected[name].abs().max())), name
+    assert_same_logits(original, sliced, ids())
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_rotation_keeps_the_logits_of_stories260k(stories260k, online):
     model, tokenizer = stories260k

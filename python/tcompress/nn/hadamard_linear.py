@@ -34,21 +34,37 @@ class HadamardLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, **kwargs)
 
     @classmethod
-    def from_linear(cls, weight: torch.Tensor, bias: torch.Tensor | None, name: str = "") -> HadamardLinear:
+    def from_linear(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, name: str = "", *, in_place: bool = False
+    ) -> HadamardLinear:
         """weight (out, in), bias (out,) or None -> a HadamardLinear computing the same map (W H fused offline).
+
+        Args:
+            in_place: fuse H into ``weight`` itself and let the new layer share it (and ``bias``): no second copy of
+                the weight (Mistral-7B's down projections are 3.8 GB in bf16), but ``weight`` no longer holds W. The
+                rotation recipe uses it on a model it rewrites anyway. Ignored for a non-contiguous ``weight`` (the
+                transposed view of a Conv1D weight), which is copied. False: a new weight, ``weight`` untouched.
 
         Raises:
             ValueError: ``in`` has no Hadamard construction (e.g. 172: the message lists the supported factors).
         """
         out_features, in_features = weight.shape
         check_hadamard_size(in_features, f"module {name!r}" if name else "HadamardLinear")
-        new = cls(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+        # Built on meta: the parameters are assigned below, so nn.Linear's random initialisation is never paid for.
+        new = cls(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device="meta")
         with torch.no_grad():
-            # W H row by row with the fast transform (O(out·in·log in)), not a dense product with an (in, in) H:
-            # at Mistral's 14336 that would be a 1.6 GB float64 matrix and ~3 TFLOP per layer.
-            new.weight.copy_(ops.hadamard_reference(weight.detach().to(torch.float64)).to(weight.dtype))
+            # A transposed view (GPT-2's Conv1D) is not shared: the layer's weight must be contiguous (serialization).
+            in_place = in_place and weight.is_contiguous()
+            target = weight.detach() if in_place else torch.empty_like(weight, memory_format=torch.contiguous_format)
+            # W H row by row with the fast transform (O(out·in·log in)), not a dense product with an (in, in) H (at
+            # Mistral's 14336 a 1.6 GB float64 matrix and ~3 TFLOP per layer), a slice of rows at a time (rows
+            # transform independently): float64 temporaries of ~32 MiB, not ~1 GB for Mistral-7B's down_proj.
+            step = max(1, (1 << 22) // in_features)
+            for part, out in zip(weight.detach().split(step), target.split(step)):
+                out.copy_(ops.hadamard_reference(part.to(torch.float64)).to(weight.dtype))
+            new.weight = nn.Parameter(target, requires_grad=weight.requires_grad)
             if bias is not None:
-                new.bias.copy_(bias.detach())
+                new.bias = nn.Parameter(bias.detach() if in_place else bias.detach().clone(), bias.requires_grad)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -119,9 +119,35 @@ def _check_rotatable(model: nn.Module, arch: models.ArchSpec, d: int, online: bo
             )
 
 
-def _update_(weight: torch.Tensor, fn) -> None:
-    """weight <- fn(weight in float64), cast back; works through the transposed views of Conv1D weights."""
-    weight.copy_(fn(weight.detach().to(torch.float64)).to(weight.dtype))
+# float64 elements per slice of a large table: 32 MiB. Mistral-7B's embedding and head (32000 × 4096) whole in float64,
+# plus fn's result, would be 2 GB of temporaries each (3.2 GB at SmolLM2's vocabulary of 49,152).
+_SLICE_ELEMENTS = 1 << 22
+
+
+def _update_(weight: torch.Tensor, fn, independent_dim: int | None = None) -> None:
+    """weight <- fn(weight in float64), cast back; works through the transposed views of Conv1D weights.
+
+    Args:
+        weight: any tensor (a parameter's data or a transposed view of it).
+        fn: maps a float64 tensor to one of the same shape.
+        independent_dim: a dimension along which ``fn`` treats slices independently (a row-wise ``w @ q`` or
+            ``e - e.mean(1)``: 0; a column-wise ``q.T @ w``: 1). The tensor is then updated slice by slice, so the
+            float64 temporaries are one slice, not the whole table. None: updated whole.
+    """
+    size = weight.shape[independent_dim] if independent_dim is not None else 0
+    step = max(1, _SLICE_ELEMENTS // max(1, weight.numel() // max(1, size)))
+    if independent_dim is None or step >= size:
+        weight.copy_(fn(weight.detach().to(torch.float64)).to(weight.dtype))
+        return
+    for start in range(0, size, step):
+        part = weight.narrow(independent_dim, start, min(step, size - start))
+        part.copy_(fn(part.detach().to(torch.float64)).to(weight.dtype))
+
+
+def _matvec64(weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(out, in) @ (in,) -> (out,) in float64, a slice of rows at a time (no float64 copy of a whole head)."""
+    step = max(1, _SLICE_ELEMENTS // max(1, weight.shape[1]))
+    return torch.cat([part.detach().to(torch.float64) @ v for part in weight.split(step, dim=0)])
 
 
 def _writers(model: nn.Module, arch: models.ArchSpec) -> list[nn.Module]:
@@ -139,9 +165,9 @@ def _embedding_tables(model: nn.Module, arch: models.ArchSpec) -> list[torch.Ten
 def _center_residual_writers_(model: nn.Module, arch: models.ArchSpec) -> None:
     """Subtracts the mean over d from everything added to the residual stream, so every residual is mean-free."""
     for table in _embedding_tables(model, arch):
-        _update_(table, lambda e: e - e.mean(dim=1, keepdim=True))
+        _update_(table, lambda e: e - e.mean(dim=1, keepdim=True), independent_dim=0)
     for module in _writers(model, arch):
-        _update_(models.projection_weight(module), lambda w: w - w.mean(dim=0, keepdim=True))
+        _update_(models.projection_weight(module), lambda w: w - w.mean(dim=0, keepdim=True), independent_dim=1)
         if module.bias is not None:
             _update_(module.bias, lambda b: b - b.mean())
 
@@ -152,35 +178,34 @@ def _fuse_norms_(model: nn.Module, arch: models.ArchSpec) -> None:
         scale, bias, eps = models.norm_parameters(norm)
         for _, reader in readers:
             weight = models.projection_weight(reader)
-            w64 = weight.detach().to(torch.float64)
             if bias is not None:
-                shift = w64 @ bias.detach().to(torch.float64)
+                shift = _matvec64(weight, bias.detach().to(torch.float64))
                 if reader.bias is None:
                     reader.bias = nn.Parameter(shift.to(weight.dtype))
                 else:
                     _update_(reader.bias, lambda c, s=shift: c + s)
             if scale is not None:
                 gain = scale.detach().to(torch.float64)
-                _update_(weight, lambda w, g=gain: w * g[None, :])
+                _update_(weight, lambda w, g=gain: w * g[None, :], independent_dim=0)
         models.set_module(model, name, ScaleFreeRMSNorm(models.projection_weight(readers[0][1]).shape[1], eps))
 
 
 def _rotate_residual_(model: nn.Module, arch: models.ArchSpec, q: torch.Tensor) -> None:
     for table in _embedding_tables(model, arch):
-        _update_(table, lambda e: e @ q)
+        _update_(table, lambda e: e @ q, independent_dim=0)
     for module in _writers(model, arch):
-        _update_(models.projection_weight(module), lambda w: q.T @ w)
+        _update_(models.projection_weight(module), lambda w: q.T @ w, independent_dim=1)
         if module.bias is not None:
             _update_(module.bias, lambda b: b @ q)
     for _, _, readers in arch.iter_norms(model):
         for _, reader in readers:
-            _update_(models.projection_weight(reader), lambda w: w @ q)
+            _update_(models.projection_weight(reader), lambda w: w @ q, independent_dim=0)
 
 
 def _online_hadamard_(model: nn.Module, arch: models.ArchSpec) -> list[str]:
     names = []
     for name, module in list(arch.iter_roles(model, arch.online_hadamard_roles)):
         weight = models.projection_weight(module)
-        models.set_module(model, name, HadamardLinear.from_linear(weight, module.bias, name=name))
+        models.set_module(model, name, HadamardLinear.from_linear(weight, module.bias, name=name, in_place=True))
         names.append(name)
     return names

@@ -21,7 +21,8 @@ baseline       —                                                              
 spectral       held factors at the largest ratio ρ_max·P_proj·b + G + one       —
                projection's float64 SVD: 8·(3·out·in + min·(out+in) + 2·in²)
 quantization   quantized projections P_proj·(bits/8) + fp16 scales; rotation    one copy of the weights, W (to undo
-               temporaries 20·V·d (the embedding in float64, rotated, recast)   the rotation)
+               temporaries 8·d² + 20·2²² (Q in float64; one 2²²-element slice   the rotation)
+               of a table in float64, rotated, recast)
 wall           G + one projection's float64 work: 8·(6·out·in + min·(out+in))   Ŵ of every projection, P_proj·b, and
                                                                                 W when rotated
 linearity      block statistics, 32·d²·L (train/held-out × ΣxᵀX, ΣxᵀY,          the first-position sums, 32·d²·L
@@ -245,7 +246,7 @@ def plan_steps(
     quantized = p_proj * bits // 8 + p_proj // 64 * 2
     add(
         "quantization",
-        {**base, "quantized projections": quantized, "rotation temporaries": 20 * V * d},
+        {**base, "quantized projections": quantized, "rotation temporaries": 8 * d * d + 20 * (1 << 22)},
         {"copy of the weights (to undo the rotation)": weights},
         0.0,
         0.0,
