@@ -43,7 +43,7 @@ def test_tcompress(benchmark, record, device, dtype, n):
         device=device,
         dtype=dtype,
         n=n,
-        k=tcompress.hadamard_constructions.factor_size(n)[0],
+        k=tcompress.hadamard.constructions.factor_size(n)[0],
         isa=tcompress.get_isa() if device == "cpu" else "cuda",
         kernel_ms=t_kernel * 1e3,
         copy_ms=t_copy * 1e3,

@@ -35,7 +35,7 @@ import torch
 from bench_generate import NEW_TOKENS, PROMPT, _generate_seconds
 from conftest import best_seconds, kernel_seconds
 from tcompress import _native
-from tcompress.hadamard_constructions import factor_size
+from tcompress.hadamard.constructions import factor_size
 from tcompress.nn import QuantLinear, QuantSpec
 from tcompress.ops import hadamard_transform
 

@@ -22,8 +22,8 @@ import tcompress
 import torch
 from tcompress.analysis.tokens import kl_sensitivity, summarize, token_stats
 from tcompress.data import calibration_windows, tinystories_texts, token_windows, wikitext2_test_text
+from tcompress.early_exit.policy import threshold_sweep
 from tcompress.recipes.exit_heads import build_exit_heads, head_parameter_report, save_exit_heads, train_exit_heads
-from tcompress.recipes.exit_policy import threshold_sweep
 from tcompress.report.steps_exit import decoding_speed, first_windows
 
 

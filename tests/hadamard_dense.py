@@ -1,14 +1,14 @@
 """An independent dense reference for the Hadamard transform, for the tests.
 
 It never runs a butterfly: the Sylvester entries come from the closed form H_{2^m}[b, d] = (-1)^popcount(b & d),
-the K x K part from tcompress.hadamard_constructions.base_hadamard, and x @ kron(H_K, H_p) is computed in float64
+the K x K part from tcompress.hadamard.constructions.base_hadamard, and x @ kron(H_K, H_p) is computed in float64
 as sum over a of H_K[a, c] * (X[a] @ H_p), with H_p generated in row chunks so that n = 16384 fits in memory.
 """
 
 from __future__ import annotations
 
 import torch
-from tcompress.hadamard_constructions import base_hadamard, factor_size
+from tcompress.hadamard.constructions import base_hadamard, factor_size
 
 _POPCOUNT_BYTE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
 

@@ -137,7 +137,7 @@ def test_a_bad_dtype_is_a_usage_error(command, capsys):
     ],
 )
 def test_the_dtype_reaches_load(argv, monkeypatch, capsys):
-    import tcompress.models
+    import tcompress.loading
 
     seen = {}
 
@@ -145,7 +145,7 @@ def test_the_dtype_reaches_load(argv, monkeypatch, capsys):
         seen.update(kwargs, name=name)
         raise FileNotFoundError("stop here")
 
-    monkeypatch.setattr(tcompress.models, "load", fake_load)
+    monkeypatch.setattr(tcompress.loading, "load", fake_load)
     with pytest.raises(SystemExit) as exc:
         cli.main([*argv, "--dtype", "bf16"])
     assert exc.value.code == 2 and "stop here" in capsys.readouterr().err

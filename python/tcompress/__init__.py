@@ -4,22 +4,23 @@ Implements the experiments of "Variance Is Not Importance: Structural Analysis o
 Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each usable alone:
 
 - ``tcompress.ops``: ``torch.library`` ops with native kernels (``hadamard_transform`` ...);
-- dense helpers: :func:`hadamard_matrix`, :func:`random_hadamard`;
-- :func:`load` and ``tcompress.models``: supported causal LMs and where their parts are;
+- ``tcompress.hadamard``: Hadamard constructions and dense matrices (:func:`hadamard_matrix`, :func:`random_hadamard`);
+- :func:`load` (checkpoints and compressed folders) and ``tcompress.models``: supported causal LMs and where their
+  parts are;
 - ``tcompress.data`` and ``tcompress.evaluate``: text sources, token windows, perplexity and KL;
 - ``tcompress.nn`` (``QuantLinear``) and ``tcompress.recipes``: :func:`compress_` with recipe configs
   (``QuantizeConfig``), :func:`save_compressed` / :func:`load_compressed`;
+- ``tcompress.early_exit``: generation and teacher-forced evaluation that stop a token at a confident exit head;
 - :func:`info` / :func:`cuda_available`: what this install can run.
 """
 
 __version__ = "0.1.0"
 
-from . import analysis, data, evaluate, models, nn, ops, recipes
+from . import analysis, data, early_exit, evaluate, hadamard, models, nn, ops, recipes
 from ._native import cuda_available, get_isa, set_isa, supported_isas
-from .hadamard import hadamard_matrix, random_hadamard, random_hadamard_signs
-from .hadamard_constructions import SUPPORTED_FACTORS
+from .hadamard import SUPPORTED_FACTORS, hadamard_matrix, random_hadamard, random_hadamard_signs
 from .info import info
-from .models import load
+from .loading import load
 from .recipes import QuantizeConfig, RotateConfig, compress_, load_compressed, save_compressed
 
 __all__ = [
@@ -31,8 +32,10 @@ __all__ = [
     "compress_",
     "cuda_available",
     "data",
+    "early_exit",
     "evaluate",
     "get_isa",
+    "hadamard",
     "hadamard_matrix",
     "info",
     "load",

@@ -9,6 +9,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# The manifest of a folder written by tcompress.recipes.save_compressed: what marks a folder as compressed.
+COMPRESSED_MANIFEST = "tcompress.json"
+
 
 @contextlib.contextmanager
 def atomic_directory(target: Path):

@@ -58,7 +58,7 @@ def _measure(model, tokenizer, source, tokens: int | None, length: int | None):
 
 def _cmd_perplexity(args: argparse.Namespace) -> int:
     from . import data
-    from .models import load
+    from .loading import load
 
     model, tokenizer = load(args.model, dtype=args.dtype)
     source = data.text_source(args.text) if args.text else data.default_text_source()
@@ -74,7 +74,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from . import data
-    from .models import load
+    from .loading import load
     from .recipes import QuantizeConfig, RotateConfig, compress_, save_compressed
 
     if args.online_hadamard and not args.rotate:
@@ -171,7 +171,7 @@ def _print_plan(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_compressed_tensors, export_gguf
-    from .models import load
+    from .loading import load
     from .recipes import QuantizeConfig, RotateConfig, compress_
 
     if args.format == "gguf" and args.bits is not None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tcompress.analysis import geometry
+from tcompress.analysis import geometry, head_gram
 
 
 def _orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
@@ -191,7 +191,7 @@ def test_unembedding_directions_from_a_precomputed_head_gram(monkeypatch):
     gamma = torch.rand(d, generator=gen) + 0.5
     folded = w.double() * gamma.double()
     # Rows a block at a time (3 rows per block here) give the gram of the whole folded weight.
-    monkeypatch.setattr(geometry, "_GRAM_CHUNK_ELEMENTS", 3 * d)
+    monkeypatch.setattr(head_gram, "_GRAM_CHUNK_ELEMENTS", 3 * d)
     gram = geometry.HeadGram.of(w, gamma)
     assert gram.hidden_size == d and gram.basis.dtype == torch.float64
     values, vectors = torch.linalg.eigh(folded.T @ folded)

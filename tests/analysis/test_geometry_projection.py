@@ -178,7 +178,7 @@ def test_geometry_of_collected_statistics_covers_both_position_sets(tiny_mistral
 
 
 def test_geometry_decomposes_the_head_gram_once_per_model(tiny_gpt2, monkeypatch):
-    from tcompress.analysis import geometry
+    from tcompress.analysis import geometry, head_gram
 
     stats = collect_block_statistics(tiny_gpt2, _windows(4, 24, 5), gradients=True, holdout=0.25, seed=0)
     calls = []
@@ -192,7 +192,7 @@ def test_geometry_decomposes_the_head_gram_once_per_model(tiny_gpt2, monkeypatch
     report, _ = activation_geometry(stats, model=tiny_gpt2)
     assert len(report.layers) == 4 and calls == [(512, 64)]  # 2 layers x 2 position sets, one decomposition
     monkeypatch.undo()
-    folded = geometry.folded_head_weight(tiny_gpt2)
+    folded = head_gram.folded_head_weight(tiny_gpt2)
     for g in report.layers:
         moments = stats.moments(g.layer, g.positions, "train")
         per_layer, _ = geometry.layer_geometry(moments, layer=g.layer, positions=g.positions, head_weight=folded)

@@ -12,7 +12,8 @@ import torch
 from offload_models import FAMILIES, offloaded_pair
 from tcompress import evaluate
 from tcompress.analysis.activations import collect_block_statistics
-from tcompress.analysis.geometry import activation_geometry, folded_head_weight
+from tcompress.analysis.geometry import activation_geometry
+from tcompress.analysis.head_gram import folded_head_weight
 from tcompress.analysis.linearity import block_linearity, conditional_linearity
 from tcompress.analysis.subspace_projection import projection_perplexity
 

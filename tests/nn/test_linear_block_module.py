@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from tcompress.nn import LinearBlock
-
-
-def randn(*shape, seed=0, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+from tensors import randn, rel_error
 
 
 def factors(d=48, r=6):
     return randn(d, r, seed=1) / d**0.5, randn(r, d, seed=2) / r**0.5, randn(d, seed=3), randn(d, seed=4)
-
-
-def rel_error(got, want) -> float:
-    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
 
 
 def test_low_rank_forward_matches_formula():

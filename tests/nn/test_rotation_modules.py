@@ -7,10 +7,7 @@ import torch
 from tcompress import ops
 from tcompress.hadamard import hadamard_matrix
 from tcompress.nn import HadamardLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+from tensors import randn
 
 
 def test_scale_free_rmsnorm_matches_the_formula_and_is_rotation_invariant():

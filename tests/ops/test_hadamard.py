@@ -13,8 +13,9 @@ from hadamard_dense import dense_hadamard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tcompress import _native
-from tcompress.hadamard_constructions import SUPPORTED_FACTORS, factor_size
+from tcompress.hadamard.constructions import SUPPORTED_FACTORS, factor_size
 from tcompress.ops import hadamard_reference, hadamard_transform, hadamard_transform_
+from tensors import randn, rel_error
 
 # The K the issue requires, and every size of a real model (hidden and MLP widths).
 REQUIRED_K = (1, 12, 20, 28, 36, 40, 60, 108, 148, 172)
@@ -26,16 +27,6 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 def supported_sizes(limit: int) -> list:
     sizes = {k << m for k in SUPPORTED_FACTORS for m in range(15) if (k << m) <= limit}
     return sorted(sizes)
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tcompress import _native
 from tcompress.ops import linear_block, linear_block_reference
+from tensors import rel_error
 
 # Tolerances on max |got - want| / max |want|: fp32 rounding for fp32 x; about one output ulp for fp16/bf16.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -18,11 +19,6 @@ FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
 GEMV_MAX_M = getattr(_native._C, "LINEAR_BLOCK_GEMV_MAX_M", 8)
 # Both sides of the GEMV/GEMM switch, GEMM tails (not multiples of the micro-tile) and several row blocks.
 ROW_COUNTS = (1, 2, 3, 5, GEMV_MAX_M, GEMV_MAX_M + 1, 50, 101)
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
 def gen(seed: int) -> torch.Generator:

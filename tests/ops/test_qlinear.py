@@ -12,6 +12,7 @@ import torch
 from tcompress import _native
 from tcompress.ops import qlinear, qlinear_reference
 from tcompress.ops.quantize import pack_int4_reference, quantize_reference
+from tensors import randn, rel_error
 
 # Tolerances on max |got - want| / max |want|: fp32 rounding for fp32 x; about one output ulp for fp16/bf16.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -19,16 +20,6 @@ X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 GEMV_MAX_M = getattr(_native._C, "QLINEAR_GEMV_MAX_M", 8)
 # Row counts on both sides of the GEMV/GEMM switch, and GEMM tails (not multiples of the micro-tile).
 ROW_COUNTS = (1, 2, 3, 7, 8, 9, 33, 130)
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype)
 
 
 @functools.cache

@@ -18,22 +18,13 @@ from tcompress.ops.qlinear_a8 import (
     quantize_activations,
 )
 from tcompress.ops.quantize import pack_int4_reference, quantize_reference
+from tensors import randn, rel_error
 
 X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # max |got - want| / max |want| against the fake-quant reference: fp32 summation order; one output ulp in fp16/bf16.
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # Row counts around the micro-tiles (4 and 6 rows) and column counts around the panels (16 and 64 columns).
 ROW_COUNTS = (1, 2, 5, 6, 7, 13, 64)
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def randn(*shape, dtype=torch.float32, seed=0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype)
 
 
 def random_codes(*shape, seed=0, low=-127, high=127) -> torch.Tensor:

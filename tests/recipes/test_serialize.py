@@ -121,6 +121,15 @@ def test_tcompress_load_reads_a_saved_folder_with_its_tokenizer(stories260k, tmp
     assert isinstance(loaded.model.layers[0].mlp.down_proj, QuantLinear)
 
 
+def test_the_checkpoint_loader_points_at_tcompress_load_for_a_saved_folder(tiny_mistral, tmp_path):
+    # models.load knows checkpoints only (models/ sits below recipes/): it refuses a compressed folder by name.
+    from tcompress import models
+
+    save_compressed(compress_(tiny_mistral, QuantizeConfig(bits=8, group_size=None)), tmp_path / "s")
+    with pytest.raises(ValueError, match=r"save_compressed.*tcompress\.load"):
+        models.load(tmp_path / "s")
+
+
 def test_bf16_model_round_trips_with_its_dtypes(tiny_gpt2, tmp_path):
     model = tiny_gpt2.to(torch.bfloat16)
     compress_(model, QuantizeConfig(bits=4, group_size=None))

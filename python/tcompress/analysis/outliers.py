@@ -20,8 +20,8 @@ import math
 import torch
 from torch import nn
 
-from .. import models, ops
-from ..nn import HadamardLinear, QuantLinear, QuantSpec
+from .. import models
+from ..nn import QuantLinear, QuantSpec, fake_quantize, matmul_input
 
 
 @dataclasses.dataclass
@@ -118,10 +118,6 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return models.projection_weight(module).detach().to(torch.float32)
 
 
-def _transforms_input(module: nn.Module) -> bool:
-    return isinstance(module, HadamardLinear) or getattr(module, "online_hadamard", False)
-
-
 def weight_stats(model: nn.Module) -> list[TensorStats]:
     """One :class:`TensorStats` per projection in the blocks (rows = output channels), in forward order."""
     arch = models.architecture(model)
@@ -143,7 +139,7 @@ def activation_stats(model: nn.Module, windows: torch.Tensor) -> list[TensorStat
 
         def hook(mod, args, name=name):
             x = args[0]
-            moments[name].add(ops.hadamard_transform(x) if _transforms_input(mod) else x)
+            moments[name].add(matmul_input(mod, x))
 
         handles.append(module.register_forward_pre_hook(hook))
     try:
@@ -162,8 +158,7 @@ def weight_quantization_error(model: nn.Module, config) -> list[LayerQuantError]
     errors = []
     for name, module in arch.iter_projections(model):
         w = effective_weight(module)
-        q = ops.quantize_reference(w, spec.bits, spec.group_size, spec.symmetric, spec.torch_scale_dtype)
-        wq = ops.dequantize_reference(*q, spec.bits, spec.group_size)
+        wq = fake_quantize(w, spec.bits, spec.group_size, symmetric=spec.symmetric, scale_dtype=spec.torch_scale_dtype)
         rel = float((w - wq).norm() / w.norm()) if float(w.norm()) > 0 else 0.0
         errors.append(LayerQuantError(name, spec.bits, spec.group_size, rel))
     return errors

@@ -7,7 +7,7 @@ which it is (strictly) easy, and the summary gives the fraction exiting at or be
 
 :func:`kl_sensitivity` checks that the KL criterion means what it seems to: for the tokens judged easy, it actually
 skips the remaining blocks (position by position, a batch of windows at a time, with the skipped blocks' keys/values
-propagated from the exited state, see :mod:`tcompress.recipes.early_exit`) and measures the KL and loss change that
+propagated from the exited state, see :mod:`tcompress.early_exit.runtime`) and measures the KL and loss change that
 skipping really causes.
 """
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..early_exit import EarlyExitLM, policy_tokens
 from ..models import block_outputs, block_stepper, execution_device
 from ..nn.exit_head import ExitHeads
 
@@ -217,15 +218,11 @@ def kl_sensitivity(
 
     ``stats`` must come from :func:`token_stats` on the same model, heads and windows. Each position exits at its
     judged depth (an oracle gate); the last position of a window, which predicts nothing, runs the full depth.
-    ``batch_size`` windows step together (:func:`tcompress.recipes.exit_policy.policy_logits`).
+    ``batch_size`` windows step together (:func:`tcompress.early_exit.policy.policy_logits`).
 
     Raises:
         ValueError: stats of other windows, or a batch size that is not a positive int.
     """
-    # Imported here: recipes build on analysis-free parts, and this is the one analysis that runs a recipe.
-    from ..recipes.early_exit import EarlyExitLM
-    from ..recipes.exit_policy import policy_tokens
-
     n_windows, length = windows.shape
     if stats.kl.shape[0] != n_windows * (length - 1):
         raise ValueError(

@@ -5,25 +5,28 @@
 - :func:`load`: a causal LM and its tokenizer from a hub id, a directory, a ``.gguf`` file, or the named real models
   ``"smollm2-135m"`` and ``"stories260k"``;
 - :func:`set_module`: replace a submodule by its qualified name (offload-aware);
+- :mod:`tcompress.models.calling`: what decoder layers take and return across transformers releases;
 - :func:`materialized`, :func:`execution_device`, :func:`is_offloaded`: models that accelerate dispatched with
   offload (weights on ``meta`` until a hook loads them), see :mod:`tcompress.models.offload`.
 """
 
 from __future__ import annotations
 
-from .load import ModelSource, load, resolve_model
-from .offload import execution_device, is_offloaded, materialized
-from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
-from .table import (
-    ARCHITECTURES,
-    ArchSpec,
+from .calling import (
     advance_cache_,
-    architecture,
     block_call_cache,
     block_hidden_states,
     block_input_hidden_states,
     block_output_like,
     decoder_layer_output,
+)
+from .load import ModelSource, load, pretrained_dtype_kwargs, resolve_dtype, resolve_model
+from .offload import execution_device, is_offloaded, materialized
+from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
+from .table import (
+    ARCHITECTURES,
+    ArchSpec,
+    architecture,
     norm_parameters,
     projection_weight,
     set_module,
@@ -49,7 +52,9 @@ __all__ = [
     "load",
     "materialized",
     "norm_parameters",
+    "pretrained_dtype_kwargs",
     "projection_weight",
+    "resolve_dtype",
     "resolve_model",
     "set_module",
     "StepContext",

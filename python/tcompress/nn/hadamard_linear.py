@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..hadamard_constructions import factor_size
+from ..hadamard.constructions import factor_size
 
 
 def check_hadamard_size(n: int, label: str) -> None:
@@ -69,3 +69,12 @@ class HadamardLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(ops.hadamard_transform(x))
+
+
+def matmul_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x (..., in) -> (..., in): the input as ``module``'s matrix product sees it — after the online Hadamard transform
+    for a :class:`HadamardLinear` or a QuantLinear with ``online_hadamard``, ``x`` itself for any other layer (what a
+    per-token activation quantizer would see)."""
+    if isinstance(module, HadamardLinear) or getattr(module, "online_hadamard", False) is True:
+        return ops.hadamard_transform(x)
+    return x

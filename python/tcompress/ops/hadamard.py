@@ -1,7 +1,7 @@
 """The Hadamard transform op: ``x (..., n) -> x @ H_n * scale`` for n = K * 2^m.
 
 H_n = kron(H_K, H_{2^m}) with H_{2^m} the Sylvester matrix and H_K a small Hadamard matrix from
-:mod:`tcompress.hadamard_constructions`. With the default scale 1/sqrt(n) the transform is orthonormal, so its
+:mod:`tcompress.hadamard.constructions`. With the default scale 1/sqrt(n) the transform is orthonormal, so its
 inverse is the *transposed* transform (``transpose=True``); H_{2^m} is symmetric, so for powers of two the
 transform is its own inverse.
 
@@ -21,7 +21,7 @@ import math
 import torch
 
 from .. import _native
-from ..hadamard_constructions import base_hadamard, factor_size
+from ..hadamard.constructions import base_hadamard, factor_size
 from . import _common
 
 _OP = "tcompress.ops.hadamard_transform"
@@ -243,7 +243,7 @@ def hadamard_transform(
     Args:
         x: float32, float16 or bfloat16 tensor on CPU or CUDA; any layout (a copy is made only when its rows
             cannot be addressed with one stride). n = x.shape[-1] must be K * 2^m for a supported K
-            (see ``tcompress.hadamard_constructions.SUPPORTED_FACTORS``).
+            (see ``tcompress.hadamard.constructions.SUPPORTED_FACTORS``).
         scale: multiplies the result; default 1/sqrt(n), which makes the transform orthonormal.
         out: optional preallocated tensor of x's shape, dtype and device to write into, in any layout whose
             elements do not share memory. It may be x itself (then the transform is in place) or overlap x in

@@ -1,11 +1,11 @@
 """The reconstruction wall (the paper's finding 3): direct quantization Q(W) against factored quantized components
 Q(A)·Q(B) and against Q(W − A·B) + A·B, at equal bits per weight.
 
-Every variant quantizes with symmetric round-to-nearest (the :func:`tcompress.ops.quantize_reference` format) and
-fp16 scales, one per ``group_size`` input columns (per output row when ``group_size`` is None, i.e. g = in), and is
-applied as dequantized fp32 weights ("fake quant", which gives the same numbers as the packed kernels). Bits are
-counted exactly per layer: a b-bit code per weight plus 16 bits per scale, and 16 bits per element of any fp16
-low-rank part.
+Every variant quantizes with symmetric round-to-nearest (:func:`tcompress.nn.fake_quantize`, the storage format of
+:mod:`tcompress.ops.quantize`) and fp16 scales, one per ``group_size`` input columns (per output row when ``group_size``
+is None, i.e. g = in), and is applied as dequantized fp32 weights ("fake quant", which gives the same numbers as the
+packed kernels). Bits are counted exactly per layer: a b-bit code per weight plus 16 bits per scale, and 16 bits per
+element of any fp16 low-rank part.
 
 The bit rule (the same for both models):
 
@@ -38,7 +38,7 @@ import torch
 
 from .. import models
 from ..analysis.projection_inputs import DEFAULT_GROUP_BYTES, InputMoment, stream_input_moments
-from ..ops.quantize import dequantize_reference, quantize_reference
+from ..nn import fake_quantize
 from .factorize import truncated_svd
 from .live_edit import restoring
 
@@ -46,12 +46,6 @@ VARIANTS = ("direct-int4", "factored-int4", "direct-int5", "residual-int4+lr")
 SCALE_BITS = 16
 LOWRANK_BITS = 16
 CROSS_TERMS = ("truncation", "eps_a_b", "a_eps_b", "eps_a_eps_b", "ab")
-
-
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
-    """w (out, in) -> (out, in) fp32: symmetric RTN with fp16 scales, dequantized (any bits in 2..8)."""
-    codes, scales, zeros = quantize_reference(w.detach().float(), bits, group_size, True, torch.float16)
-    return dequantize_reference(codes, scales, zeros, bits, group_size)
 
 
 def quantized_bits(out_features: int, in_features: int, bits: int, group_size: int | None) -> int:

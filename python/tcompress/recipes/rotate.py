@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import models
 from ..hadamard import random_hadamard
-from ..hadamard_constructions import factor_size
+from ..hadamard.constructions import factor_size
 from ..nn import HadamardLinear, QuantLinear, ScaleFreeRMSNorm
 from ..nn.hadamard_linear import check_hadamard_size
 from .config import RecipeConfig

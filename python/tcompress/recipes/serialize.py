@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from .. import __version__, models
-from .._files import atomic_directory
-from ..models.load import _dtype_kwargs
+from .._files import COMPRESSED_MANIFEST, atomic_directory
 from ..nn import HadamardLinear, LowRankLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
 
-MANIFEST = "tcompress.json"
+MANIFEST = COMPRESSED_MANIFEST
 # The element-type names safetensors reports for the dtypes a replaced module stores.
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -354,7 +353,7 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
     config = AutoConfig.from_pretrained(directory)
     dtype = manifest.get("dtype")
     # Built in the saved dtype (not cast afterwards, which would also round the fp32 rotary tables).
-    kwargs = _dtype_kwargs(getattr(torch, dtype)) if isinstance(dtype, str) else {}
+    kwargs = models.pretrained_dtype_kwargs(getattr(torch, dtype)) if isinstance(dtype, str) else {}
     with _no_init():
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     if getattr(config, "tie_word_embeddings", False):

@@ -30,7 +30,8 @@ import torch
 
 from .. import data, models
 from .._files import atomic_file
-from ..models.load import resolve_dtype
+from ..loading import load
+from ..models import resolve_dtype
 from .budgets import Budget, with_overrides
 from .budgets import budget as get_budget
 from .context import STEPS_USING_BLOCK_STATISTICS, ReportContext, source_windows
@@ -325,7 +326,7 @@ def _run(
     eval_source, calib_source = _sources(text, calibration)  # a missing text fails before the model loads
     say(f"loading {model} ...")
     source = models.resolve_model(model)
-    lm, tokenizer = models.load(model, dtype=dtype, device=device, device_map=device_map)
+    lm, tokenizer = load(model, dtype=dtype, device=device, device_map=device_map)
     arch = models.architecture(lm)
     # A token budget smaller than the model's window evaluates one shorter window rather than failing.
     eval_length = min(arch.eval_length(lm), the_budget.eval_tokens or arch.eval_length(lm))

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from ..analysis.tokens import TokenStats, kl_sensitivity, summarize, token_stats
+from ..early_exit import EarlyExitLM, full_model_generate, threshold_sweep
 from ..nn.exit_head import ExitHeads
-from ..recipes.early_exit import EarlyExitLM, full_model_generate
 from ..recipes.exit_heads import build_exit_heads, head_parameter_report, train_exit_heads
-from ..recipes.exit_policy import threshold_sweep
 from .budgets import depth_blocks
 from .context import ReportContext, source_windows
 

@@ -140,8 +140,8 @@ def test_heads_of_an_offloaded_model_live_on_the_execution_device():
     # accelerate's cpu_offload keeps every weight on `meta` until its hook loads it: the heads must not follow the
     # head's weight there, and the early-exit paths must run through the hooks.
     from accelerate import cpu_offload
-    from tcompress.recipes.early_exit import EarlyExitLM
-    from tcompress.recipes.exit_policy import evaluate_exit_policy
+    from tcompress.early_exit.policy import evaluate_exit_policy
+    from tcompress.early_exit.runtime import EarlyExitLM
 
     model = _deeper(tiny_mistral)
     windows = torch.randint(0, 512, (3, 10))

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from model_factories import deeper, tiny_gpt2, tiny_llama, tiny_mistral
 from tcompress.analysis.tokens import TokenStats, kl_sensitivity, token_stats
 from tcompress.data import tinystories_texts, token_windows
+from tcompress.early_exit.policy import evaluate_exit_policy, policy_logits, threshold_sweep
+from tcompress.early_exit.runtime import EarlyExitLM
 from tcompress.models import block_outputs
 from tcompress.ops import exit_gate
-from tcompress.recipes.early_exit import EarlyExitLM
 from tcompress.recipes.exit_heads import build_exit_heads
-from tcompress.recipes.exit_policy import evaluate_exit_policy, policy_logits, threshold_sweep
 
 FACTORIES = [tiny_gpt2, tiny_mistral, tiny_llama]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from model_factories import deeper, tiny_gpt2, tiny_llama, tiny_mistral
+from tcompress.early_exit.policy import evaluate_exit_policy, policy_logits, threshold_sweep
+from tcompress.early_exit.runtime import EarlyExitLM, full_model_generate
 from tcompress.evaluate import perplexity
 from tcompress.models import block_stepper
-from tcompress.recipes.early_exit import EarlyExitLM, full_model_generate
 from tcompress.recipes.exit_heads import build_exit_heads
-from tcompress.recipes.exit_policy import evaluate_exit_policy, policy_logits, threshold_sweep
 
 FACTORIES = [tiny_llama, tiny_mistral, tiny_gpt2]
 NEVER = 2.0  # max_prob never reaches 2

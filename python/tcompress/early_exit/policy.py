@@ -1,4 +1,4 @@
-"""Teacher-forced evaluation of an early-exit policy (:class:`~tcompress.recipes.early_exit.EarlyExitLM`): the
+"""Teacher-forced evaluation of an early-exit policy (:class:`~tcompress.early_exit.runtime.EarlyExitLM`): the
 policy's perplexity, agreement and KL against the full model, its mean depth, and the threshold sweep.
 
 :func:`policy_logits` steps a batch of windows position by position, each row with its own exit decision: a row that
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..models import execution_device
 from ..nn.exit_head import ExitHeads
 from ..ops import exit_gate
-from .early_exit import EarlyExitLM
+from .runtime import EarlyExitLM
 
 
 @dataclass

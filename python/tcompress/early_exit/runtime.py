@@ -6,7 +6,7 @@ head and the remaining blocks are skipped. Later tokens still attend to this tok
 keys and values are filled by running only those blocks' attention norm and K/V projections on the exited hidden state
 (CALM's state propagation); the cache is the standard ``transformers`` ``DynamicCache``.
 
-The teacher-forced evaluation of the same policy is :mod:`tcompress.recipes.exit_policy`.
+The teacher-forced evaluation of the same policy is :mod:`tcompress.early_exit.policy`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 
-from .hadamard_constructions import hadamard_matrix_numpy
+from .constructions import hadamard_matrix_numpy
 
 Device = Optional[Union[str, torch.device]]
 

@@ -1,4 +1,4 @@
-"""Tests for tcompress.hadamard_constructions (pure numpy, no native code needed)."""
+"""Tests for tcompress.hadamard.constructions (pure numpy, no native code needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tcompress.hadamard_constructions import (
+from tcompress.hadamard.constructions import (
     SUPPORTED_FACTORS,
     base_hadamard,
     factor_size,
