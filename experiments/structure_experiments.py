@@ -1,7 +1,7 @@
 """Block linearity and linear block substitution on real models (issue 5): everything the README section reports.
 
-    TCOMPRESS_DATA_DIR=../shared python bench/structure_experiments.py --model stories260k --out structure_stories.json
-    TCOMPRESS_DATA_DIR=../shared python bench/structure_experiments.py --model smollm2-135m --out structure_smollm2.json
+    TCOMPRESS_DATA_DIR=../shared python experiments/structure_experiments.py --model stories260k --out structure_s.json
+    TCOMPRESS_DATA_DIR=../shared python experiments/structure_experiments.py --model smollm2-135m --out structure_m.json
 
 Per model: the per-block held-out R² curve (output and residual targets, pooled and per-dimension, with and without
 the first position), conditional linearity for a few (k, l) pairs, last-block substitution at several ranks and

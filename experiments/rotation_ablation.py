@@ -6,9 +6,9 @@ relative W4 weight error per projection role, for the original model, the norm-f
 (``RotateConfig(rotate_residual=False)``) and the fused and rotated one
 (``RotateConfig(seed=0, online_hadamard=True)``).
 
-    TCOMPRESS_DATA_DIR=../shared python bench/rotation_ablation.py --json docs/results/rotation_ablation.json
+    TCOMPRESS_DATA_DIR=../shared python experiments/rotation_ablation.py --json docs/results/rotation_ablation.json
 
-Text and budgets as in ``bench/rotation_perplexity.py`` (SmolLM2: 16,384 WikiText-2 raw test tokens; stories260K:
+Text and budgets as in ``experiments/rotation_perplexity.py`` (SmolLM2: 16,384 WikiText-2 raw test tokens; stories260K:
 the ten TinyStories stories, each alone with BOS).
 """
 

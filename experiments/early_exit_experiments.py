@@ -1,8 +1,8 @@
 """Early-exit experiments (issue 6, finding 5): easy-token curves (logit lens vs trained heads), KL sensitivity,
 threshold sweep, and real decoding speed of EarlyExitLM against the plain model loop.
 
-    python bench/early_exit_experiments.py --model stories260k --out runs/early_exit_stories260k
-    python bench/early_exit_experiments.py --model smollm2-135m --out runs/early_exit_smollm2 \
+    python experiments/early_exit_experiments.py --model stories260k --out runs/early_exit_stories260k
+    python experiments/early_exit_experiments.py --model smollm2-135m --out runs/early_exit_smollm2 \
         --head-depths 8,10,12,15,18,21,24,27 --check-layers 12,18 --train-steps 150
 
 Data: stories260K trains its heads on TinyStories stories 1-6 and is measured on stories 7-10 (the shared file holds

@@ -5,8 +5,8 @@ position sets "no_first" (the default: the attention-sink first position of each
 k(90%) of the hidden-state variance at the block's input, the overlap and CCA of the top-k variance subspace with the
 top-k gradient (and unembedding) subspace, and perplexity with the block's input projected onto each subspace.
 
-    python bench/geometry_experiments.py                       # both models, default budgets
-    python bench/geometry_experiments.py --models stories260k --json out.json
+    python experiments/geometry_experiments.py                       # both models, default budgets
+    python experiments/geometry_experiments.py --models stories260k --json out.json
 
 Budgets (defaults): stories260K calibrates on TinyStories stories 1-5 (BOS + 127-token windows) and is evaluated on
 stories 6-10 (each on its own, BOS first); SmolLM2 calibrates on 64 random 256-token windows of WikiText-2 validation
