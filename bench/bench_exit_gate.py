@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import best_seconds
-from tcompress import _native
+from tcompress import _native, models
 from tcompress.ops import exit_gate, exit_gate_head
 
 VOCABS = (32000, 49152, 50257)
@@ -107,15 +107,16 @@ def _smollm2_block():
     torch.manual_seed(0)
     model = LlamaModel(config).eval()
     cache = DynamicCache(config=config)
+    cache_arg = models.cache_kwargs(type(model).forward, cache)  # cache= (past_key_values= before transformers 5.2x)
     with torch.inference_mode():
-        model(input_ids=torch.randint(0, 49152, (1, CACHE_TOKENS)), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.randint(0, 49152, (1, CACHE_TOKENS)), use_cache=True, **cache_arg)
     token = torch.tensor([[17]])
     position = torch.tensor([[CACHE_TOKENS]])
 
     def step():
         with torch.inference_mode():
             cache.crop(-(cache.get_seq_length() - CACHE_TOKENS))  # a positive crop is refused by transformers 5
-            model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
+            model(input_ids=token, position_ids=position, use_cache=True, **cache_arg)
 
     return step, config
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import best_seconds, kernel_seconds
-from tcompress import _native
+from tcompress import _native, models
 from tcompress.nn import LinearBlock
 from tcompress.ops import linear_block
 
@@ -107,13 +107,14 @@ def _block_step(model: str, phase: str):
     past_position = torch.arange(CACHE_TOKENS)[None]
     hidden = torch.randn(1, 1, config.hidden_size, generator=gen)
     position = torch.tensor([[CACHE_TOKENS]])
+    cache_arg = models.cache_kwargs(type(layer).forward, cache)  # cache= (past_key_values= before transformers 5.2x)
     with torch.inference_mode():
         layer(
             past,
             attention_mask=None,
             position_ids=past_position,
-            past_key_values=cache,
             use_cache=True,
+            **cache_arg,
             position_embeddings=rotary(past, past_position),
         )
         cos_sin = rotary(hidden, position)
@@ -127,8 +128,8 @@ def _block_step(model: str, phase: str):
                 hidden,
                 attention_mask=None,
                 position_ids=position,
-                past_key_values=cache,
                 use_cache=True,
+                **cache_arg,
                 position_embeddings=cos_sin,
             )
 

@@ -9,7 +9,7 @@ from model_factories import deeper, tiny_gpt2, tiny_llama, tiny_mistral
 from tcompress.early_exit.policy import evaluate_exit_policy, policy_logits, threshold_sweep
 from tcompress.early_exit.runtime import EarlyExitLM, full_model_generate
 from tcompress.evaluate import perplexity
-from tcompress.models import block_stepper
+from tcompress.models import block_stepper, cache_kwargs
 from tcompress.recipes.exit_heads import build_exit_heads
 
 FACTORIES = [tiny_llama, tiny_mistral, tiny_gpt2]
@@ -77,7 +77,7 @@ def test_kv_fill_equals_what_the_block_itself_caches(factory):
         for _ in range(2):
             cache = stepper.new_cache()
             with torch.no_grad():
-                model(prefix, past_key_values=cache, use_cache=True)
+                model(prefix, use_cache=True, **cache_kwargs(type(model).forward, cache))
             caches.append(cache)
         position_ids = torch.arange(3, 5)[None]
         with torch.no_grad():

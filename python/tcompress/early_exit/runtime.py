@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models import block_stepper
+from ..models import block_stepper, cache_kwargs
 from ..nn.exit_head import ExitHeads
 from ..ops import exit_gate, exit_gate_head
 from ..ops.exit_gate import CRITERIA
@@ -201,7 +201,7 @@ def _next_token(
 
 @torch.inference_mode()
 def full_model_generate(model: nn.Module, prompt: torch.Tensor, max_new_tokens: int) -> GenerationResult:
-    """prompt (1, T) -> greedy decoding with the plain model loop: ``model(token, past_key_values=cache)`` per token.
+    """prompt (1, T) -> greedy decoding with the plain model loop: ``model(token, cache=cache)`` per token.
 
     The baseline :class:`EarlyExitLM` is timed against (same prompt, same cache type, batch 1).
     """
@@ -210,13 +210,14 @@ def full_model_generate(model: nn.Module, prompt: torch.Tensor, max_new_tokens: 
 
     start = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    logits = model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+    cache_arg = cache_kwargs(type(model).forward, cache)
+    logits = model(prompt, use_cache=True, **cache_arg).logits[:, -1]
     tokens = [prompt]
     for n in range(max_new_tokens):
         token = logits.argmax(dim=-1, keepdim=True)
         tokens.append(token)
         if n == max_new_tokens - 1:
             break
-        logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(token, use_cache=True, **cache_arg).logits[:, -1]
     num_blocks = block_stepper(model).num_blocks
     return GenerationResult(torch.cat(tokens, dim=1), [num_blocks] * max_new_tokens, time.perf_counter() - start)

@@ -18,6 +18,7 @@ from .calling import (
     block_hidden_states,
     block_input_hidden_states,
     block_output_like,
+    cache_kwargs,
     decoder_layer_output,
 )
 from .load import ModelSource, load, pretrained_dtype_kwargs, resolve_dtype, resolve_model
@@ -46,6 +47,7 @@ __all__ = [
     "block_output_like",
     "block_outputs",
     "block_stepper",
+    "cache_kwargs",
     "decoder_layer_output",
     "execution_device",
     "is_offloaded",

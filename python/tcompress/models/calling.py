@@ -7,6 +7,10 @@ blocks, statistics hooks) goes through these functions instead of assuming one r
 
 from __future__ import annotations
 
+import functools
+import inspect
+from typing import Any, Callable
+
 import torch
 
 
@@ -64,10 +68,11 @@ def decoder_layer_output(hidden: torch.Tensor) -> object:
 def block_call_cache(args: tuple, kwargs: dict) -> object | None:
     """The KV cache a decoder layer was called with, or None.
 
-    Llama-style loops pass ``past_key_values=`` by keyword; GPT-2's passes it as the second positional argument. Any
-    argument with the Cache interface (``update`` and ``get_seq_length``) counts.
+    Llama-style loops pass ``cache=`` (``past_key_values=`` before transformers 5.2x) by keyword; GPT-2's may pass it
+    as the second positional argument. Any argument with the Cache interface (``update`` and ``get_seq_length``)
+    counts.
     """
-    candidates = [kwargs.get("past_key_values"), kwargs.get("past_key_value"), *args[1:]]
+    candidates = [kwargs.get("cache"), kwargs.get("past_key_values"), kwargs.get("past_key_value"), *args[1:]]
     for value in candidates:
         if value is not None and hasattr(value, "update") and hasattr(value, "get_seq_length"):
             return value
@@ -88,3 +93,22 @@ def advance_cache_(cache: object, layer_idx: int, hidden: torch.Tensor) -> None:
         raise TypeError(f"advance_cache_: expected a transformers Cache; got {type(cache).__name__}")
     placeholder = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], 1)
     cache.update(placeholder, placeholder, layer_idx)
+
+
+@functools.cache
+def _cache_keyword(fn: Callable) -> str:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C function: assume the older name
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(fn: Callable, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` with the name ``fn`` takes its KV cache by: ``cache`` in current transformers (5.2x renamed it
+    and warns that ``past_key_values`` goes away in 5.40), ``past_key_values`` before.
+
+    ``fn`` is a model's or decoder layer's ``forward`` (pass the class's function, ``type(module).forward``, so the
+    answer is cached per class) or ``create_causal_mask``.
+    """
+    return {_cache_keyword(getattr(fn, "__func__", fn)): cache}

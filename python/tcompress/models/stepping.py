@@ -3,7 +3,7 @@ keys/values one block would write for a given hidden state.
 
 Whole-model wrappers that decide per token how many blocks to run (``early_exit/runtime.py``) walk the blocks through
 a :class:`BlockStepper` and never name a module. Written against the ``transformers`` 5.x decoder-layer API: a block is
-called as ``block(h, attention_mask=..., position_embeddings=..., past_key_values=cache, use_cache=True)`` and writes
+called as ``block(h, attention_mask=..., position_embeddings=..., cache=cache, use_cache=True)`` and writes
 its keys/values with ``cache.update(k, v, layer_idx)`` (Llama/Mistral/Qwen2 rotate K before caching; GPT-2 has learned
 positions and no rotation).
 """
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calling import cache_kwargs
 from .table import ArchSpec, architecture
 
 
@@ -87,14 +88,20 @@ class BlockStepper:
         """
         rotary = self._rotary(h, position_ids=position_ids) if self._rotary is not None else None
         mask = self._create_causal_mask(
-            config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=cache, position_ids=position_ids
+            config=self.config,
+            inputs_embeds=h,
+            attention_mask=None,
+            position_ids=position_ids,
+            **cache_kwargs(self._create_causal_mask, cache),
         )
         return StepContext(position_ids, rotary, mask)
 
     def run_block(self, i: int, h: torch.Tensor, ctx: StepContext, cache) -> torch.Tensor:
         """h (B, T, d) -> (B, T, d): block ``i`` on the step's tokens; it appends their keys/values to ``cache``."""
         kwargs = {"position_embeddings": ctx.rotary, "position_ids": ctx.position_ids} if ctx.rotary else {}
-        out = self.blocks[i](h, attention_mask=ctx.mask, past_key_values=cache, use_cache=True, **kwargs)
+        block = self.blocks[i]
+        kwargs.update(cache_kwargs(type(block).forward, cache))
+        out = block(h, attention_mask=ctx.mask, use_cache=True, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def kv_states(self, i: int, h: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
