@@ -171,3 +171,10 @@ def test_calibration_windows_fallback_warns(no_assets):
     assert w.shape == (4, 32) and (w[:, 0] == 1).all()
     with pytest.raises(ValueError, match="n must be a positive int"):
         data.calibration_windows(ByteTokenizer(), 0, 32)
+
+
+def test_a_text_file_that_is_not_utf8_is_named_in_the_error(tmp_path):
+    path = tmp_path / "binary.bin"
+    path.write_bytes(b"ok so far \xcc\xff\x00 then garbage")
+    with pytest.raises(ValueError, match=r"binary\.bin is not UTF-8 text \(byte 0xcc at offset 10\)"):
+        data.text_source(path)

@@ -40,18 +40,37 @@ def test_forcing_a_supported_isa_through_the_environment(name):
     assert result.stdout.strip() == name
 
 
+# Import works with a bad TCOMPRESS_ISA (so the CLI and info() can report it); every kernel call raises it.
+_KERNEL_CALL = "import tcompress, torch; tcompress.ops.hadamard_transform(torch.randn(2, 8))"
+
+
 def test_forcing_an_unknown_isa_is_a_clear_error():
-    result = run_python("import tcompress", TCOMPRESS_ISA="sse9")
+    result = run_python(_KERNEL_CALL, TCOMPRESS_ISA="sse9")
     assert result.returncode != 0
+    assert "IsaEnvironmentError" in result.stderr
     assert "TCOMPRESS_ISA='sse9'" in result.stderr and "scalar, avx2, avx512" in result.stderr
+    reported = run_python("import tcompress; print(tcompress.info()['isa_error'])", TCOMPRESS_ISA="sse9")
+    assert reported.returncode == 0 and "TCOMPRESS_ISA='sse9'" in reported.stdout
 
 
 def test_forcing_an_unsupported_isa_is_a_clear_error():
     missing = [name for name in _native.ISA_NAMES if name not in _native.supported_isas()]
     if not missing:
         pytest.skip("this machine supports every variant; the unknown-name case is tested above")
-    result = run_python("import tcompress", TCOMPRESS_ISA=missing[0])
+    result = run_python(_KERNEL_CALL, TCOMPRESS_ISA=missing[0])
     assert result.returncode != 0 and "is not available" in result.stderr
+    # Never a silent downgrade: asking which variant runs raises too.
+    asked = run_python("import tcompress; tcompress.get_isa()", TCOMPRESS_ISA=missing[0])
+    assert asked.returncode != 0 and "is not available" in asked.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["perplexity", "stories260k"]])
+def test_the_cli_reports_a_bad_isa_in_one_line(command):
+    code = f"import sys; from tcompress.cli import main; sys.exit(main({command!r}))"
+    result = run_python(code, TCOMPRESS_ISA="sse9")
+    assert result.returncode == 2
+    assert result.stderr.startswith("tcompress: error: TCOMPRESS_ISA='sse9' cannot be honoured")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_set_isa_rejects_bad_names_and_keeps_the_current_one():

@@ -3,7 +3,9 @@
 ``tcompress._C`` (CPU kernels) is always built; ``tcompress._cuda`` only when the build found a CUDA compiler.
 Either may be missing (an unusual build, a broken install): the ops then fall back to their pure-torch
 references, and :func:`tcompress.info` says why. ``TCOMPRESS_ISA=scalar|avx2|avx512`` forces a CPU kernel
-variant at import; asking for one this build or CPU lacks is an error, never a silent downgrade.
+variant at import; asking for one this build or CPU lacks is an error, never a silent downgrade: ``import tcompress``
+still works (so the CLI can say so in one line, and ``tcompress.info()`` can report it), but every CPU kernel call and
+:func:`get_isa` raise it until the variable is fixed.
 """
 
 from __future__ import annotations
@@ -48,8 +50,28 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+class IsaEnvironmentError(RuntimeError):
+    """``TCOMPRESS_ISA`` names a CPU kernel variant that is unknown, or that this build or CPU cannot run."""
+
+
+# Why TCOMPRESS_ISA could not be honoured at import, or None (unset, or honoured).
+ISA_ENVIRONMENT_ERROR: str | None = None
+
+
+def check_isa_environment() -> None:
+    """Raises :class:`IsaEnvironmentError` when ``TCOMPRESS_ISA`` could not be honoured at import."""
+    if ISA_ENVIRONMENT_ERROR is not None:
+        raise IsaEnvironmentError(ISA_ENVIRONMENT_ERROR)
+
+
 def cpu_native() -> ModuleType | None:
-    """The CPU extension module, or None (with a one-time warning) when it failed to import."""
+    """The CPU extension module, or None (with a one-time warning) when it failed to import.
+
+    Raises:
+        IsaEnvironmentError: ``TCOMPRESS_ISA`` names a variant this build or CPU cannot run (never a silent
+            downgrade to another variant).
+    """
+    check_isa_environment()
     if _C is None:
         warn_once("no-_C", f"tcompress._C is not available ({C_IMPORT_ERROR}); using the pure-torch references")
     return _C
@@ -83,7 +105,12 @@ def supported_isas() -> list:
 
 
 def get_isa() -> str | None:
-    """The CPU kernel variant in use, or None when the native module is missing."""
+    """The CPU kernel variant in use, or None when the native module is missing.
+
+    Raises:
+        IsaEnvironmentError: ``TCOMPRESS_ISA`` could not be honoured (see :func:`check_isa_environment`).
+    """
+    check_isa_environment()
     return _C.get_isa() if _C is not None else None
 
 
@@ -105,13 +132,17 @@ def set_isa(name: str) -> None:
 
 
 def _apply_isa_from_environment() -> None:
+    global ISA_ENVIRONMENT_ERROR
     forced = os.environ.get("TCOMPRESS_ISA", "").strip().lower()
     if not forced:
         return
     try:
         set_isa(forced)
     except (ValueError, RuntimeError) as exc:
-        raise RuntimeError(f"TCOMPRESS_ISA={forced!r} cannot be honoured: {exc}") from exc
+        ISA_ENVIRONMENT_ERROR = (
+            f"TCOMPRESS_ISA={forced!r} cannot be honoured: {exc}. Unset it, or set it to one of the variants this "
+            f"machine runs: {', '.join(supported_isas()) or 'none (tcompress._C is missing)'}"
+        )
 
 
 _apply_isa_from_environment()

@@ -408,11 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import _native
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _native.check_isa_environment()  # a bad TCOMPRESS_ISA: one line naming the variants this machine runs
         return args.func(args)
-    except (OSError, ImportError, ValueError) as exc:
+    except (OSError, ImportError, ValueError, _native.IsaEnvironmentError) as exc:
         # What a user can cause (a missing model or hub id, a group size that does not divide ...): one line,
         # exit status 2.
         parser.exit(2, f"tcompress: error: {exc}\n")

@@ -157,7 +157,7 @@ def text_source(name: str | os.PathLike) -> TextSource:
 
     Raises:
         FileNotFoundError: the named source's asset is missing.
-        ValueError: ``name`` is neither a known source nor an existing file.
+        ValueError: ``name`` is neither a known source nor an existing file, or the file is not UTF-8 text.
     """
     key = os.fspath(name)
     if key == "wikitext2":
@@ -173,7 +173,14 @@ def text_source(name: str | os.PathLike) -> TextSource:
         return TextSource(key, fallback_text(), FALLBACK_LABEL)
     path = Path(key).expanduser()
     if path.is_file():
-        return TextSource(key, path.read_text(encoding="utf-8"), f"text file {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"text_source: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "pass a UTF-8 text file"
+            ) from None
+        return TextSource(key, text, f"text file {path}")
     raise ValueError(f"text_source: expected one of {', '.join(SOURCE_NAMES)} or an existing text file; got {key!r}")
 
 

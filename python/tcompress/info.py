@@ -35,7 +35,8 @@ def info() -> dict[str, Any]:
         "version": __version__,
         "native_cpu": c is not None,
         "native_cpu_error": _native.C_IMPORT_ERROR,
-        "isa": _native.get_isa(),
+        "isa": None if _native.ISA_ENVIRONMENT_ERROR else _native.get_isa(),
+        "isa_error": _native.ISA_ENVIRONMENT_ERROR,
         "isa_best": c.best_isa() if c is not None else None,
         "isas_built": _native.built_isas(),
         "isas_supported": _native.supported_isas(),
@@ -63,7 +64,7 @@ def format_info(d: dict[str, Any]) -> str:
     runtime = d["cuda_runtime_version"]
     lines = [
         f"tcompress {d['version']}",
-        f"  CPU kernels   : {d['isa'] or 'unavailable (' + str(d['native_cpu_error']) + ')'}"
+        f"  CPU kernels   : {d['isa'] or 'unavailable (' + str(d.get('isa_error') or d['native_cpu_error']) + ')'}"
         + (f" (best supported: {d['isa_best']})" if d["isa_best"] and d["isa_best"] != d["isa"] else ""),
         f"  ISAs built    : {', '.join(d['isas_built']) or '-'}; "
         f"supported here: {', '.join(d['isas_supported']) or '-'}",

@@ -163,3 +163,58 @@ def test_load_refuses_a_non_floating_dtype():
 def test_load_stories260k_with_a_dtype_name(stories260k_dir):
     model, _ = tcompress.load(stories260k_dir, dtype="bf16")
     assert model.dtype == torch.bfloat16
+
+
+def test_an_unknown_name_fails_fast_offline_without_asking_the_hub(monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub must not be asked in offline mode")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    with pytest.raises(FileNotFoundError, match=r"unknown model name or path 'no-such-model-xyz'.*HF_HUB_OFFLINE"):
+        resolve_model("no-such-model-xyz")
+
+
+def test_an_unknown_name_is_one_quick_hub_request(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    class Missing(RepositoryNotFoundError):
+        def __init__(self):  # the hub's 404, without an HTTP response object
+            Exception.__init__(self, "404 repository not found")
+
+    asked = []
+
+    def not_found(self, repo_id, timeout=None, **kwargs):
+        asked.append((repo_id, timeout))
+        raise Missing()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
+    with pytest.raises(FileNotFoundError, match="no such model on the model hub"):
+        resolve_model("someone/no-such-model")
+    assert asked == [("someone/no-such-model", 5)]
+
+    def unreachable(self, repo_id, timeout=None, **kwargs):
+        raise ConnectionError("no route")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"could not be reached \(ConnectionError\)"):
+        resolve_model("someone/no-such-model")
+
+
+def test_a_cached_hub_model_resolves_offline(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    snapshot = tmp_path / "models--someone--cached-model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--someone--cached-model" / "refs").mkdir()
+    (tmp_path / "models--someone--cached-model" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = resolve_model("someone/cached-model")
+    assert source.path == "someone/cached-model" and source.label == "hub id someone/cached-model"

@@ -46,7 +46,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     """Where ``name_or_path`` is: a named model, a ``.gguf`` file, a local directory, or else a hub id.
 
     Raises:
-        FileNotFoundError: a named model whose files are not installed here; the message says how to get them.
+        FileNotFoundError: a named model whose files are not installed here (the message says how to get them), or
+            a name that is no local path, no named model, and no model hub id that is cached or found on the hub
+            (checked with one quick request, none with ``HF_HUB_OFFLINE=1``).
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
@@ -69,7 +71,45 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
             f"load: no such model folder or file: {text} (expected a local folder, a .gguf file, a hub id such as "
             "'gpt2' or 'mistralai/Mistral-7B-v0.1', or one of: smollm2-135m, stories260k)"
         )
+    reason = _hub_model_missing(text)
+    if reason is not None:
+        raise FileNotFoundError(
+            f"load: unknown model name or path {text!r}: not a local folder or file, not one of the named models "
+            f"(smollm2-135m, stories260k), and {reason}"
+        )
     return ModelSource(text, None, f"hub id {text}")
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _offline() -> bool:
+    """True when the user asked for no hub access (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_model_missing(repo_id: str) -> str | None:
+    """None when ``repo_id`` can be loaded (in the local hub cache, or found on the hub in one quick request); else
+    why not. One request with a short timeout instead of transformers' retries (~25 s when the hub is unreachable);
+    none at all in offline mode."""
+    import huggingface_hub
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id (characters the hub does not allow)
+        return "not a valid model hub id"
+    if isinstance(cached, str):
+        return None
+    if _offline():
+        return "not in the local hub cache (HF_HUB_OFFLINE is set, so the hub was not asked)"
+    try:
+        huggingface_hub.HfApi().model_info(repo_id, timeout=5)
+    except RepositoryNotFoundError:
+        return "no such model on the model hub"
+    except Exception as exc:  # noqa: BLE001 - any network failure: the hub cannot confirm the name
+        return f"not in the local hub cache, and the model hub could not be reached ({type(exc).__name__})"
+    return None
 
 
 def _smollm2_gguf() -> Path:
