@@ -129,3 +129,10 @@ def test_wrong_activation_inner_size_is_an_error():
     q = QuantLinear.from_linear(_linear(), QuantSpec(4, 32))
     with pytest.raises(ValueError, match="128"):
         q(torch.randn(2, 64))
+
+
+def test_from_linear_with_something_that_is_no_config_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"QuantSpec\.of: expected a QuantSpec.*got object"):
+        QuantLinear.from_linear(torch.nn.Linear(8, 4), object())
+    with pytest.raises(TypeError, match="symmetric must be True or False"):
+        QuantSpec(bits=4, group_size=None, symmetric="yes")

@@ -163,7 +163,6 @@ def test_factorize_leaves_the_model_untouched_on_error(tiny_mistral):
         ({"param_ratio": 1.5}, r"param_ratio must be a number in \(0, 1\]"),
         ({"energy": -0.1}, r"energy must be a number in \(0, 1\]"),
         ({"rank": 0}, "rank must be an int"),
-        ({"rank": 2.5}, "rank must be an int"),
         ({"rank": 4, "whiten": "pca"}, "whiten must be None or one of svd-llm, asvd"),
         ({"rank": 4, "damping": 0.0}, "damping must be in"),
         ({"rank": 4, "factor_bits": 3}, "bits must be 4 or 8"),
@@ -171,6 +170,21 @@ def test_factorize_leaves_the_model_untouched_on_error(tiny_mistral):
 )
 def test_bad_configs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        FactorizeConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 2.5}, r"rank must be an int or None; got 2\.5"),
+        ({"rank": True}, "rank must be an int or None; got True"),
+        ({"rank": 4, "factor_symmetric": "yes"}, "factor_symmetric must be True or False; got 'yes'"),
+        ({"rank": 4, "include": [1]}, r"include must be a sequence of strings; got \[1\]"),
+        ({"param_ratio": "0.5"}, "param_ratio must be a number or None; got '0.5'"),
+    ],
+)
+def test_config_fields_of_the_wrong_type_raise(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         FactorizeConfig(**kwargs)
 
 

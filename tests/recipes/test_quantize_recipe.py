@@ -154,3 +154,29 @@ def test_casting_the_model_keeps_the_scales_as_quantized(tiny_mistral):
     assert next(tiny_mistral.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         assert tiny_mistral(_tokens(tiny_mistral)).logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"symmetric": "yes"}, "symmetric must be True or False; got 'yes'"),
+        ({"bits": True}, "bits must be an int; got True"),
+        ({"group_size": 64.0}, r"group_size must be an int or None; got 64\.0"),
+        ({"quantize_head": 1}, "quantize_head must be True or False; got 1"),
+        ({"act_bits": "8"}, "act_bits must be an int or None; got '8'"),
+        ({"scale_dtype": torch.float16}, "scale_dtype must be a string"),
+    ],
+)
+def test_every_config_field_is_type_checked(kwargs, match):
+    # Before: QuantizeConfig(symmetric="yes") was accepted and written into the recipe JSON.
+    with pytest.raises(TypeError, match=match):
+        QuantizeConfig(**kwargs)
+
+
+def test_a_recipe_that_is_not_a_dict_is_a_clear_error():
+    from tcompress.recipes import config_from_dict
+
+    with pytest.raises(ValueError, match="a recipe config must be a dict"):
+        config_from_dict("abc")
+    with pytest.raises(ValueError, match="unknown recipe kind 'evil'"):
+        config_from_dict({"kind": "evil"})

@@ -41,9 +41,11 @@ class QuantSpec:
     scale_dtype: str = "float32"
 
     def __post_init__(self):
-        if self.bits not in (4, 8):
+        if type(self.bits) is not int or self.bits not in (4, 8):
             raise ValueError(f"QuantSpec: bits must be 4 or 8; got {self.bits!r}")
-        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size <= 0):
+        if not isinstance(self.symmetric, bool):
+            raise TypeError(f"QuantSpec: symmetric must be True or False; got {self.symmetric!r}")
+        if self.group_size is not None and (type(self.group_size) is not int or self.group_size <= 0):
             raise ValueError(
                 f"QuantSpec: group_size must be a positive int or None (per channel); got {self.group_size!r}"
             )
@@ -68,6 +70,12 @@ class QuantSpec:
         """The spec of any object with ``bits``/``group_size``/``symmetric``/``scale_dtype`` (e.g. QuantizeConfig)."""
         if isinstance(config, QuantSpec):
             return config
+        missing = [a for a in ("bits", "group_size", "symmetric") if not hasattr(config, a)]
+        if missing:
+            raise TypeError(
+                "QuantSpec.of: expected a QuantSpec, a QuantizeConfig or an object with bits, group_size and "
+                f"symmetric; got {type(config).__name__} (no {', '.join(missing)})"
+            )
         return cls(config.bits, config.group_size, config.symmetric, getattr(config, "scale_dtype", "float32"))
 
 

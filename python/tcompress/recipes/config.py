@@ -26,6 +26,16 @@ class RecipeConfig:
         super().__init_subclass__(**kwargs)
         if cls.kind:
             _REGISTRY[cls.kind] = cls
+        own = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self, _own=own):
+            # Every field's type first (symmetric="yes" would otherwise be accepted and written into recipe JSON),
+            # then the subclass's own value checks.
+            check_field_types(self)
+            if _own is not None:
+                _own(self)
+
+        cls.__post_init__ = __post_init__
 
     def to_dict(self) -> dict:
         """``{"kind": ..., "version": ..., **fields}`` with JSON-friendly values (tuples become lists)."""
@@ -57,8 +67,62 @@ class RecipeConfig:
         return cls(**kwargs)
 
 
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _matches(value, annotation: str) -> bool:
+    """Whether ``value`` has the type the field annotation string names (the forms recipe configs use: int, float,
+    bool, str, None, tuple[X, ...] and unions of them with ``|``)."""
+    for option in (part.strip() for part in annotation.split("|")):
+        if option == "None" and value is None:
+            return True
+        if option in _SCALARS:
+            # bool is an int to Python, never to a config: bits=True is a mistake, not 1.
+            if isinstance(value, _SCALARS[option]) and (option == "bool" or not isinstance(value, bool)):
+                return True
+        elif option.startswith("tuple[") and option.endswith(", ...]"):
+            item = option[len("tuple[") : -len(", ...]")]
+            if item == "str" and isinstance(value, str):
+                return True  # a single pattern, wrapped into a tuple by the config
+            if isinstance(value, (tuple, list)) and all(_matches(v, item) for v in value):
+                return True
+    return False
+
+
+_WORDS = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string", "None": "None"}
+
+
+def _describe(annotation: str) -> str:
+    """'int | None' -> 'an int or None'; 'tuple[str, ...]' -> 'a sequence of strings'."""
+    words = []
+    for option in (part.strip() for part in annotation.split("|")):
+        if option.startswith("tuple["):
+            item = option[len("tuple[") : -len(", ...]")]
+            words.append(f"a sequence of {'strings' if item == 'str' else item + 's'}")
+        else:
+            words.append(_WORDS.get(option, option))
+    return " or ".join(words)
+
+
+def check_field_types(config: RecipeConfig) -> None:
+    """Raises TypeError naming the config, the field, the expected type and the value, for the first field whose
+    value does not have its annotated type."""
+    for f in dataclasses.fields(config):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        value = getattr(config, f.name)
+        if not _matches(value, annotation):
+            raise TypeError(f"{type(config).__name__}: {f.name} must be {_describe(annotation)}; got {value!r}")
+
+
 def config_from_dict(d: dict) -> RecipeConfig:
-    """The config a ``to_dict()`` came from, chosen by its ``kind``."""
+    """The config a ``to_dict()`` came from, chosen by its ``kind``.
+
+    Raises:
+        ValueError: ``d`` is not a dict, or its ``kind`` is not a registered recipe.
+        TypeError: a field of the wrong type.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"a recipe config must be a dict with a 'kind'; got {type(d).__name__} {d!r}")
     kind = d.get("kind")
     if kind not in _REGISTRY:
         raise ValueError(f"unknown recipe kind {kind!r}: expected one of {', '.join(sorted(_REGISTRY))}")

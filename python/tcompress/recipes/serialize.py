@@ -24,6 +24,7 @@ from torch import nn
 from .. import __version__, models
 from .._files import COMPRESSED_MANIFEST, atomic_directory
 from ..nn import HadamardLinear, LowRankLinear, QuantLinear, QuantSpec, ScaleFreeRMSNorm
+from .manifest import FORMAT, FORMAT_VERSION, WEIGHTS, validate_manifest
 
 MANIFEST = COMPRESSED_MANIFEST
 # The element-type names safetensors reports for the dtypes a replaced module stores.
@@ -33,9 +34,6 @@ _SAFETENSORS_DTYPES = {
     torch.bfloat16: "BF16",
     torch.uint8: "U8",
 }
-WEIGHTS = "model.safetensors"
-FORMAT = "tcompress-compressed"
-FORMAT_VERSION = 1
 
 
 def _module_record(module: torch.nn.Module) -> dict | None:
@@ -188,12 +186,8 @@ def _build_low_rank(name: str, record: dict) -> LowRankLinear:
         raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
 
 
-def _check_low_rank_shapes(model: torch.nn.Module, records: dict, weights: Path) -> None:
+def _check_low_rank_shapes(model: torch.nn.Module, records: dict, weights: Path, stored: dict) -> None:
     """The plain (nn.Linear) factors' weights of every LowRankLinear against the file, with clear errors."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     for name, record in records.items():
         if record.get("type") != "LowRankLinear":
             continue
@@ -262,24 +256,20 @@ def save_compressed(model: torch.nn.Module, directory, *, tokenizer=None, overwr
 
 
 def read_manifest(directory) -> dict:
-    """The parsed ``tcompress.json`` of a saved folder (clear errors when missing or malformed)."""
+    """The parsed ``tcompress.json`` of a saved folder, checked against its schema (:mod:`.manifest`).
+
+    Raises:
+        FileNotFoundError: the folder has no manifest.
+        ValueError: the manifest is not UTF-8 JSON, or a field has the wrong type or range (the message names it).
+    """
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a tcompress compressed model: it has no {MANIFEST}")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); the saved model is corrupted") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a tcompress manifest (expected format {FORMAT!r})")
-    if not isinstance(manifest.get("files"), dict) or WEIGHTS not in manifest["files"]:
-        raise ValueError(f"{path} is malformed: it records no size and checksum for {WEIGHTS}")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format version {manifest['format_version']}, newer than this tcompress reads "
-            f"({FORMAT_VERSION}); upgrade tcompress"
-        )
-    return manifest
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({exc}); the saved model is corrupted") from None
+    return validate_manifest(manifest, path)
 
 
 def _verify_file(directory: Path, name: str, expected: dict) -> Path:
@@ -311,12 +301,50 @@ def _no_init():
     return contextlib.nullcontext()
 
 
-def _check_shapes(model: torch.nn.Module, records: dict, weights: Path) -> None:
-    from safetensors import safe_open
+def _stored_tensors(weights: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """({name: shape}, {name: safetensors dtype}) from the file's header, without reading any tensor."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(weights), framework="pt") as f:
-        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        stored_dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            return {k: tuple(v.get_shape()) for k, v in slices.items()}, {k: v.get_dtype() for k, v in slices.items()}
+    except SafetensorError as exc:
+        raise ValueError(f"load_compressed: {weights} is not a readable safetensors file ({exc})") from None
+
+
+def _main_tensor(record: dict) -> tuple[str, tuple[int, int]] | None:
+    """(tensor suffix, shape) of the one large tensor a module record implies, or None (a norm has none)."""
+    kind = record["type"]
+    if kind == "QuantLinear":
+        packed = record["in_features"] // 2 if record["spec"].get("bits", 4) == 4 else record["in_features"]
+        return "qweight", (record["out_features"], packed)
+    if kind in ("Linear", "HadamardLinear"):
+        return "weight", (record["out_features"], record["in_features"])
+    return None
+
+
+def _check_record_sizes(records: dict, stored: dict, weights: Path) -> None:
+    """Every recorded module size against the file's header, before any module is built: a size edited in the
+    manifest is an error here, not an attempt to allocate it."""
+    for name, record in records.items():
+        parts = [(name, record)]
+        if record["type"] == "LowRankLinear":
+            parts = [(f"{name}.{label}", record["factors"][label]) for label in ("in_proj", "out_proj")]
+        for prefix, part in parts:
+            implied = _main_tensor(part)
+            if implied is None:
+                continue
+            key, shape = f"{prefix}.{implied[0]}", implied[1]
+            # A weight may be absent when it is tied to another stored tensor; a packed buffer never is.
+            if key in stored and stored[key] != shape or key not in stored and implied[0] == "qweight":
+                raise ValueError(
+                    f"load_compressed: module {name!r} as recorded in {MANIFEST} implies {key} of shape {shape}, but "
+                    f"{weights} holds {stored.get(key, 'no such tensor')}"
+                )
+
+
+def _check_shapes(model: torch.nn.Module, records: dict, weights: Path, stored: dict, stored_dtypes: dict) -> None:
     for name in records:
         module = model.get_submodule(name)
         for buf_name, buf in module.named_buffers(recurse=False):
@@ -344,6 +372,7 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
         ValueError: a truncated or modified weights file, a malformed manifest, or tensors whose shapes do not
             match the recorded modules.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -360,15 +389,20 @@ def load_compressed(directory, *, device: str | torch.device = "cpu") -> torch.n
         model.tie_weights()  # skipped along with the initialisation by some transformers versions
     models.architecture(model)  # a clear error for a family the table does not know
     records = manifest.get("modules", {})
+    stored, stored_dtypes = _stored_tensors(weights)
+    _check_record_sizes(records, stored, weights)
     for name, record in records.items():
         try:
             model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{MANIFEST}: module {name!r} does not exist in a {type(model).__name__}") from None
         models.set_module(model, name, _build_module(name, record))
-    _check_shapes(model, records, weights)
-    _check_low_rank_shapes(model, records, weights)
-    missing, unexpected = load_model(model, str(weights), strict=False)
+    _check_shapes(model, records, weights, stored, stored_dtypes)
+    _check_low_rank_shapes(model, records, weights, stored)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except SafetensorError as exc:
+        raise ValueError(f"load_compressed: {weights} could not be read ({exc})") from None
     # Tied tensors are stored once (under one of their names): a missing name is fine when its tensor is the same
     # object as one that was loaded.
     state = model.state_dict(keep_vars=True)
