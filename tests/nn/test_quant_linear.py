@@ -136,3 +136,14 @@ def test_from_linear_with_something_that_is_no_config_is_a_clear_error():
         QuantLinear.from_linear(torch.nn.Linear(8, 4), object())
     with pytest.raises(TypeError, match="symmetric must be True or False"):
         QuantSpec(bits=4, group_size=None, symmetric="yes")
+
+
+def test_loading_non_finite_scales_is_refused():
+    # Kernel and reference disagree on a non-finite scale (-inf vs NaN): such a layer is refused when loaded.
+    layer = QuantLinear.from_linear(torch.nn.Linear(16, 4), QuantSpec(bits=8, group_size=8))
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["scales"][2, 1] = float("inf")
+    fresh = QuantLinear(16, 4, QuantSpec(bits=8, group_size=8))
+    with pytest.raises(ValueError, match=r"non-finite value\(s\) \(first: row 2, group 1 = inf\)"):
+        fresh.load_state_dict(state)
+    fresh.load_state_dict(layer.state_dict())  # finite scales load

@@ -104,3 +104,17 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.tcompress.exit_gate_head_stats.default, (hidden, weight.bfloat16(), None, 0.3, "entropy")
     )
+
+
+def test_an_expanded_head_weight_is_accepted(isa):
+    # Before: "invalid row stride (rows would overlap)" for a weight whose rows share memory.
+    hidden, weight = torch.randn(16), torch.randn(1, 16).expand(50, 16)
+    got = exit_gate_head(hidden, weight, 0.05)
+    want = exit_gate_head(hidden, weight.contiguous(), 0.05)
+    torch.testing.assert_close(got.gate.confidence, want.gate.confidence)
+    assert torch.equal(got.token, want.token)
+
+
+def test_meta_hidden_is_a_clear_error():
+    with pytest.raises(ValueError, match="hidden is on the meta device"):
+        exit_gate_head(torch.empty(4, device="meta"), torch.empty(5, 4, device="meta"), 0.5)

@@ -275,3 +275,28 @@ def test_cuda_bad_row_is_an_error(cuda_device):
     x[6] = float("-inf")
     with pytest.raises(ValueError, match="row 5 holds NaN"):
         exit_gate(x, 0.5)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda base: base[:1].expand(4, 100),  # every row the same memory
+        lambda base: base.flatten()[:100].as_strided((4, 50), (10, 1)),  # rows overlapping
+        lambda base: base[:, ::2],  # a column stride of 2
+        lambda base: base.t().contiguous().t(),  # transposed storage
+    ],
+)
+def test_any_layout_is_accepted_and_equals_the_reference(isa, layout):
+    # Before: expanded or overlapping rows raised "invalid row stride (rows would overlap)".
+    base = logits_of(4, 100)
+    logits = layout(base)
+    for criterion in CRITERIA:
+        got = exit_gate(logits, 0.05, criterion)
+        want = exit_gate_reference(logits.contiguous(), 0.05, criterion)
+        torch.testing.assert_close(got.confidence, want.confidence, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got.exit_mask, want.exit_mask)
+
+
+def test_meta_logits_are_a_clear_error():
+    with pytest.raises(ValueError, match="logits is on the meta device"):
+        exit_gate(torch.empty(2, 5, device="meta"), 0.5)

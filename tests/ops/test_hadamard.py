@@ -346,6 +346,36 @@ def test_bad_out():
         hadamard_transform(x, out=torch.empty(1, 64).expand(4, 64))
     with pytest.raises(ValueError, match=r"x cannot be written: its dimension 0 \(size 64\) has stride 0"):
         hadamard_transform_(torch.zeros(1).expand(64))
+    # Rows closer together than their length share memory too (before: accepted, undefined contents).
+    overlapping = torch.zeros(100).as_strided((4, 16), (8, 1))
+    with pytest.raises(ValueError, match=r"out cannot be written: its elements overlap in memory"):
+        hadamard_transform(torch.randn(4, 16), out=overlapping)
+    with pytest.raises(ValueError, match=r"x cannot be written: its elements overlap in memory"):
+        hadamard_transform_(overlapping)
+    # Slices, transposes and permutations have their own memory per element: written as before.
+    wide = torch.zeros(4, 32)
+    hadamard_transform(torch.randn(4, 16), out=wide[:, :16])
+    assert wide[:, 16:].abs().sum() == 0 and wide[:, :16].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "layout, overlaps",
+    [
+        (lambda: torch.empty(4, 6, 8), False),
+        (lambda: torch.empty(4, 6, 8).transpose(0, 2), False),
+        (lambda: torch.empty(4, 6, 8)[:, ::2], False),
+        (lambda: torch.empty(4, 6, 8).permute(2, 0, 1), False),
+        (lambda: torch.empty(0, 8), False),
+        (lambda: torch.empty(1, 5).expand(3, 5), True),
+        (lambda: torch.empty(100).as_strided((4, 16), (8, 1)), True),
+        (lambda: torch.empty(100).as_strided((4, 16), (16, 1)), False),
+        (lambda: torch.empty(100).as_strided((3, 2, 4), (1, 1, 8)), True),
+    ],
+)
+def test_elements_overlap_detects_shared_memory(layout, overlaps):
+    from tcompress.ops._common import elements_overlap
+
+    assert elements_overlap(layout()) is overlaps
 
 
 def test_bad_scale_and_grad_with_out():

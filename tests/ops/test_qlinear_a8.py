@@ -334,6 +334,9 @@ def test_helpers_reject_bad_input():
         quantize_activations(randn(2, 8), 16)
     with pytest.raises(TypeError, match="quantize_activations: x must have dtype float32"):
         quantize_activations(torch.zeros(2, 8, dtype=torch.int64))
+    # Before: an IndexError from amax over the empty dimension.
+    with pytest.raises(ValueError, match=r"x must have at least one column .* got shape \(3, 0\)"):
+        quantize_activations(torch.empty(3, 0))
 
 
 @pytest.mark.skipif(_native._C is None, reason="tcompress._C is not built")

@@ -109,6 +109,23 @@ def check_quantizable(weight: torch.Tensor, spec: QuantSpec, label: str) -> None
         raise ValueError(f"cannot quantize {label}: its weight holds NaN or Inf ({bad} non-finite values)")
 
 
+def _check_loaded_scales(module: QuantLinear, incompatible_keys) -> None:
+    """After load_state_dict: refuses non-finite scales, which quantization never produces (it refuses weights
+    whose scales would overflow) but an edited or corrupted checkpoint can hold. With a non-finite scale the kernels
+    and the pure-torch reference disagree (the kernels scale after summing a group, the reference before: -inf vs
+    NaN), so such a layer is refused once here rather than checked on every call."""
+    scales = module.scales
+    if scales.device.type == "meta":
+        return
+    bad = ~torch.isfinite(scales)
+    if bool(bad.any()):
+        row, group = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"QuantLinear: the loaded scales hold {int(bad.sum())} non-finite value(s) (first: row {row}, group "
+            f"{group} = {float(scales[row, group])}); the checkpoint is corrupted or was edited"
+        )
+
+
 class QuantLinear(nn.Module):
     """x (..., in_features) -> (..., out_features), with a packed int4/int8 weight.
 
@@ -148,6 +165,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=spec.torch_scale_dtype))
         self.register_buffer("zeros", None if spec.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype) if bias else None)
+        self.register_load_state_dict_post_hook(_check_loaded_scales)
 
     @classmethod
     def from_linear(cls, module: nn.Module, config, name: str = "", act_bits: int | None = None) -> QuantLinear:

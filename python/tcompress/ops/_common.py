@@ -92,8 +92,25 @@ def rows_of(t: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return t, layout[0], layout[1]
 
 
+def elements_overlap(t: torch.Tensor) -> bool:
+    """True unless every element of ``t`` provably has its own memory.
+
+    Dimensions sorted by stride, each stride must step over everything the smaller ones span: ``stride_i >
+    Σ_{j<i} (size_j - 1)·stride_j``. That holds for every contiguous tensor, slice, transpose and permutation; a
+    stride-0 (expanded) dimension or rows closer than their length fail it, and so would an exotic interleaving that
+    happens not to overlap (refused too: safe, never wrong).
+    """
+    reach = 0
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
 def check_writable(op: str, name: str, t: torch.Tensor) -> None:
-    """Raises ValueError when several elements of ``t`` share memory (a stride-0, i.e. expanded, dimension)."""
+    """Raises ValueError when elements of ``t`` may share memory (an expanded dimension, overlapping rows): a
+    kernel writing into it would give undefined contents."""
     for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
         if size > 1 and stride == 0:
             raise ValueError(
@@ -101,6 +118,12 @@ def check_writable(op: str, name: str, t: torch.Tensor) -> None:
                 f"share memory (an expanded tensor); got shape {tuple(t.shape)}, strides {tuple(t.stride())}. "
                 "Pass a tensor with its own memory (e.g. .clone())"
             )
+    if elements_overlap(t):
+        raise ValueError(
+            f"{op}: {name} cannot be written: its elements overlap in memory (e.g. rows closer together than their "
+            f"length); got shape {tuple(t.shape)}, strides {tuple(t.stride())}. Pass a tensor with its own memory "
+            "(e.g. .clone())"
+        )
 
 
 def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

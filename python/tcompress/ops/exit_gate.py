@@ -85,6 +85,16 @@ def _check_logits(op: str, logits: torch.Tensor) -> None:
         raise ValueError(f"{op}: logits must have a vocabulary of at least 1 entry; got shape {tuple(logits.shape)}")
 
 
+def _check_has_values(op: str, name: str, t: torch.Tensor) -> None:
+    """Raises ValueError for a tensor without data (the meta device): which rows exit depends on the values."""
+    if t.device.type == "meta":
+        raise ValueError(
+            f"{op}: {name} is on the meta device (no values); the exit and continue indices depend on the values, so "
+            "the gate needs a real tensor (for shapes alone, call torch.ops.tcompress.exit_gate_stats, which has a "
+            "fake implementation)"
+        )
+
+
 def _bad_row_message(op: str, row: int, kind: str) -> str:
     return f"{op}: logits row {row} {kind} (the first such row; a row without a softmax is an error, not an exit)"
 
@@ -147,9 +157,9 @@ def _head_reference_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: tor
 
 def _launch(logits: torch.Tensor, threshold: float, criterion: str):
     rows, vocab = logits.shape
-    if logits.stride(-1) != 1 and vocab > 1:
-        logits = logits.contiguous()
-    row_stride = logits.stride(0) if rows > 1 else vocab
+    # Rows the kernel can address with one stride are read in place; other layouts (expanded or overlapping rows,
+    # a transposed view) are copied, as every other op does.
+    logits, _, row_stride = _common.rows_of(logits)
     device = logits.device
     confidence = torch.empty(rows, dtype=torch.float32, device=device)
     mask = torch.empty(rows, dtype=torch.bool, device=device)
@@ -184,14 +194,13 @@ def _launch_head(
         # CUDA (and builds without _C): the logits are materialised, then gated by the exit_gate kernels.
         return _launch(_head_reference_logits(hidden, weight, bias), threshold, criterion)
     h = hidden.reshape(-1).to(torch.float32).contiguous()
-    if weight.stride(-1) != 1 and d > 1:
-        weight = weight.contiguous()
+    weight, _, weight_row_stride = _common.rows_of(weight)  # expanded / overlapping rows are copied
     b = None if bias is None else bias.to(torch.float32).contiguous()
     confidence = torch.empty(1, dtype=torch.float32)
     mask = torch.empty(1, dtype=torch.bool)
     token = torch.empty(1, dtype=torch.int64)
     native.exit_gate_head(h.data_ptr(), weight.data_ptr(), _common.dtype_code(weight.dtype), vocab, d,
-                          weight.stride(0) if vocab > 1 else d, 0 if b is None else b.data_ptr(),
+                          weight_row_stride, 0 if b is None else b.data_ptr(),
                           _CRITERION_CODES[criterion], threshold, confidence.data_ptr(), mask.data_ptr(),
                           token.data_ptr(), torch.get_num_threads())  # fmt: skip
     return confidence, mask, token
@@ -254,18 +263,19 @@ def exit_gate(logits: torch.Tensor, threshold: float, criterion: str = "max_prob
     """logits (rows, vocab) -> :class:`ExitGate` (see the module docstring for the criteria).
 
     Args:
-        logits: float32, float16 or bfloat16, 2-D (rows, vocab), on CPU or CUDA; rows may be a slice of a wider
-            buffer (any row stride); other layouts are copied.
+        logits: float32, float16 or bfloat16, 2-D (rows, vocab), on CPU or CUDA; rows that are a slice of a wider
+            buffer are read in place; other layouts (expanded, overlapping or transposed rows) are copied.
         threshold: a finite or infinite Python float (NaN is rejected).
         criterion: ``"max_prob"``, ``"margin"`` or ``"entropy"``.
 
     Raises:
         TypeError: logits is not a float tensor, or threshold is not a Python number.
-        ValueError: logits is not 2-D or has an empty vocabulary, the criterion is unknown, the threshold is NaN,
-            or a row holds NaN or +inf or only -inf (the message names the first such row).
+        ValueError: logits is not 2-D or has an empty vocabulary or is on the meta device, the criterion is unknown,
+            the threshold is NaN, or a row holds NaN or +inf or only -inf (the message names the first such row).
     """
     _check_criterion(_OP, criterion)
     _check_logits(_OP, logits)
+    _check_has_values(_OP, "logits", logits)
     threshold = _check_threshold(_OP, threshold)
     confidence, mask, _ = torch.ops.tcompress.exit_gate_stats(logits, threshold, criterion)
     return _compact(confidence, mask)
@@ -306,6 +316,7 @@ def exit_gate_head(
         raise ValueError(f"{_HEAD_OP}: hidden must have shape ({d},) or (1, {d}) (batch 1); got {tuple(hidden.shape)}")
     if hidden.device != head_weight.device:
         raise ValueError(f"{_HEAD_OP}: hidden is on {hidden.device} but head_weight is on {head_weight.device}")
+    _check_has_values(_HEAD_OP, "hidden", hidden)
     if head_bias is not None:
         _common.check_float(_HEAD_OP, "head_bias", head_bias)
         if head_bias.shape != (head_weight.shape[0],) or head_bias.device != head_weight.device:

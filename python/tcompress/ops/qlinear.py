@@ -223,7 +223,10 @@ def qlinear(
             made only when its rows cannot be addressed with one stride).
         qweight: uint8 codes on x's device: (out_features, in_features) for bits=8, or
             (out_features, in_features // 2) for bits=4 (column 2j in the low nibble of byte j).
-        scales: (out_features, groups) float32/float16/bfloat16, groups = in_features // group_size (1 per channel).
+        scales: (out_features, groups) float32/float16/bfloat16, groups = in_features // group_size (1 per channel),
+            finite: with a NaN or Inf scale the result is unspecified (the kernels apply a scale after summing its
+            group, the reference before, so they give -inf and NaN respectively). Not checked per call;
+            :func:`quantize` never produces one and :class:`~tcompress.nn.QuantLinear` refuses one on load.
         zeros: (out_features, groups) uint8 zero points (asymmetric), or None (symmetric: zero point 2^(bits-1)).
         bits: 4 or 8.
         group_size: input columns per group, dividing in_features; None for one group per output channel.

@@ -221,11 +221,14 @@ def quantize_activations(x: torch.Tensor, act_bits: int = 8) -> tuple[torch.Tens
     """x (..., K) float -> (codes (..., K) int8, scales (..., 1) float32): the native per-token quantization step
     of :func:`qlinear_a8` on CPU (the reference elsewhere); equal to :func:`quantize_activations_reference`.
 
-    Raises TypeError for a non-floating x, ValueError for a 0-d x, bad act_bits or (native) NaN/Inf in x.
+    Raises TypeError for a non-floating x, ValueError for a 0-d x, an empty last dimension, bad act_bits or (native)
+    NaN/Inf in x.
     """
     op = "tcompress.ops.quantize_activations"
     _common.check_float(op, "x", x)
     _common.check_at_least_1d(op, "x", x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have at least one column per token (..., K >= 1); got shape {tuple(x.shape)}")
     _check_act_bits(op, act_bits, 1, None)
     native = _native.cpu_native() if x.device.type == "cpu" else None
     if native is None or x.numel() == 0:
