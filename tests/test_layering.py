@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "_native": set(),
     "_files": set(),
     "hadamard": set(),
-    "data": set(),
+    "data": {"_files"},
     "ops": {"_native", "hadamard"},
     "nn": {"ops", "hadamard"},
     "models": {"_files"},

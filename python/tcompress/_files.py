@@ -20,6 +20,30 @@ from pathlib import Path
 COMPRESSED_MANIFEST = "tcompress.json"
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as recorded in labels, results and reports: relative to ``$TCOMPRESS_DATA_DIR`` (written
+    ``$TCOMPRESS_DATA_DIR/...``), to an installed package's site directory (``<site-packages>/...``) or to the
+    working directory, so that a report says where its inputs came from without the paths of the machine it ran on.
+    Anything else stays absolute."""
+    import site
+    import sysconfig
+
+    resolved = Path(path).expanduser().resolve()
+    data_dir = os.environ.get("TCOMPRESS_DATA_DIR")
+    anchors = [("$TCOMPRESS_DATA_DIR", data_dir)] if data_dir else []
+    site_dirs = {sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib"), *site.getsitepackages()}
+    anchors += [("<site-packages>", d) for d in sorted(d for d in site_dirs if d)]
+    for name, anchor in anchors:
+        try:
+            return f"{name}/{resolved.relative_to(Path(anchor).expanduser().resolve()).as_posix()}"
+        except ValueError:
+            continue
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def _sibling_prefix(target: Path, kind: str) -> str:
     return f".{target.name}.{kind}-{os.getpid()}-"
 

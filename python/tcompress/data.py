@@ -21,6 +21,8 @@ from typing import Any, Union
 
 import torch
 
+from ._files import display_path
+
 WIKITEXT2_TEST_FILE = "data/wikitext-2-raw/wiki.test.raw"
 WIKITEXT2_VALID_FILE = "data/wikitext-2/valid.txt"
 TINYSTORIES_FILE = "data/tinystories/valid-first10.txt"
@@ -81,7 +83,7 @@ def _wikitext2_test() -> TextSource:
     if path is not None:
         # Universal newlines: a CRLF copy of the file reads as the LF original and tokenizes the same.
         text = path.read_text(encoding="utf-8")
-        return TextSource("wikitext2", text, f"wikitext-2-raw test (file {path})")
+        return TextSource("wikitext2", text, f"wikitext-2-raw test (file {display_path(path)})")
     try:
         import datasets
     except ImportError:
@@ -164,10 +166,11 @@ def text_source(name: str | os.PathLike) -> TextSource:
         return _wikitext2_test()
     if key == "wikitext2-calibration":
         path = _asset(WIKITEXT2_VALID_FILE)
-        return TextSource(key, wikitext2_calibration_text(), f"wikitext-2 validation, detokenized (file {path})")
+        label = f"wikitext-2 validation, detokenized (file {display_path(path)})"
+        return TextSource(key, wikitext2_calibration_text(), label)
     if key == "tinystories":
         stories = tinystories_texts()
-        label = f"tinystories validation, first {len(stories)} stories (file {_asset(TINYSTORIES_FILE)})"
+        label = f"tinystories validation, first {len(stories)} stories (file {display_path(_asset(TINYSTORIES_FILE))})"
         return TextSource(key, "\n\n".join(stories), label, tuple(stories))
     if key == "fallback":
         return TextSource(key, fallback_text(), FALLBACK_LABEL)
@@ -180,7 +183,7 @@ def text_source(name: str | os.PathLike) -> TextSource:
                 f"text_source: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
                 "pass a UTF-8 text file"
             ) from None
-        return TextSource(key, text, f"text file {path}")
+        return TextSource(key, text, f"text file {display_path(path)}")
     raise ValueError(f"text_source: expected one of {', '.join(SOURCE_NAMES)} or an existing text file; got {key!r}")
 
 

