@@ -96,19 +96,22 @@ def advance_cache_(cache: object, layer_idx: int, hidden: torch.Tensor) -> None:
 
 
 @functools.cache
-def _cache_keyword(fn: Callable) -> str:
+def _first_taken(fn: Callable, names: tuple[str, ...]) -> str:
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin or C function: assume the older name
-        return "past_key_values"
-    return "cache" if "cache" in parameters else "past_key_values"
+        return names[-1]
+    return next((name for name in names if name in parameters), names[-1])
+
+
+def parameter_name(fn: Callable, *names: str) -> str:
+    """The first of ``names`` (newest first) that ``fn`` takes, else the last (the oldest): for arguments transformers
+    renamed between releases. ``fn``: a model's or decoder layer's ``forward`` (pass the class's function,
+    ``type(module).forward``, so the answer is cached per class) or a module-level function."""
+    return _first_taken(getattr(fn, "__func__", fn), names)
 
 
 def cache_kwargs(fn: Callable, cache: Any) -> dict[str, Any]:
     """``{name: cache}`` with the name ``fn`` takes its KV cache by: ``cache`` in current transformers (5.2x renamed it
-    and warns that ``past_key_values`` goes away in 5.40), ``past_key_values`` before.
-
-    ``fn`` is a model's or decoder layer's ``forward`` (pass the class's function, ``type(module).forward``, so the
-    answer is cached per class) or ``create_causal_mask``.
-    """
-    return {_cache_keyword(getattr(fn, "__func__", fn)): cache}
+    and warns that ``past_key_values`` goes away in 5.40), ``past_key_values`` before."""
+    return {parameter_name(fn, "cache", "past_key_values"): cache}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calling import cache_kwargs
+from .calling import cache_kwargs, parameter_name
 from .table import ArchSpec, architecture
 
 
@@ -87,9 +87,10 @@ class BlockStepper:
         Call before the step's first block writes to the cache (the mask covers the cached length plus T).
         """
         rotary = self._rotary(h, position_ids=position_ids) if self._rotary is not None else None
+        embeds = parameter_name(self._create_causal_mask, "inputs_embeds", "input_embeds")  # renamed in 5.x
         mask = self._create_causal_mask(
             config=self.config,
-            inputs_embeds=h,
+            **{embeds: h},
             attention_mask=None,
             position_ids=position_ids,
             **cache_kwargs(self._create_causal_mask, cache),
