@@ -165,9 +165,9 @@ def text_source(name: str | os.PathLike) -> TextSource:
     if key == "wikitext2":
         return _wikitext2_test()
     if key == "wikitext2-calibration":
-        path = _asset(WIKITEXT2_VALID_FILE)
-        label = f"wikitext-2 validation, detokenized (file {display_path(path)})"
-        return TextSource(key, wikitext2_calibration_text(), label)
+        text = wikitext2_calibration_text()  # FileNotFoundError when the asset is missing (before any label)
+        label = f"wikitext-2 validation, detokenized (file {display_path(_asset(WIKITEXT2_VALID_FILE))})"
+        return TextSource(key, text, label)
     if key == "tinystories":
         stories = tinystories_texts()
         label = f"tinystories validation, first {len(stories)} stories (file {display_path(_asset(TINYSTORIES_FILE))})"
