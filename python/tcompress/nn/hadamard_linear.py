@@ -14,6 +14,10 @@ from torch import nn
 from .. import ops
 from ..hadamard.constructions import factor_size
 
+# float64 elements per slice when a weight is transformed offline a slice of rows at a time (32 MiB): the rotation
+# recipe uses the same bound for its tables.
+FLOAT64_SLICE_ELEMENTS = 1 << 22
+
 
 def check_hadamard_size(n: int, label: str) -> None:
     """Raises ValueError naming ``label`` when ``n`` input features have no Hadamard construction."""
@@ -59,7 +63,7 @@ class HadamardLinear(nn.Linear):
             # W H row by row with the fast transform (O(out·in·log in)), not a dense product with an (in, in) H (at
             # Mistral's 14336 a 1.6 GB float64 matrix and ~3 TFLOP per layer), a slice of rows at a time (rows
             # transform independently): float64 temporaries of ~32 MiB, not ~1 GB for Mistral-7B's down_proj.
-            step = max(1, (1 << 22) // in_features)
+            step = max(1, FLOAT64_SLICE_ELEMENTS // in_features)
             for part, out in zip(weight.detach().split(step), target.split(step)):
                 out.copy_(ops.hadamard_reference(part.to(torch.float64)).to(weight.dtype))
             new.weight = nn.Parameter(target, requires_grad=weight.requires_grad)

@@ -33,7 +33,7 @@ from .. import models
 from ..hadamard import random_hadamard
 from ..hadamard.constructions import factor_size
 from ..nn import HadamardLinear, QuantLinear, ScaleFreeRMSNorm
-from ..nn.hadamard_linear import check_hadamard_size
+from ..nn.hadamard_linear import FLOAT64_SLICE_ELEMENTS, check_hadamard_size
 from .config import RecipeConfig
 
 
@@ -121,7 +121,7 @@ def _check_rotatable(model: nn.Module, arch: models.ArchSpec, d: int, online: bo
 
 # float64 elements per slice of a large table: 32 MiB. Mistral-7B's embedding and head (32000 × 4096) whole in float64,
 # plus fn's result, would be 2 GB of temporaries each (3.2 GB at SmolLM2's vocabulary of 49,152).
-_SLICE_ELEMENTS = 1 << 22
+_SLICE_ELEMENTS = FLOAT64_SLICE_ELEMENTS
 
 
 def _update_(weight: torch.Tensor, fn, independent_dim: int | None = None) -> None:
