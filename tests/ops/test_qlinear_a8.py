@@ -12,7 +12,7 @@ import pytest
 import torch
 from tcompress import _native
 from tcompress.ops import qlinear_a8, qlinear_a8_reference, qlinear_reference, quantize_activations_reference
-from tcompress.ops.qlinear_a8 import (
+from tcompress.ops.int8_activations import (
     qlinear_a8_accumulators,
     qlinear_a8_accumulators_reference,
     quantize_activations,
@@ -237,13 +237,13 @@ def test_gradient_is_straight_through():
 
 
 def test_opcheck():
-    op = torch.ops.tcompress.qlinear_a8.default
+    op = torch.ops.tcompress.qlinear.default
     for bits, group_size, symmetric, act_bits in ((4, 32, True, 8), (8, 0, False, 4), (8, -1, True, 8)):
         gs = None if group_size <= 0 else group_size
         qweight, scales, zeros = weight(24, 64, bits, gs, symmetric)
-        torch.library.opcheck(op, (randn(3, 64, seed=1), qweight, scales, zeros, bits, group_size, act_bits, None))
+        torch.library.opcheck(op, (randn(3, 64, seed=1), qweight, scales, zeros, bits, group_size, None, act_bits))
         x = randn(2, 3, 64, seed=2).requires_grad_()
-        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, act_bits, randn(24, seed=3)))
+        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, randn(24, seed=3), act_bits))
 
 
 def test_torch_compile_fullgraph():
@@ -320,15 +320,15 @@ def test_non_finite_activations_are_a_clear_error(isa):
 
 def test_schema_op_checks_too():
     a = _args()
-    with pytest.raises(ValueError, match="tcompress::qlinear_a8: act_bits must be 8 or 4"):
-        torch.ops.tcompress.qlinear_a8(a["x"], a["qweight"], a["scales"], a["zeros"], 4, 32, 2, None)
+    with pytest.raises(ValueError, match="tcompress::qlinear: act_bits must be 8 or 4"):
+        torch.ops.tcompress.qlinear(a["x"], a["qweight"], a["scales"], a["zeros"], 4, 32, None, 2)
 
 
 def test_helpers_reject_bad_input():
     qweight, zeros = random_weight_codes(24, 64, 8, 2, False)
     with pytest.raises(TypeError, match="qlinear_a8_accumulators: codes must be an int8 tensor; got torch.float32"):
         qlinear_a8_accumulators(torch.zeros(2, 64), qweight, zeros, 8, 32)
-    with pytest.raises(ValueError, match="x has inner size 60 but the weight expects in_features 64"):
+    with pytest.raises(ValueError, match="codes have inner size 60 but the weight expects in_features 64"):
         qlinear_a8_accumulators(torch.zeros(2, 60, dtype=torch.int8), qweight, zeros, 8, 32)
     with pytest.raises(ValueError, match="quantize_activations: act_bits must be 8 or 4 .*; got 16"):
         quantize_activations(randn(2, 8), 16)

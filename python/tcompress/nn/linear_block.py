@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ._prepared import PreparedOperands
 
 _QUANTIZE_MODES = (None, "int8")
 
@@ -36,7 +37,7 @@ def _quantize_columns_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return codes, scale
 
 
-class LinearBlock(nn.Module):
+class LinearBlock(PreparedOperands, nn.Module):
     """h: (..., d) -> (..., d). Low-rank ``h + (h - mu) @ U @ V + b`` or dense ``h @ A + b``; output in h's dtype.
 
     Build with :meth:`from_factors` or :meth:`from_dense`; ``LinearBlock(d, rank, quantize)`` makes an empty module
@@ -46,7 +47,11 @@ class LinearBlock(nn.Module):
         d: hidden size.
         rank: r for the low-rank form, None for the dense form.
         quantize: None or "int8" (low-rank factors only).
+
+    A low-rank forward checks only h: the factors are checked and laid out once (see :class:`PreparedOperands`).
     """
+
+    _operand_buffers = ("U", "V", "b", "mu", "u_scale", "v_scale")
 
     def __init__(self, d: int, rank: int | None, quantize: str | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -179,9 +184,10 @@ class LinearBlock(nn.Module):
             raise ValueError(f"LinearBlock: h must have last dimension d = {self.d}; got shape {tuple(h.shape)}")
         if self.rank is None:
             return F.linear(h, self.weight.to(h.dtype), self.b.to(h.dtype))
-        if self.quantize == "int8":
-            return ops.linear_block(h, self.U, self.V, self.b, self.mu, self.u_scale, self.v_scale)
-        return ops.linear_block(h, self.U, self.V, self.b, self.mu)
+        return self.prepared()(h)
+
+    def _prepare(self, U, V, b, mu, u_scale, v_scale) -> ops.PreparedLinearBlock:
+        return ops.PreparedLinearBlock(U, V, b, mu, u_scale, v_scale)
 
     def extra_repr(self) -> str:
         if self.rank is None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import ops
 from ..ops.quantize import num_groups
+from ._prepared import PreparedOperands
 from .hadamard_linear import HadamardLinear, check_hadamard_size
 
 ACT_BITS = (None, 8, 4)
@@ -126,12 +127,15 @@ def _check_loaded_scales(module: QuantLinear, incompatible_keys) -> None:
         )
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(PreparedOperands, nn.Module):
     """x (..., in_features) -> (..., out_features), with a packed int4/int8 weight.
 
     Buffers: ``qweight`` (out, in) uint8 for int8 or (out, in // 2) for int4; ``scales`` (out, groups);
     ``zeros`` (out, groups) uint8 when asymmetric; ``bias`` (out,) when the layer has one. The output has x's dtype.
+    A forward checks only x: the buffers are checked and laid out once (see :class:`PreparedOperands`).
     """
+
+    _operand_buffers = ("qweight", "scales", "zeros", "bias")
 
     def __init__(
         self,
@@ -225,14 +229,13 @@ class QuantLinear(nn.Module):
         codes = ops.unpack_int4(self.qweight) if self.spec.bits == 4 else self.qweight
         return ops.dequantize_reference(codes, self.scales, self.zeros, self.spec.bits, self.spec.group_size)
 
+    def _prepare(self, qweight, scales, zeros, bias) -> ops.PreparedQLinear:
+        return ops.PreparedQLinear(qweight, scales, zeros, self.spec.bits, self.spec.group_size, bias, self.act_bits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.online_hadamard:
             x = ops.hadamard_transform(x)
-        if self.act_bits is not None:
-            return ops.qlinear_a8(
-                x, self.qweight, self.scales, self.zeros, self.spec.bits, self.spec.group_size, self.act_bits, self.bias
-            )
-        return ops.qlinear(x, self.qweight, self.scales, self.zeros, self.spec.bits, self.spec.group_size, self.bias)
+        return self.prepared()(x)
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.spec.group_size is None else f"group_size={self.spec.group_size}"

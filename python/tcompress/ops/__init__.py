@@ -6,9 +6,9 @@ modules, and a pure-torch reference (the fallback and the test oracle).
 
 from .exit_gate import ExitGate, ExitGateHead, exit_gate, exit_gate_head, exit_gate_reference
 from .hadamard import hadamard_reference, hadamard_transform, hadamard_transform_
-from .linear_block import linear_block, linear_block_reference
-from .qlinear import qlinear, qlinear_reference
-from .qlinear_a8 import qlinear_a8, qlinear_a8_reference, quantize_activations_reference
+from .int8_activations import quantize_activations_reference
+from .linear_block import PreparedLinearBlock, linear_block, linear_block_reference
+from .qlinear import PreparedQLinear, qlinear, qlinear_a8, qlinear_a8_reference, qlinear_reference
 from .quantize import (
     QuantizedWeight,
     dequantize,
@@ -28,7 +28,9 @@ __all__ = [
     "ExitGateHead",
     "exit_gate_head",
     "linear_block",
+    "PreparedLinearBlock",
     "linear_block_reference",
+    "PreparedQLinear",
     "qlinear_a8",
     "qlinear_a8_reference",
     "quantize_activations_reference",

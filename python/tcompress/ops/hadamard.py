@@ -5,8 +5,7 @@ H_n = kron(H_K, H_{2^m}) with H_{2^m} the Sylvester matrix and H_K a small Hadam
 inverse is the *transposed* transform (``transpose=True``); H_{2^m} is symmetric, so for powers of two the
 transform is its own inverse.
 
-Registered ops (namespace ``tcompress``), each with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA
-kernel (``_cuda``) and a pure-torch reference, which also serves other devices and builds without native code:
+Registered ops (namespace ``tcompress``; see :mod:`._op` for how every op is registered and called):
 
 - ``hadamard(Tensor x, float scale, bool transpose) -> Tensor`` (differentiable)
 - ``hadamard_out(Tensor x, float scale, bool transpose, Tensor(a!) out) -> ()``
@@ -23,6 +22,7 @@ import torch
 from .. import _native
 from ..hadamard.constructions import base_hadamard, factor_size
 from . import _common
+from ._op import Op, OpDeclaration
 
 _OP = "tcompress.ops.hadamard_transform"
 
@@ -90,12 +90,13 @@ def hadamard_reference(x: torch.Tensor, scale: float | None = None, transpose: b
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Native launches. x and out are validated tensors of the same shape/dtype/device.
+# Native launch. x and out are validated tensors of the same shape/dtype/device.
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, fresh_out: bool = False) -> None:
-    """Writes ``x @ H * scale`` into ``out`` (same shape, dtype and device; out without self-overlap).
+def _launch(native, x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, fresh_out: bool = False) -> None:
+    """Writes ``x @ H * scale`` into ``out`` (same shape, dtype and device; out without self-overlap) through
+    ``native`` (``_C`` for CPU tensors, ``_cuda`` for CUDA ones).
 
     ``out`` may be ``x`` itself (same memory and layout: transformed in place) or overlap it in any other way
     (then the result goes through a temporary). ``fresh_out``: out was just allocated contiguous (no aliasing to
@@ -111,7 +112,7 @@ def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, f
         # out cannot be written row by row (e.g. transposed), or it shares memory with x in another layout:
         # compute into a fresh buffer, then copy.
         tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-        _launch(x, tmp, scale, transpose)
+        _launch(native, x, tmp, scale, transpose)
         out.copy_(tmp)
         return
     rows, out_stride = layout
@@ -120,52 +121,51 @@ def _launch(x: torch.Tensor, out: torch.Tensor, scale: float, transpose: bool, f
     else:
         src, _, x_stride = _common.rows_of(x)
     if x.device.type == "cpu":
-        native = _native.cpu_native()
-        if native is None:
-            out.copy_(hadamard_reference(x, scale, transpose))
-            return
         hk = _hk_cpu(k, transpose) if k > 1 else None
     else:
-        max_n = _native._cuda.hadamard_max_n(x.device.index) if _common.native_cuda_ready(_OP) else 0
+        max_n = native.hadamard_max_n(x.device.index)
         if n > max_n:
-            if max_n:
-                _native.warn_once(
-                    f"hadamard-n{n}",
-                    f"{_OP}: n={n} exceeds the longest row the CUDA kernel holds in "
-                    f"shared memory on {x.device} ({max_n}); using the pure-torch reference",
-                )
+            _native.warn_once(
+                f"hadamard-n{n}",
+                f"{_OP}: n={n} exceeds the longest row the CUDA kernel holds in shared memory on {x.device} "
+                f"({max_n}); using the pure-torch reference",
+            )
             out.copy_(hadamard_reference(x, scale, transpose))
             return
         hk = _hk_on(k, transpose, x.device) if k > 1 else None
     # The arguments both native entry points share (see csrc/include/tcompress/hadamard.h).
     args = (src.data_ptr(), out.data_ptr(), rows, n, x_stride, out_stride, _common.dtype_code(x.dtype),
             hk.data_ptr() if hk is not None else 0, k, scale)  # fmt: skip
-    _common.call_native(native.hadamard if x.device.type == "cpu" else _native._cuda.hadamard, args, x)
+    _common.call_native(native.hadamard, args, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Op registration.
+# The declarations: a functional op, an out= op and an in-place op, all (x, scale, transpose[, out]).
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tcompress::hadamard", mutates_args=())
-def _hadamard(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
-    _check_input("tcompress::hadamard", x)
-    return hadamard_reference(x, scale, transpose).contiguous()
+def _check_writable_out(label, x, scale, transpose, out) -> None:
+    _check_input(label, x)
+    _common.check_writable(label, "out", out)
 
 
-@_hadamard.register_fake
-def _(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
-    _check_input("tcompress::hadamard", x)
-    return x.new_empty(x.shape)
+def _check_writable_x(label, x, scale, transpose) -> None:
+    _check_input(label, x)
+    _common.check_writable(label, "x", x)
 
 
-@_hadamard.register_kernel(("cpu", "cuda"))
-def _(x: torch.Tensor, scale: float, transpose: bool) -> torch.Tensor:
-    _check_input("tcompress::hadamard", x)
+def _functional(native, _, x, scale, transpose):
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _launch(x, out, scale, transpose)
+    _launch(native, x, out, scale, transpose, fresh_out=True)
     return out
+
+
+def _reference_out(x, scale, transpose, out) -> None:
+    out.copy_(hadamard_reference(x, scale, transpose))
+
+
+def _reference_inplace(x, scale, transpose) -> None:
+    x.copy_(hadamard_reference(x, scale, transpose))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -174,48 +174,45 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     # y = x H s  =>  dL/dx = dL/dy H^T s: the same op with the transpose flag flipped.
-    return _hadamard(grad, ctx.scale, not ctx.transpose), None, None
+    return HADAMARD.dispatch(grad, ctx.scale, not ctx.transpose), None, None
 
 
-_hadamard.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("tcompress::hadamard_out", mutates_args=("out",))
-def _hadamard_out(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
-    _check_input("tcompress::hadamard_out", x)
-    out.copy_(hadamard_reference(x, scale, transpose))
-
-
-@_hadamard_out.register_fake
-def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
-    _check_input("tcompress::hadamard_out", x)
-    _common.check_writable("tcompress::hadamard_out", "out", out)
-
-
-@_hadamard_out.register_kernel(("cpu", "cuda"))
-def _(x: torch.Tensor, scale: float, transpose: bool, out: torch.Tensor) -> None:
-    _check_input("tcompress::hadamard_out", x)
-    _common.check_writable("tcompress::hadamard_out", "out", out)
-    _launch(x, out, scale, transpose)
-
-
-@torch.library.custom_op("tcompress::hadamard_", mutates_args=("x",))
-def _hadamard_inplace(x: torch.Tensor, scale: float, transpose: bool) -> None:
-    _check_input("tcompress::hadamard_", x)
-    x.copy_(hadamard_reference(x, scale, transpose))
-
-
-@_hadamard_inplace.register_fake
-def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
-    _check_input("tcompress::hadamard_", x)
-    _common.check_writable("tcompress::hadamard_", "x", x)
-
-
-@_hadamard_inplace.register_kernel(("cpu", "cuda"))
-def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
-    _check_input("tcompress::hadamard_", x)
-    _common.check_writable("tcompress::hadamard_", "x", x)
-    _launch(x, x, scale, transpose)
+HADAMARD = Op(
+    OpDeclaration(
+        name="hadamard",
+        schema="(Tensor x, float scale, bool transpose) -> Tensor",
+        check=lambda label, x, scale, transpose: _check_input(label, x),
+        fake=lambda _, x, scale, transpose: x.new_empty(x.shape),
+        reference=lambda x, scale, transpose: hadamard_reference(x, scale, transpose).contiguous(),
+        launch=_functional,
+        backward=_backward,
+        setup_context=_setup_context,
+    )
+)
+HADAMARD_OUT = Op(
+    OpDeclaration(
+        name="hadamard_out",
+        schema="(Tensor x, float scale, bool transpose, Tensor(a!) out) -> ()",
+        check=_check_writable_out,
+        fake=lambda *_: None,
+        reference=_reference_out,
+        launch=lambda native, _, x, scale, transpose, out: _launch(native, x, out, scale, transpose),
+        mutates_args=("out",),
+        differentiable=(),
+    )
+)
+HADAMARD_INPLACE = Op(
+    OpDeclaration(
+        name="hadamard_",
+        schema="(Tensor(a!) x, float scale, bool transpose) -> ()",
+        check=_check_writable_x,
+        fake=lambda *_: None,
+        reference=_reference_inplace,
+        launch=lambda native, _, x, scale, transpose: _launch(native, x, x, scale, transpose),
+        mutates_args=("x",),
+        differentiable=(),
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,6 +222,14 @@ def _(x: torch.Tensor, scale: float, transpose: bool) -> None:
 
 def _resolve_scale(op: str, n: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(n) if scale is None else _common.check_finite_scale(op, scale)
+
+
+def _scale_arg(op: str, x, scale: float | None) -> float:
+    """The schema's scale before x is checked (the op's check then names what is wrong with x)."""
+    if scale is None:
+        n = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 0
+        return 1.0 / math.sqrt(n) if n > 0 else 1.0
+    return _common.check_finite_scale(op, scale)
 
 
 def _check_no_grad(op: str, *tensors: torch.Tensor) -> None:
@@ -259,14 +264,10 @@ def hadamard_transform(
         ValueError: n has no Hadamard construction (the message lists the supported K), out has another shape
             or device, out is expanded (elements sharing memory), or scale is not a finite float32.
     """
+    if out is None:
+        return HADAMARD.call(_OP, x, _scale_arg(_OP, x, scale), bool(transpose))
     _check_input(_OP, x)
     scale = _resolve_scale(_OP, x.shape[-1], scale)
-    if out is None:
-        if _common.direct_launch_ok(x):
-            result = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            _launch(x, result, scale, bool(transpose), fresh_out=True)
-            return result
-        return torch.ops.tcompress.hadamard(x, scale, bool(transpose))
     _common.check_like(_OP, "out", out, "x", x)
     _check_no_grad(_OP, x, out)
     # No data_ptr() here: this function is traced by torch.compile. The kernels sort out aliasing.

@@ -8,8 +8,7 @@ is needed. Both products broadcast one activation and stream a contiguous factor
 ``y += t_i * V[i, :]``), which is the natural layout of a broadcast-FMA kernel; for many rows the CPU kernel widens
 the factors into fp32 panels once per call (see csrc/cpu/linear_block_kernel.h).
 
-Registered op (namespace ``tcompress``), with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA kernel
-(``_cuda``) and the pure-torch reference, which also serves other devices and builds without native code:
+Registered op (namespace ``tcompress``; see :mod:`._op` for how every op is registered and called):
 
 - ``linear_block(Tensor x, Tensor U, Tensor V, Tensor b, Tensor mu, Tensor? u_scale, Tensor? v_scale) -> Tensor``
   (differentiable with respect to x, b and mu; the factors are a fixed, fitted map)
@@ -20,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _common
+from ._op import Op, OpDeclaration
 
 _OP = "tcompress.ops.linear_block"
 _FACTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
@@ -48,16 +48,15 @@ def linear_block_reference(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_args(op, x, U, V, b, mu, u_scale, v_scale) -> None:
-    _common.check_float(op, "x", x)
-    _common.check_at_least_1d(op, "x", x)
+def _check_factors(op, device, U, V, b, mu, u_scale, v_scale) -> None:
+    """Validates the fitted map's tensors on ``device`` (everything but x)."""
     for name, t in (("U", U), ("V", V), ("b", b), ("mu", mu), ("u_scale", u_scale), ("v_scale", v_scale)):
         if t is None and name in ("u_scale", "v_scale"):
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}; got {t.device}")
+        if t.device != device:
+            raise ValueError(f"{op}: {name} must be on x's device {device}; got {t.device}")
     for name, t in (("U", U), ("V", V)):
         if t.dtype not in _FACTOR_DTYPES:
             raise TypeError(f"{op}: {name} must have dtype float32, bfloat16, float16 or int8; got {t.dtype}")
@@ -72,8 +71,6 @@ def _check_args(op, x, U, V, b, mu, u_scale, v_scale) -> None:
         raise ValueError(
             f"{op}: V must have shape (r, d) = ({r}, {d}) to match U {tuple(U.shape)}; got {tuple(V.shape)}"
         )
-    if x.shape[-1] != d:
-        raise ValueError(f"{op}: x has inner size {x.shape[-1]} but U {tuple(U.shape)} expects d = {d}")
     for name, t in (("b", b), ("mu", mu)):
         _common.check_float(op, name, t)
         if tuple(t.shape) != (d,):
@@ -90,64 +87,58 @@ def _check_args(op, x, U, V, b, mu, u_scale, v_scale) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Native launch.
+# The declaration: schema arguments (x, U, V, b, mu, u_scale, v_scale).
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _launch(x, U, V, b, mu, u_scale, v_scale) -> torch.Tensor:
-    d, r = U.shape
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y
-    native = _common.native_module(x, _OP)
-    if native is None or not hasattr(native, "linear_block"):
-        y.copy_(linear_block_reference(x, U, V, b, mu, u_scale, v_scale))
-        return y
-    x, rows, x_stride = _common.rows_of(x)
-    U, V, b, mu = U.contiguous(), V.contiguous(), b.contiguous(), mu.contiguous()
-    if u_scale is not None:
-        u_scale = u_scale.to(torch.float32).contiguous()
-        v_scale = v_scale.to(torch.float32).contiguous()
-    factor_code = _INT8_FACTOR_CODE if U.dtype == torch.int8 else _common.dtype_code(U.dtype)
-    args = (x.data_ptr(), _common.dtype_code(x.dtype), rows, d, x_stride, U.data_ptr(), V.data_ptr(), factor_code, r,
-            0 if u_scale is None else u_scale.data_ptr(), 0 if v_scale is None else v_scale.data_ptr(),
-            b.data_ptr(), _common.dtype_code(b.dtype), mu.data_ptr(), _common.dtype_code(mu.dtype),
-            y.data_ptr(), d)  # fmt: skip
-    _common.call_native(native.linear_block, args, x)
-    return y
+def _check(label, x, U, V, b, mu, u_scale, v_scale) -> None:
+    _common.check_float(label, "x", x)
+    _common.check_at_least_1d(label, "x", x)
+    _check_factors(label, x.device, U, V, b, mu, u_scale, v_scale)
+    if x.shape[-1] != U.shape[0]:
+        raise ValueError(f"{label}: x has inner size {x.shape[-1]} but U {tuple(U.shape)} expects d = {U.shape[0]}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Op registration.
-# ---------------------------------------------------------------------------------------------------------------
-
-_SCHEMA_OP = "tcompress::linear_block"
-
-
-@torch.library.custom_op(_SCHEMA_OP, mutates_args=())
-def _linear_block(
-    x: torch.Tensor,
-    U: torch.Tensor,
-    V: torch.Tensor,
-    b: torch.Tensor,
-    mu: torch.Tensor,
-    u_scale: torch.Tensor | None,
-    v_scale: torch.Tensor | None,
-) -> torch.Tensor:
-    _check_args(_SCHEMA_OP, x, U, V, b, mu, u_scale, v_scale)
-    return linear_block_reference(x, U, V, b, mu, u_scale, v_scale).contiguous()
-
-
-@_linear_block.register_fake
-def _(x, U, V, b, mu, u_scale, v_scale):
-    _check_args(_SCHEMA_OP, x, U, V, b, mu, u_scale, v_scale)
+def _fake(_, x, *args):
     return x.new_empty(x.shape)
 
 
-@_linear_block.register_kernel(("cpu", "cuda"))
-def _(x, U, V, b, mu, u_scale, v_scale):
-    _check_args(_SCHEMA_OP, x, U, V, b, mu, u_scale, v_scale)
-    return _launch(x, U, V, b, mu, u_scale, v_scale)
+def _reference(*args):
+    return linear_block_reference(*args).contiguous()
+
+
+class _Operands:
+    """The factors as the native entry points take them: contiguous tensors (kept alive here), pointers, codes."""
+
+    __slots__ = ("tensors", "d", "args")
+
+    def __init__(self, U, V, b, mu, u_scale, v_scale):
+        d, r = U.shape
+        U, V, b, mu = U.contiguous(), V.contiguous(), b.contiguous(), mu.contiguous()
+        if u_scale is not None:
+            u_scale = u_scale.to(torch.float32).contiguous()
+            v_scale = v_scale.to(torch.float32).contiguous()
+        self.tensors = (U, V, b, mu, u_scale, v_scale)
+        self.d = d
+        factor_code = _INT8_FACTOR_CODE if U.dtype == torch.int8 else _common.dtype_code(U.dtype)
+        # The arguments between x's (pointer, dtype, rows, d, row stride) and y's.
+        self.args = (U.data_ptr(), V.data_ptr(), factor_code, r, 0 if u_scale is None else u_scale.data_ptr(),
+                     0 if v_scale is None else v_scale.data_ptr(), b.data_ptr(), _common.dtype_code(b.dtype),
+                     mu.data_ptr(), _common.dtype_code(mu.dtype))  # fmt: skip
+
+    def launch(self, native, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        if y.numel() == 0:
+            return y
+        x, rows, x_stride = _common.rows_of(x)
+        d = self.d
+        args = (x.data_ptr(), _common.dtype_code(x.dtype), rows, d, x_stride, *self.args, y.data_ptr(), d)
+        _common.call_native(native.linear_block, args, x)
+        return y
+
+
+def _launch(native, _, x, U, V, b, mu, u_scale, v_scale) -> torch.Tensor:
+    return _Operands(U, V, b, mu, u_scale, v_scale).launch(native, x)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -170,7 +161,19 @@ def _backward(ctx, grad: torch.Tensor):
     return grad_x, None, None, grad_b, grad_mu, None, None
 
 
-_linear_block.register_autograd(_backward, setup_context=_setup_context)
+LINEAR_BLOCK = Op(
+    OpDeclaration(
+        name="linear_block",
+        schema="(Tensor x, Tensor U, Tensor V, Tensor b, Tensor mu, Tensor? u_scale, Tensor? v_scale) -> Tensor",
+        check=_check,
+        fake=_fake,
+        reference=_reference,
+        launch=_launch,
+        backward=_backward,
+        setup_context=_setup_context,
+        differentiable=(0, 3, 4),
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +208,36 @@ def linear_block(
         ValueError: inconsistent shapes (the message names them), missing or superfluous scales, tensors on
             different devices.
     """
-    _check_args(_OP, x, U, V, b, mu, u_scale, v_scale)
-    if _common.direct_launch_ok(x, b, mu):
-        return _launch(x, U, V, b, mu, u_scale, v_scale)
-    return torch.ops.tcompress.linear_block(x, U, V, b, mu, u_scale, v_scale)
+    return LINEAR_BLOCK.call(_OP, x, U, V, b, mu, u_scale, v_scale)
+
+
+class PreparedLinearBlock:
+    """The fitted map's tensors, checked and laid out once: a call checks only ``x``.
+
+    For :class:`~tcompress.nn.LinearBlock`, which prepares again whenever a buffer is replaced (``.to()``, a load
+    that assigns, offload hooks); values changed in place need nothing. Args and errors as :func:`linear_block`
+    without x.
+    """
+
+    __slots__ = ("device", "d", "_operands", "_schema_args")
+
+    def __init__(self, U, V, b, mu, u_scale=None, v_scale=None):
+        self.device = U.device if isinstance(U, torch.Tensor) else None
+        _check_factors(_OP, self.device, U, V, b, mu, u_scale, v_scale)
+        self.d = U.shape[0]
+        native_device = self.device.type in ("cpu", "cuda")
+        self._operands = _Operands(U, V, b, mu, u_scale, v_scale) if native_device else None
+        self._schema_args = (U, V, b, mu, u_scale, v_scale)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., d) -> (..., d): as :func:`linear_block` on the prepared map."""
+        if not (type(x) is torch.Tensor and x.dtype in _common.FLOAT_DTYPES and x.dim() and x.shape[-1] == self.d
+                and x.device == self.device):  # fmt: skip
+            _check(_OP, x, *self._schema_args)
+        args = self._schema_args
+        operands = self._operands
+        if operands is not None and _common.direct_launch_ok(x, args[2], args[3]):
+            native = _common.native_module(x, LINEAR_BLOCK.qualname)
+            if native is not None:
+                return operands.launch(native, x)
+        return LINEAR_BLOCK.dispatch(x, *args)

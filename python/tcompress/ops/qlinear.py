@@ -1,13 +1,22 @@
-"""Matrix multiplication with packed int4/int8 weights: ``y = x @ dequant(W)^T + bias``.
+"""Matrix multiplication with packed int4/int8 weights, one op family for float and integer activations:
+``y = x @ dequant(W)^T + bias`` (:func:`qlinear`) and ``y = Q(x) @ dequant(W)^T + bias`` with per-token int8/int4
+activation codes (:func:`qlinear_a8`, the same op with ``act_bits`` 8 or 4).
 
 Weight format: see :mod:`tcompress.ops.quantize` (unsigned codes, ``(u - z) * s`` per group, int4 packed two per
-byte with the even column in the low nibble).
+byte with the even column in the low nibble). Activation quantization (per token, symmetric): see
+:mod:`tcompress.ops.int8_activations`. The integer kernels compute, exactly in int32, ``acc[m, n, g] = sum_{k in g}
+(u[n, k] - z[n, g]) * a[m, k]``, then in fp32 ``c = sum_g float(acc[..., g]) * s[n, g]`` (groups in order) and
+``y = c * s_x[m] + bias[n]`` (see csrc/include/tcompress/qlinear_a8.h).
 
-Registered op (namespace ``tcompress``), with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA kernel
-(``_cuda``) and a pure-torch reference, which also serves other devices and builds without native code:
+Registered op (namespace ``tcompress``; see :mod:`._op` for how every op is registered and called):
 
-- ``qlinear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, Tensor? bias)
-  -> Tensor`` (group_size 0 or -1: one group per output channel; differentiable with respect to x and bias)
+- ``qlinear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, Tensor? bias,
+  int act_bits) -> Tensor`` (group_size 0 or -1: one group per output channel; act_bits 0: float activations).
+  Differentiable with respect to x and bias; with integer activations by the straight-through estimator (the
+  activation rounding counts as the identity, so ``dL/dx = dL/dy @ dequant(W)``).
+
+:class:`PreparedQLinear` holds the weight operands checked and laid out once, for modules that call the same
+weights many times (a call then checks only x).
 """
 
 from __future__ import annotations
@@ -16,9 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from . import _common
-from .quantize import SCALE_DTYPES, dequantize_reference, unpack_int4_reference
+from ._op import Op, OpDeclaration
+from ._qlinear_checks import check_act_bits, check_call, check_weights, check_x, group_or_none
+from .int8_activations import quantize_activations_reference
+from .quantize import dequantize_reference, unpack_int4_reference
 
 _OP = "tcompress.ops.qlinear"
+_OP_A8 = "tcompress.ops.qlinear_a8"
 
 
 def qlinear_reference(
@@ -34,154 +47,90 @@ def qlinear_reference(
 
     Pure-torch reference: dequantize to fp32, ``F.linear`` in fp32, cast to x's dtype.
     """
-    codes = unpack_int4_reference(qweight) if bits == 4 else qweight
-    w = dequantize_reference(codes, scales, zeros, bits, group_size)
+    w = _dequantized(qweight, scales, zeros, bits, group_size)
     y = F.linear(x.to(torch.float32), w, None if bias is None else bias.to(torch.float32))
     return y.to(x.dtype)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Checks: everything the native kernels rely on, with messages naming the argument, the expectation and the value.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _group_or_none(group_size: int | None) -> int | None:
-    """The schema's per-channel spellings (0, -1) as None."""
-    return None if group_size is None or group_size in (0, -1) else group_size
-
-
-def _check_args(
-    op: str,
+def qlinear_a8_reference(
     x: torch.Tensor,
     qweight: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor | None,
     bits: int,
     group_size: int | None,
-    bias: torch.Tensor | None,
-) -> tuple[int, int]:
-    """Validates a qlinear call; returns (in_features K, out_features N)."""
-    _common.check_float(op, "x", x)
-    _common.check_at_least_1d(op, "x", x)
-    if isinstance(bits, bool) or bits not in (4, 8):
-        raise ValueError(f"{op}: bits must be 4 or 8; got {bits!r}")
-    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}; got {t.device}")
-    if qweight.dtype != torch.uint8:
-        raise TypeError(f"{op}: qweight must have dtype torch.uint8 (packed codes); got {qweight.dtype}")
-    if qweight.dim() != 2:
-        raise ValueError(
-            f"{op}: qweight must be 2-D, (out_features, in_features{' // 2' if bits == 4 else ''}); "
-            f"got shape {tuple(qweight.shape)}"
-        )
-    n, k = qweight.shape[0], qweight.shape[1] * (2 if bits == 4 else 1)
-    if n == 0 or k == 0:
-        raise ValueError(f"{op}: qweight must not be empty; got shape {tuple(qweight.shape)}")
-    if x.shape[-1] != k:
-        layout = "int4 codes packed two per byte" if bits == 4 else "int8 codes"
-        raise ValueError(
-            f"{op}: x has inner size {x.shape[-1]} but the weight expects in_features {k} "
-            f"(qweight {tuple(qweight.shape)} holds {layout})"
-        )
-    if group_size is not None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-            raise ValueError(
-                f"{op}: group_size must be a positive int or None (one group per output channel); got {group_size!r}"
-            )
-        if k % group_size != 0:
-            raise ValueError(f"{op}: group_size {group_size} does not divide in_features {k}")
-    groups = 1 if group_size is None else k // group_size
-    if scales.dtype not in SCALE_DTYPES:
-        raise TypeError(f"{op}: scales must have dtype float32, float16 or bfloat16; got {scales.dtype}")
-    if tuple(scales.shape) != (n, groups):
-        raise ValueError(
-            f"{op}: scales must have shape (out_features, groups) = ({n}, {groups}) for in_features {k} and "
-            f"group_size {group_size}; got {tuple(scales.shape)}"
-        )
-    if zeros is not None:
-        if zeros.dtype != torch.uint8:
-            raise TypeError(f"{op}: zeros must have dtype torch.uint8 (or be None: symmetric); got {zeros.dtype}")
-        if tuple(zeros.shape) != (n, groups):
-            raise ValueError(f"{op}: zeros must have scales' shape ({n}, {groups}); got {tuple(zeros.shape)}")
-    if bias is not None:
-        _common.check_float(op, "bias", bias)
-        if tuple(bias.shape) != (n,):
-            raise ValueError(f"{op}: bias must have shape (out_features,) = ({n},); got {tuple(bias.shape)}")
-    return k, n
+    act_bits: int = 8,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (..., in) -> (..., out) in x's dtype: fake-quantized activations times the dequantized weight, fp32."""
+    codes, act_scales = quantize_activations_reference(x, act_bits)
+    w = _dequantized(qweight, scales, zeros, bits, group_size)
+    y = F.linear(codes.to(torch.float32) * act_scales, w, None if bias is None else bias.to(torch.float32))
+    return y.to(x.dtype)
 
 
 def _dequantized(qweight, scales, zeros, bits, group_size) -> torch.Tensor:
     codes = unpack_int4_reference(qweight) if bits == 4 else qweight
-    return dequantize_reference(codes, scales, zeros, bits, _group_or_none(group_size))
+    return dequantize_reference(codes, scales, zeros, bits, group_or_none(group_size))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Native launches.
+# The declaration: schema arguments (x, qweight, scales, zeros, bits, group_size, bias, act_bits).
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _launch(x, qweight, scales, zeros, bits, group_size, bias) -> torch.Tensor:
-    k, n = x.shape[-1], qweight.shape[0]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
+def _check(label, x, qweight, scales, zeros, bits, group_size, bias, act_bits) -> tuple[int, int]:
+    return check_call(label, x, qweight, scales, zeros, bits, group_or_none(group_size), bias, act_bits or None)
+
+
+def _fake(kn, x, *args):
+    return x.new_empty((*x.shape[:-1], kn[1]))
+
+
+def _reference(x, qweight, scales, zeros, bits, group_size, bias, act_bits):
+    g = group_or_none(group_size)
+    if act_bits:
+        return qlinear_a8_reference(x, qweight, scales, zeros, bits, g, act_bits, bias).contiguous()
+    return qlinear_reference(x, qweight, scales, zeros, bits, g, bias).contiguous()
+
+
+class _Operands:
+    """The weight operands as the native entry points take them: contiguous tensors (kept alive here) and their
+    pointers, dtype codes and sizes."""
+
+    __slots__ = ("tensors", "k", "n", "act_bits", "weight_args", "bias_args")
+
+    def __init__(self, qweight, scales, zeros, bits, group_size, bias, act_bits, k, n):
+        qweight, scales = qweight.contiguous(), scales.contiguous()
+        zeros = None if zeros is None else zeros.contiguous()
+        bias = None if bias is None else bias.contiguous()
+        self.tensors = (qweight, scales, zeros, bias)
+        self.k, self.n, self.act_bits = k, n, act_bits
+        g = group_or_none(group_size) or 0
+        # The arguments after x's (pointer, dtype, rows, K, row stride) and before bias, per entry point.
+        act = (act_bits,) if act_bits else ()
+        self.weight_args = (qweight.data_ptr(), n, bits, scales.data_ptr(), _common.dtype_code(scales.dtype),
+                            0 if zeros is None else zeros.data_ptr(), g, *act)  # fmt: skip
+        self.bias_args = (0, 0) if bias is None else (bias.data_ptr(), _common.dtype_code(bias.dtype))
+
+    def launch(self, native, x: torch.Tensor) -> torch.Tensor:
+        """y = x @ W^T (+ bias) through ``native`` (x already checked against these operands)."""
+        y = torch.empty((*x.shape[:-1], self.n), dtype=x.dtype, device=x.device)
+        if y.numel() == 0:
+            return y
+        x, rows, x_stride = _common.rows_of(x)
+        args = (x.data_ptr(), _common.dtype_code(x.dtype), rows, self.k, x_stride, *self.weight_args,
+                *self.bias_args, y.data_ptr(), self.n)  # fmt: skip
+        _common.call_native(native.qlinear_a8 if self.act_bits else native.qlinear, args, x)
         return y
-    native = _common.native_module(x, _OP)
-    if native is None:
-        y.copy_(qlinear_reference(x, qweight, scales, zeros, bits, _group_or_none(group_size), bias))
-        return y
-    x, rows, x_stride = _common.rows_of(x)
-    qweight, scales = qweight.contiguous(), scales.contiguous()
-    zeros = None if zeros is None else zeros.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    g = 0 if _group_or_none(group_size) is None else group_size
-    args = (x.data_ptr(), _common.dtype_code(x.dtype), rows, k, x_stride, qweight.data_ptr(), n, bits,
-            scales.data_ptr(), _common.dtype_code(scales.dtype), 0 if zeros is None else zeros.data_ptr(), g,
-            0 if bias is None else bias.data_ptr(), 0 if bias is None else _common.dtype_code(bias.dtype),
-            y.data_ptr(), n)  # fmt: skip
-    _common.call_native(native.qlinear, args, x)
-    return y
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Op registration.
-# ---------------------------------------------------------------------------------------------------------------
-
-_SCHEMA_OP = "tcompress::qlinear"
-
-
-@torch.library.custom_op(_SCHEMA_OP, mutates_args=())
-def _qlinear(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    bits: int,
-    group_size: int,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    _check_args(_SCHEMA_OP, x, qweight, scales, zeros, bits, _group_or_none(group_size), bias)
-    return qlinear_reference(x, qweight, scales, zeros, bits, _group_or_none(group_size), bias).contiguous()
-
-
-@_qlinear.register_fake
-def _(x, qweight, scales, zeros, bits, group_size, bias):
-    _, n = _check_args(_SCHEMA_OP, x, qweight, scales, zeros, bits, _group_or_none(group_size), bias)
-    return x.new_empty((*x.shape[:-1], n))
-
-
-@_qlinear.register_kernel(("cpu", "cuda"))
-def _(x, qweight, scales, zeros, bits, group_size, bias):
-    _check_args(_SCHEMA_OP, x, qweight, scales, zeros, bits, _group_or_none(group_size), bias)
-    return _launch(x, qweight, scales, zeros, bits, group_size, bias)
+def _launch(native, kn, x, qweight, scales, zeros, bits, group_size, bias, act_bits):
+    return _Operands(qweight, scales, zeros, bits, group_size, bias, act_bits, *kn).launch(native, x)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, qweight, scales, zeros, bits, group_size, bias = inputs
+    x, qweight, scales, zeros, bits, group_size, bias, _act_bits = inputs
     ctx.save_for_backward(qweight, scales, zeros)
     ctx.bits, ctx.group_size, ctx.x_dtype = bits, group_size, x.dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -189,6 +138,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     # y = x W^T + b  =>  dL/dx = dL/dy W, dL/db = sum of dL/dy over the leading dimensions (W is not trained).
+    # With integer activations the rounding counts as the identity (straight-through), so the same holds.
     qweight, scales, zeros = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
@@ -196,10 +146,23 @@ def _backward(ctx, grad: torch.Tensor):
         grad_x = (grad.to(torch.float32) @ w).to(ctx.x_dtype)
     if ctx.bias_dtype is not None and ctx.needs_input_grad[6]:
         grad_bias = grad.to(torch.float32).reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
-    return grad_x, None, None, None, None, None, grad_bias
+    return grad_x, None, None, None, None, None, grad_bias, None
 
 
-_qlinear.register_autograd(_backward, setup_context=_setup_context)
+QLINEAR = Op(
+    OpDeclaration(
+        name="qlinear",
+        schema="(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, Tensor? bias, "
+        "int act_bits) -> Tensor",
+        check=_check,
+        fake=_fake,
+        reference=_reference,
+        launch=_launch,
+        backward=_backward,
+        setup_context=_setup_context,
+        differentiable=(0, 6),
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,6 +178,8 @@ def qlinear(
     bits: int,
     group_size: int | None,
     bias: torch.Tensor | None = None,
+    *,
+    act_bits: int | None = None,
 ) -> torch.Tensor:
     """x (..., in_features) -> (..., out_features): ``x @ dequant(W)^T + bias``, fp32 accumulation, x's dtype.
 
@@ -231,6 +196,7 @@ def qlinear(
         bits: 4 or 8.
         group_size: input columns per group, dividing in_features; None for one group per output channel.
         bias: optional (out_features,) float tensor.
+        act_bits: None (float activations), or 8 / 4: per-token integer activations, as :func:`qlinear_a8`.
 
     Returns:
         A new tensor (..., out_features) in x's dtype. Differentiable with respect to x and bias.
@@ -244,7 +210,91 @@ def qlinear(
         ValueError: bad bits or group_size, inconsistent shapes (the message names both sizes), or tensors on
             different devices.
     """
-    _check_args(_OP, x, qweight, scales, zeros, bits, group_size, bias)
-    return torch.ops.tcompress.qlinear(
-        x, qweight, scales, zeros, int(bits), 0 if group_size is None else group_size, bias
-    )
+    label = _OP if act_bits is None else _OP_A8
+    group = _group_arg(label, group_size)
+    return QLINEAR.call(label, x, qweight, scales, zeros, bits, group, bias, _act_bits_arg(label, act_bits))
+
+
+def qlinear_a8(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bits: int,
+    group_size: int | None,
+    act_bits: int = 8,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (..., in_features) -> (..., out_features): per-token int``act_bits`` activations times int4/int8 weights.
+
+    Args as :func:`tcompress.ops.qlinear`, plus ``act_bits`` (8 or 4). A group (``group_size``, or in_features
+    for per-channel weights) holds at most 65536 columns, so that the int32 accumulators are exact.
+
+    Returns:
+        A new tensor (..., out_features) in x's dtype: the integer product scaled per group and per token, in fp32
+        (equal to :func:`qlinear_a8_reference` up to fp32 rounding). Differentiable with respect to x and bias by
+        the straight-through estimator (the weight is not trained).
+
+    Raises:
+        TypeError: a tensor has the wrong dtype (x/bias not floating, qweight/zeros not uint8, scales not floating).
+        ValueError: bad bits, act_bits or group_size, inconsistent shapes, tensors on different devices, a group
+            over 65536 columns, or (native kernels) x holding NaN or Inf.
+    """
+    group = _group_arg(_OP_A8, group_size)
+    return QLINEAR.call(_OP_A8, x, qweight, scales, zeros, bits, group, bias, _act_bits_arg(_OP_A8, act_bits))
+
+
+def _group_arg(label: str, group_size: int | None) -> int:
+    """The schema's group_size: 0 for None (per channel); the schema's own spellings 0 and -1 are refused here,
+    where they would silently mean None."""
+    if group_size is None:
+        return 0
+    if type(group_size) is not int or group_size <= 0:
+        raise ValueError(
+            f"{label}: group_size must be a positive int or None (one group per output channel); got {group_size!r}"
+        )
+    return group_size
+
+
+def _act_bits_arg(label: str, act_bits: int | None) -> int:
+    """The schema's act_bits: 0 for float activations; 0 itself is refused (it would silently mean None)."""
+    if act_bits is None:
+        return 0
+    check_act_bits(label, act_bits, 1, None)
+    return act_bits
+
+
+class PreparedQLinear:
+    """The weight operands of one qlinear, checked and laid out once: a call checks only ``x``.
+
+    For modules that multiply by the same weights many times (:class:`~tcompress.nn.QuantLinear`): prepare again
+    whenever a tensor is replaced or moved (the module does so on construction, state-dict load and ``.to()``);
+    values changed in place need nothing. The tensors are referenced, not copied, when already contiguous.
+
+    Args as :func:`qlinear` without x. Raises as :func:`qlinear` for bad weights.
+    """
+
+    __slots__ = ("device", "in_features", "out_features", "_operands", "_schema_args", "_label")
+
+    def __init__(self, qweight, scales, zeros, bits: int, group_size: int | None, bias=None, act_bits=None):
+        label = self._label = _OP if act_bits is None else _OP_A8
+        act = _act_bits_arg(label, act_bits)
+        self.device = qweight.device if isinstance(qweight, torch.Tensor) else None
+        k, n = check_weights(label, self.device, qweight, scales, zeros, bits, group_size, bias, act or None)
+        self.in_features, self.out_features = k, n
+        # Pointers exist on the devices with native kernels only; elsewhere (meta ...) every call is dispatched.
+        native_device = self.device.type in ("cpu", "cuda")
+        self._operands = _Operands(qweight, scales, zeros, bits, group_size, bias, act, k, n) if native_device else None
+        self._schema_args = (qweight, scales, zeros, bits, _group_arg(label, group_size), bias, act)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features); as :func:`qlinear` on the prepared weights."""
+        if not (type(x) is torch.Tensor and x.dtype in _common.FLOAT_DTYPES and x.dim()
+                and x.shape[-1] == self.in_features and x.device == self.device):  # fmt: skip
+            check_x(self._label, x, self.in_features, self.device)
+        operands = self._operands
+        if operands is not None and QLINEAR.direct((x, None, None, None, None, None, self._schema_args[5])):
+            native = _common.native_module(x, QLINEAR.qualname)
+            if native is not None:
+                return operands.launch(native, x)
+        return QLINEAR.dispatch(x, *self._schema_args)
