@@ -14,8 +14,8 @@ softmax: they keep the running maximum m, S = sum exp(l - m) and T = sum exp(l -
 and the top-2 logits; max_prob = 1/S, margin = (1 - exp(l2 - m))/S, entropy = log S - T/S. exp is a polynomial
 (relative error ~2e-7); the confidence agrees with the softmax reference to ~1e-6 relative.
 
-Registered ops (namespace ``tcompress``), each with a fake implementation, CPU and CUDA kernels and a pure-torch
-fallback. They return fixed-size tensors; the data-dependent compaction (``nonzero``) is done with torch ops
+Registered ops (namespace ``tcompress``; see :mod:`._op` for how every op is registered and called). They return
+fixed-size tensors; the data-dependent compaction (``nonzero``) is done with torch ops
 outside the custom op, so that ``torch.compile`` can trace it like any other ``nonzero``:
 
 - ``exit_gate_stats(Tensor logits, float threshold, str criterion) -> (Tensor confidence, Tensor exit_mask,
@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _native
 from . import _common
+from ._op import Op, OpDeclaration
 
 CRITERIA = ("max_prob", "margin", "entropy")
 _CRITERION_CODES = {name: code for code, name in enumerate(CRITERIA)}  # tc_exit_criterion
@@ -151,11 +151,11 @@ def _head_reference_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: tor
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Native launches.
+# Native launches, through ``native`` (``_C`` for CPU tensors, ``_cuda`` for CUDA ones).
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _launch(logits: torch.Tensor, threshold: float, criterion: str):
+def _launch(native, logits: torch.Tensor, threshold: float, criterion: str):
     rows, vocab = logits.shape
     # Rows the kernel can address with one stride are read in place; other layouts (expanded or overlapping rows,
     # a transposed view) are copied, as every other op does.
@@ -169,15 +169,10 @@ def _launch(logits: torch.Tensor, threshold: float, criterion: str):
     args = (logits.data_ptr(), _common.dtype_code(logits.dtype), rows, vocab, row_stride, _CRITERION_CODES[criterion],
             threshold, confidence.data_ptr(), mask.data_ptr(), argmax.data_ptr())  # fmt: skip
     if device.type == "cpu":
-        native = _native.cpu_native()
-        if native is None:
-            return _reference_stats(logits, threshold, criterion)
         native.exit_gate(*args, torch.get_num_threads())
         return confidence, mask, argmax
-    if not _common.native_cuda_ready(_OP):
-        return _reference_stats(logits, threshold, criterion)
     bad = torch.full((1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
-    _native._cuda.exit_gate(*args, bad.data_ptr(), device.index, _common.cuda_stream_handle(logits))
+    native.exit_gate(*args, bad.data_ptr(), device.index, _common.cuda_stream_handle(logits))
     code = int(bad.item())  # a synchronization: a bad row must raise here, not exit silently later
     if code != torch.iinfo(torch.int64).max:
         kind = {1: "holds NaN", 2: "holds +inf", 3: "is all -inf"}.get(code % 4, "has no softmax")
@@ -185,14 +180,11 @@ def _launch(logits: torch.Tensor, threshold: float, criterion: str):
     return confidence, mask, argmax
 
 
-def _launch_head(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str
-):
+def _launch_head(native, hidden: torch.Tensor, weight: torch.Tensor, bias, threshold: float, criterion: str):
     vocab, d = weight.shape
-    native = _native.cpu_native() if hidden.device.type == "cpu" else None
-    if native is None:
-        # CUDA (and builds without _C): the logits are materialised, then gated by the exit_gate kernels.
-        return _launch(_head_reference_logits(hidden, weight, bias), threshold, criterion)
+    if hidden.device.type != "cpu":
+        # CUDA: the logits are materialised, then gated by the exit_gate kernel.
+        return _launch(native, _head_reference_logits(hidden, weight, bias), threshold, criterion)
     h = hidden.reshape(-1).to(torch.float32).contiguous()
     weight, _, weight_row_stride = _common.rows_of(weight)  # expanded / overlapping rows are copied
     b = None if bias is None else bias.to(torch.float32).contiguous()
@@ -207,45 +199,66 @@ def _launch_head(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Op registration.
+# The declarations. They return fixed-size tensors (compile-friendly); the public functions compact.
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tcompress::exit_gate_stats", mutates_args=())
-def _exit_gate_stats(
-    logits: torch.Tensor, threshold: float, criterion: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _reference_stats(logits, threshold, criterion)
+def _check_gate(label, logits, threshold, criterion) -> None:
+    _check_criterion(label, criterion)
+    _check_logits(label, logits)
+    _check_threshold(label, threshold)
 
 
-@_exit_gate_stats.register_fake
-def _(logits: torch.Tensor, threshold: float, criterion: str):
-    rows = logits.shape[0]
-    return (logits.new_empty(rows, dtype=torch.float32), logits.new_empty(rows, dtype=torch.bool),
-            logits.new_empty(rows, dtype=torch.int64))  # fmt: skip
+def _check_head(label, hidden, weight, bias, threshold, criterion) -> None:
+    _check_criterion(label, criterion)
+    _check_threshold(label, threshold)
+    _common.check_float(label, "hidden", hidden)
+    _common.check_float(label, "head_weight", weight)
+    if weight.dim() != 2 or weight.shape[0] == 0 or weight.shape[1] == 0:
+        raise ValueError(f"{label}: head_weight must be 2-D (vocab, d) and non-empty; got {tuple(weight.shape)}")
+    d = weight.shape[1]
+    if hidden.shape not in ((d,), (1, d)):
+        raise ValueError(f"{label}: hidden must have shape ({d},) or (1, {d}) (batch 1); got {tuple(hidden.shape)}")
+    if hidden.device != weight.device:
+        raise ValueError(f"{label}: hidden is on {hidden.device} but head_weight is on {weight.device}")
+    if bias is not None:
+        _common.check_float(label, "head_bias", bias)
+        if bias.shape != (weight.shape[0],) or bias.device != weight.device:
+            raise ValueError(
+                f"{label}: head_bias must have shape ({weight.shape[0]},) on {weight.device}; "
+                f"got {tuple(bias.shape)} on {bias.device}"
+            )
 
 
-@_exit_gate_stats.register_kernel(("cpu", "cuda"))
-def _(logits: torch.Tensor, threshold: float, criterion: str):
-    return _launch(logits, threshold, criterion)
+def _empty_stats(like: torch.Tensor, rows: int):
+    return (like.new_empty(rows, dtype=torch.float32), like.new_empty(rows, dtype=torch.bool),
+            like.new_empty(rows, dtype=torch.int64))  # fmt: skip
 
 
-@torch.library.custom_op("tcompress::exit_gate_head_stats", mutates_args=())
-def _exit_gate_head_stats(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _reference_stats(_head_reference_logits(hidden, weight, bias), threshold, criterion)
-
-
-@_exit_gate_head_stats.register_fake
-def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str):
-    return (weight.new_empty(1, dtype=torch.float32), weight.new_empty(1, dtype=torch.bool),
-            weight.new_empty(1, dtype=torch.int64))  # fmt: skip
-
-
-@_exit_gate_head_stats.register_kernel(("cpu", "cuda"))
-def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float, criterion: str):
-    return _launch_head(hidden, weight, bias, threshold, criterion)
+EXIT_GATE = Op(
+    OpDeclaration(
+        name="exit_gate_stats",
+        schema="(Tensor logits, float threshold, str criterion) -> (Tensor, Tensor, Tensor)",
+        check=_check_gate,
+        fake=lambda _, logits, threshold, criterion: _empty_stats(logits, logits.shape[0]),
+        reference=_reference_stats,
+        launch=lambda native, _, *args: _launch(native, *args),
+        differentiable=(),
+    )
+)
+EXIT_GATE_HEAD = Op(
+    OpDeclaration(
+        name="exit_gate_head_stats",
+        schema="(Tensor hidden, Tensor weight, Tensor? bias, float threshold, str criterion) -> (Tensor, Tensor, Tensor)",
+        check=_check_head,
+        fake=lambda _, hidden, weight, *args: _empty_stats(weight, 1),
+        reference=lambda hidden, weight, bias, threshold, criterion: _reference_stats(
+            _head_reference_logits(hidden, weight, bias), threshold, criterion
+        ),
+        launch=lambda native, _, *args: _launch_head(native, *args),
+        differentiable=(),
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,11 +286,9 @@ def exit_gate(logits: torch.Tensor, threshold: float, criterion: str = "max_prob
         ValueError: logits is not 2-D or has an empty vocabulary or is on the meta device, the criterion is unknown,
             the threshold is NaN, or a row holds NaN or +inf or only -inf (the message names the first such row).
     """
-    _check_criterion(_OP, criterion)
-    _check_logits(_OP, logits)
-    _check_has_values(_OP, "logits", logits)
-    threshold = _check_threshold(_OP, threshold)
-    confidence, mask, _ = torch.ops.tcompress.exit_gate_stats(logits, threshold, criterion)
+    if isinstance(logits, torch.Tensor):
+        _check_has_values(_OP, "logits", logits)
+    confidence, mask, _ = EXIT_GATE.call(_OP, logits, threshold, criterion)
     return _compact(confidence, mask)
 
 
@@ -303,28 +314,7 @@ def exit_gate_head(
     Returns:
         ``ExitGateHead(gate, token)``: gate over one row, token (1,) int64 the first argmax of the logits.
     """
-    _check_criterion(_HEAD_OP, criterion)
-    threshold = _check_threshold(_HEAD_OP, threshold)
-    _common.check_float(_HEAD_OP, "hidden", hidden)
-    _common.check_float(_HEAD_OP, "head_weight", head_weight)
-    if head_weight.dim() != 2 or head_weight.shape[0] == 0 or head_weight.shape[1] == 0:
-        raise ValueError(
-            f"{_HEAD_OP}: head_weight must be 2-D (vocab, d) and non-empty; got {tuple(head_weight.shape)}"
-        )
-    d = head_weight.shape[1]
-    if hidden.shape not in ((d,), (1, d)):
-        raise ValueError(f"{_HEAD_OP}: hidden must have shape ({d},) or (1, {d}) (batch 1); got {tuple(hidden.shape)}")
-    if hidden.device != head_weight.device:
-        raise ValueError(f"{_HEAD_OP}: hidden is on {hidden.device} but head_weight is on {head_weight.device}")
-    _check_has_values(_HEAD_OP, "hidden", hidden)
-    if head_bias is not None:
-        _common.check_float(_HEAD_OP, "head_bias", head_bias)
-        if head_bias.shape != (head_weight.shape[0],) or head_bias.device != head_weight.device:
-            raise ValueError(
-                f"{_HEAD_OP}: head_bias must have shape ({head_weight.shape[0]},) on {head_weight.device}; "
-                f"got {tuple(head_bias.shape)} on {head_bias.device}"
-            )
-    confidence, mask, token = torch.ops.tcompress.exit_gate_head_stats(
-        hidden, head_weight, head_bias, threshold, criterion
-    )
+    if isinstance(hidden, torch.Tensor):
+        _check_has_values(_HEAD_OP, "hidden", hidden)
+    confidence, mask, token = EXIT_GATE_HEAD.call(_HEAD_OP, hidden, head_weight, head_bias, threshold, criterion)
     return ExitGateHead(_compact(confidence, mask), token)

@@ -18,9 +18,8 @@ The format (shared by the CPU/CUDA kernels, :mod:`tcompress.ops.qlinear` and ``t
   byte ``j`` of a row holds column ``2j`` in its low nibble and ``2j + 1`` in its high nibble, so a packed int4
   weight is ``(out, in // 2)`` uint8 (``in`` must be even).
 
-Registered ops (namespace ``tcompress``), each with a fake (meta) implementation, a CPU kernel (``_C``), a CUDA kernel
-(``_cuda``) and a pure-torch implementation from the references below, which serves other devices and builds without
-native code (and the CUDA device when the CUDA kernels cannot run, with a one-time warning):
+Registered ops (namespace ``tcompress``; see :mod:`._op` for how every op is registered and called), whose pure-torch
+implementations come from the references below:
 
 - ``quantize_weight(Tensor w, int bits, int group_size, bool symmetric, ScalarType scale_dtype)
   -> (Tensor codes, Tensor scales, Tensor zeros)``: ``group_size`` 0 means per channel; symmetric ``zeros`` is an
@@ -38,9 +37,9 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _native
 from . import _common
 from . import _quantize_checks as _checks
+from ._op import Op, OpDeclaration
 
 SCALE_DTYPES = _checks.SCALE_DTYPES  # the scale storage dtypes: fp32, fp16, bf16
 
@@ -165,12 +164,13 @@ def _raise_cuda_status(op: str, status: int) -> None:
     raise RuntimeError(f"{op}: the CUDA kernel rejected its input (tcompress status {status})")
 
 
-def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
-    """Native CPU/CUDA quantization, or the fallback when the kernels cannot run."""
-    cuda = w.device.type == "cuda"
-    native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_QUANTIZE)):
-        return _quantize_fallback(op, w, bits, group, symmetric, scale_dtype)
+# ---------------------------------------------------------------------------------------------------------------
+# Native launches, through ``native`` (``_C`` for CPU tensors, ``_cuda`` for CUDA ones). The kernels refuse bad
+# values (NaN, a scale overflow, a code above 15) with a status; the value checks then say what is wrong.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _native_quantize(native, op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
     codes, scales, zeros = _empty_quantized(w, group, symmetric, scale_dtype)
     if w.numel() == 0:
         return codes, scales, zeros
@@ -178,9 +178,9 @@ def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
     args = (src.data_ptr(), _common.dtype_code(w.dtype), rows, w.shape[1], stride, bits, group, symmetric,
             codes.data_ptr(), scales.data_ptr(), _common.dtype_code(scale_dtype),
             0 if symmetric else zeros.data_ptr())  # fmt: skip
-    if cuda:
+    if w.device.type == "cuda":
         status = _cuda_status_tensor(w.device)
-        _native._cuda.quantize(*args, status.data_ptr(), w.device.index, _common.cuda_stream_handle(w))
+        native.quantize(*args, status.data_ptr(), w.device.index, _common.cuda_stream_handle(w))
         code = int(status.item())
         if code:
             _checks.check_quantize_values(op, w, bits, group, symmetric, scale_dtype)
@@ -194,21 +194,16 @@ def _native_quantize(op: str, w, bits, group, symmetric, scale_dtype) -> tuple:
     return codes, scales, zeros
 
 
-def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
+def _native_pack(native, op: str, codes: torch.Tensor) -> torch.Tensor:
     n = codes.shape[-1]
     out = codes.new_empty((*codes.shape[:-1], n // 2))
-    cuda = codes.device.type == "cuda"
-    native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_PACK)):
-        _checks.check_int4_values(op, codes)
-        return out.copy_(pack_int4_reference(codes))
     if out.numel() == 0:
         return out
     src, rows, stride = _common.rows_of(codes)
     args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n // 2)
-    if cuda:
+    if codes.device.type == "cuda":
         status = _cuda_status_tensor(codes.device)
-        _native._cuda.pack_int4(*args, status.data_ptr(), codes.device.index, _common.cuda_stream_handle(codes))
+        native.pack_int4(*args, status.data_ptr(), codes.device.index, _common.cuda_stream_handle(codes))
         code = int(status.item())
         if code:
             _checks.check_int4_values(op, codes)
@@ -222,29 +217,17 @@ def _native_pack(op: str, codes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _native_unpack(packed: torch.Tensor) -> torch.Tensor:
+def _native_unpack(native, packed: torch.Tensor) -> torch.Tensor:
     n = packed.shape[-1] * 2
     out = packed.new_empty((*packed.shape[:-1], n))
-    cuda = packed.device.type == "cuda"
-    native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_UNPACK)):
-        return out.copy_(unpack_int4_reference(packed))
     if out.numel() == 0:
         return out
     src, rows, stride = _common.rows_of(packed)
-    args = (src.data_ptr(), out.data_ptr(), rows, n, stride, n)
-    if cuda:
-        _native._cuda.unpack_int4(*args, packed.device.index, _common.cuda_stream_handle(packed))
-    else:
-        native.unpack_int4(*args, torch.get_num_threads())
+    _common.call_native(native.unpack_int4, (src.data_ptr(), out.data_ptr(), rows, n, stride, n), packed)
     return out
 
 
-def _native_dequantize(codes, scales, zeros, bits, group, packed, dtype) -> torch.Tensor:
-    cuda = codes.device.type == "cuda"
-    native = None if cuda else _native.cpu_native()
-    if (native is None and not cuda) or (cuda and not _common.native_cuda_ready(_checks.OP_DEQUANTIZE)):
-        return _dequantize_fallback(codes, scales, zeros, bits, group, packed, dtype)
+def _native_dequantize(native, codes, scales, zeros, bits, group, packed, dtype) -> torch.Tensor:
     in_features = codes.shape[1] * (2 if packed else 1)
     out = codes.new_empty((codes.shape[0], in_features), dtype=dtype)
     if out.numel() == 0:
@@ -256,105 +239,72 @@ def _native_dequantize(codes, scales, zeros, bits, group, packed, dtype) -> torc
     args = (src.data_ptr(), fmt, rows, in_features, stride, scales.data_ptr(), _common.dtype_code(scales.dtype),
             0 if zeros is None else zeros.data_ptr(), bits, group, out.data_ptr(), _common.dtype_code(dtype),
             in_features)  # fmt: skip
-    if cuda:
-        _native._cuda.dequantize(*args, codes.device.index, _common.cuda_stream_handle(codes))
-    else:
-        native.dequantize(*args, torch.get_num_threads())
+    _common.call_native(native.dequantize, args, codes)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Op registration: the decorated bodies are the pure-torch implementations (every device without a kernel).
+# The declarations (none differentiable).
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tcompress::quantize_weight", mutates_args=())
-def _quantize_weight(
-    w: torch.Tensor, bits: int, group_size: int, symmetric: bool, scale_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    op = "tcompress::quantize_weight"
-    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
-    return _quantize_fallback(op, w, bits, group_size, symmetric, scale_dtype)
+def _check_pack(label, codes) -> None:
+    _checks.check_pack_args(label, codes)
 
 
-@_quantize_weight.register_fake
-def _(w, bits, group_size, symmetric, scale_dtype):
-    _checks.check_quantize_args("tcompress::quantize_weight", w, bits, group_size, scale_dtype)
-    return _empty_quantized(w, group_size, symmetric, scale_dtype)
-
-
-@_quantize_weight.register_kernel(("cpu", "cuda"))
-def _(w, bits, group_size, symmetric, scale_dtype):
-    op = "tcompress::quantize_weight"
-    _checks.check_quantize_args(op, w, bits, group_size, scale_dtype)
-    return _native_quantize(op, w, bits, group_size, symmetric, scale_dtype)
-
-
-@torch.library.custom_op("tcompress::dequantize", mutates_args=())
-def _dequantize(
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    bits: int,
-    group_size: int,
-    packed: bool,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
-    return _dequantize_fallback(codes, scales, zeros, bits, group_size, packed, dtype)
-
-
-@_dequantize.register_fake
-def _(codes, scales, zeros, bits, group_size, packed, dtype):
-    in_features = _checks.check_dequantize_args(
-        "tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype
-    )
-    return codes.new_empty((codes.shape[0], in_features), dtype=dtype)
-
-
-@_dequantize.register_kernel(("cpu", "cuda"))
-def _(codes, scales, zeros, bits, group_size, packed, dtype):
-    _checks.check_dequantize_args("tcompress::dequantize", codes, scales, zeros, bits, group_size, packed, dtype)
-    return _native_dequantize(codes, scales, zeros, bits, group_size, packed, dtype)
-
-
-@torch.library.custom_op("tcompress::pack_int4", mutates_args=())
-def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    op = "tcompress::pack_int4"
-    _checks.check_pack_args(op, codes)
-    _checks.check_int4_values(op, codes)
+def _reference_pack(codes) -> torch.Tensor:
+    _checks.check_int4_values(_checks.OP_PACK, codes)
     return pack_int4_reference(codes).contiguous()
 
 
-@_pack_int4.register_fake
-def _(codes):
-    _checks.check_pack_args("tcompress::pack_int4", codes)
-    return codes.new_empty((*codes.shape[:-1], codes.shape[-1] // 2))
-
-
-@_pack_int4.register_kernel(("cpu", "cuda"))
-def _(codes):
-    op = "tcompress::pack_int4"
-    _checks.check_pack_args(op, codes)
-    return _native_pack(op, codes)
-
-
-@torch.library.custom_op("tcompress::unpack_int4", mutates_args=())
-def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    _checks.check_unpack_args("tcompress::unpack_int4", packed)
-    return unpack_int4_reference(packed).contiguous()
-
-
-@_unpack_int4.register_fake
-def _(packed):
-    _checks.check_unpack_args("tcompress::unpack_int4", packed)
-    return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 2))
-
-
-@_unpack_int4.register_kernel(("cpu", "cuda"))
-def _(packed):
-    _checks.check_unpack_args("tcompress::unpack_int4", packed)
-    return _native_unpack(packed)
+QUANTIZE_WEIGHT = Op(
+    OpDeclaration(
+        name="quantize_weight",
+        schema="(Tensor w, int bits, int group_size, bool symmetric, ScalarType scale_dtype) "
+        "-> (Tensor, Tensor, Tensor)",
+        check=lambda label, w, bits, group, symmetric, scale_dtype: _checks.check_quantize_args(
+            label, w, bits, group, scale_dtype
+        ),
+        fake=lambda _, w, bits, group, symmetric, scale_dtype: _empty_quantized(w, group, symmetric, scale_dtype),
+        reference=lambda *args: _quantize_fallback(_checks.OP_QUANTIZE, *args),
+        launch=lambda native, _, *args: _native_quantize(native, _checks.OP_QUANTIZE, *args),
+        differentiable=(),
+    )
+)
+DEQUANTIZE = Op(
+    OpDeclaration(
+        name="dequantize",
+        schema="(Tensor codes, Tensor scales, Tensor? zeros, int bits, int group_size, bool packed, "
+        "ScalarType dtype) -> Tensor",
+        check=_checks.check_dequantize_args,
+        fake=lambda in_features, codes, *args: codes.new_empty((codes.shape[0], in_features), dtype=args[-1]),
+        reference=_dequantize_fallback,
+        launch=lambda native, _, *args: _native_dequantize(native, *args),
+        differentiable=(),
+    )
+)
+PACK_INT4 = Op(
+    OpDeclaration(
+        name="pack_int4",
+        schema="(Tensor codes) -> Tensor",
+        check=_check_pack,
+        fake=lambda _, codes: codes.new_empty((*codes.shape[:-1], codes.shape[-1] // 2)),
+        reference=_reference_pack,
+        launch=lambda native, _, codes: _native_pack(native, _checks.OP_PACK, codes),
+        differentiable=(),
+    )
+)
+UNPACK_INT4 = Op(
+    OpDeclaration(
+        name="unpack_int4",
+        schema="(Tensor packed) -> Tensor",
+        check=_checks.check_unpack_args,
+        fake=lambda _, packed: packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 2)),
+        reference=lambda packed: unpack_int4_reference(packed).contiguous(),
+        launch=lambda native, _, packed: _native_unpack(native, packed),
+        differentiable=(),
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -395,10 +345,7 @@ def quantize(
     _common.check_float(op, "w", w)
     _checks.check_2d(op, "w", w, "(out_features, in_features)")
     group = _checks.group_arg(op, w.shape[1], group_size)
-    _checks.check_quantize_args(op, w, bits, group, scale_dtype)
-    codes, scales, zeros = torch.ops.tcompress.quantize_weight(
-        w.detach(), int(bits), group, bool(symmetric), scale_dtype
-    )
+    codes, scales, zeros = QUANTIZE_WEIGHT.call(op, w.detach(), bits, group, bool(symmetric), scale_dtype)
     return QuantizedWeight(codes, scales, None if symmetric else zeros)
 
 
@@ -440,8 +387,7 @@ def dequantize(
     _checks.check_uint8(op, "codes", codes)
     _checks.check_2d(op, "codes", codes, "(out_features, in_features)")
     group = _checks.group_arg(op, codes.shape[1] * (2 if packed else 1), group_size)
-    _checks.check_dequantize_args(op, codes, scales, zeros, bits, group, bool(packed), dtype)
-    return torch.ops.tcompress.dequantize(codes, scales, zeros, int(bits), group, bool(packed), dtype)
+    return DEQUANTIZE.call(op, codes, scales, zeros, bits, group, bool(packed), dtype)
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -451,8 +397,7 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
         TypeError: codes is not uint8.
         ValueError: codes is 0-d, n is odd, or a code is above 15 (never silently truncated).
     """
-    _checks.check_pack_args(_checks.OP_PACK, codes)
-    return torch.ops.tcompress.pack_int4(codes)
+    return PACK_INT4.call(_checks.OP_PACK, codes)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -462,5 +407,4 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
         TypeError: packed is not uint8.
         ValueError: packed is 0-d.
     """
-    _checks.check_unpack_args(_checks.OP_UNPACK, packed)
-    return torch.ops.tcompress.unpack_int4(packed)
+    return UNPACK_INT4.call(_checks.OP_UNPACK, packed)
