@@ -249,7 +249,8 @@ EXIT_GATE = Op(
 EXIT_GATE_HEAD = Op(
     OpDeclaration(
         name="exit_gate_head_stats",
-        schema="(Tensor hidden, Tensor weight, Tensor? bias, float threshold, str criterion) -> (Tensor, Tensor, Tensor)",
+        schema="(Tensor hidden, Tensor weight, Tensor? bias, float threshold, str criterion) "
+        "-> (Tensor, Tensor, Tensor)",
         check=_check_head,
         fake=lambda _, hidden, weight, *args: _empty_stats(weight, 1),
         reference=lambda hidden, weight, bias, threshold, criterion: _reference_stats(
