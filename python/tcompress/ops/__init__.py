@@ -1,7 +1,9 @@
 """tcompress ops: ``torch.library`` ops in the ``tcompress`` namespace, with native CPU/CUDA kernels.
 
-Each op has a schema, a fake (meta) implementation for ``torch.compile``, CPU and CUDA kernels from the compiled
-modules, and a pure-torch reference (the fallback and the test oracle).
+Each op is one declaration (:mod:`tcompress.ops._op`): a schema, checks, a fake (meta) implementation for
+``torch.compile``, CPU and CUDA kernels from the compiled modules, and a pure-torch reference (the fallback and the
+test oracle). Modules that call the same weights many times hold them prepared (:class:`PreparedQLinear`,
+:class:`PreparedLinearBlock`): a call then checks only its input.
 """
 
 from .exit_gate import ExitGate, ExitGateHead, exit_gate, exit_gate_head, exit_gate_reference

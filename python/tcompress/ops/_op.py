@@ -57,6 +57,8 @@ class OpDeclaration:
 class Op:
     """A registered op (``torch.ops.tcompress.<name>``) and its eager entry :meth:`call`."""
 
+    registered: list[Op] = []  # every op of the package, in registration order
+
     def __init__(self, declaration: OpDeclaration):
         d = self.declaration = declaration
         self.qualname = f"tcompress::{d.name}"
@@ -78,6 +80,7 @@ class Op:
         if d.backward is not None:
             custom.register_autograd(d.backward, setup_context=d.setup_context)
         self.dispatch = getattr(torch.ops.tcompress, d.name).default
+        Op.registered.append(self)
 
     def _run(self, ready, args: tuple):
         """Native launch on a CPU/CUDA tensor, or the reference where the native module cannot run."""
