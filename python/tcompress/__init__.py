@@ -11,6 +11,7 @@ Across Model Scales" (arXiv 2604.20682) on native CPU/CUDA kernels. Layers, each
 - ``tcompress.nn`` (``QuantLinear``) and ``tcompress.recipes``: :func:`compress_` with recipe configs
   (``QuantizeConfig``), :func:`save_compressed` / :func:`load_compressed`;
 - ``tcompress.early_exit``: generation and teacher-forced evaluation that stop a token at a confident exit head;
+- :func:`generate`: token generation on any model tcompress loads or compresses (greedy or sampled, timed);
 - :func:`info` / :func:`cuda_available`: what this install can run.
 """
 
@@ -18,12 +19,14 @@ __version__ = "0.1.0"
 
 from . import analysis, data, early_exit, evaluate, hadamard, models, nn, ops, recipes
 from ._native import cuda_available, get_isa, set_isa, supported_isas
+from .decode import DecodeStats, generate
 from .hadamard import SUPPORTED_FACTORS, hadamard_matrix, random_hadamard, random_hadamard_signs
 from .info import info
 from .loading import load
 from .recipes import QuantizeConfig, RotateConfig, compress_, load_compressed, save_compressed
 
 __all__ = [
+    "DecodeStats",
     "QuantizeConfig",
     "RotateConfig",
     "SUPPORTED_FACTORS",
@@ -34,6 +37,7 @@ __all__ = [
     "data",
     "early_exit",
     "evaluate",
+    "generate",
     "get_isa",
     "hadamard",
     "hadamard_matrix",
