@@ -88,6 +88,29 @@ def test_quantize_command_reports_a_group_size_that_does_not_divide(stories260k_
     assert not (tmp_path / "x").exists()
 
 
+def test_generate_command_prints_the_text_and_the_decode_speed(stories260k_dir, stories260k, tmp_path, capsys):
+    import re
+
+    import tcompress
+
+    argv = ["generate", str(stories260k_dir), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--ignore-eos"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    model, tokenizer = stories260k
+    ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+    assert out.startswith(tokenizer.decode(tcompress.generate(model, ids, 8)[0]))
+    assert re.search(r"\(as loaded, float32, \d+ threads\): prompt \d+ tokens in [0-9.]+ ms", out)
+    assert re.search(r"generated 8 tokens, decode [0-9.]+ tok/s", out)
+    assert cli.main([*argv, "--bits", "4", "--group-size", "none"]) == 0
+    assert "(W4 per-channel, int8 head, float32" in capsys.readouterr().out
+    folder = tmp_path / "w8"
+    quantize = ["quantize", str(stories260k_dir), "--out", str(folder), "--bits", "8", "--group-size", "none"]
+    assert cli.main(quantize) == 0
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate", str(folder), "--bits", "4"])
+    assert exc.value.code == 2 and "is already compressed" in capsys.readouterr().err
+
+
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["perplexity", str(tmp_path / "nothing-here")])
@@ -104,10 +127,11 @@ def test_perplexity_command_in_bfloat16(stories260k_dir, capsys):
     assert ppl == pytest.approx(3.351, rel=0.03)  # bf16 rounding moves it a little, not a lot
 
 
-@pytest.mark.parametrize("command", ["perplexity", "quantize", "report", "export"])
+@pytest.mark.parametrize("command", ["perplexity", "quantize", "report", "export", "generate"])
 @pytest.mark.parametrize("given, expected", [("bfloat16", "bfloat16"), ("bf16", "bfloat16"), ("FP16", "float16")])
 def test_every_loading_command_takes_a_dtype(command, given, expected):
     argv = {
+        "generate": ["generate", "m"],
         "perplexity": ["perplexity", "m"],
         "quantize": ["quantize", "m", "--out", "x"],
         "report": ["report", "m"],

@@ -10,6 +10,8 @@ tcompress report [MODEL] [--text T] [--calibration T] [--budget quick|standard|f
                  [--device-map auto] [--dtype D] [--no-tf32] [--out DIR] [--only STEP ...] [--skip STEP ...]
                  [--eval-tokens N|all] [--calib-windows N] [--calib-length N] [--geometry-layers N]
                  [--geometry-windows N] [--exit-windows N] [--exit-train-steps N] [--speed-tokens N]
+tcompress generate MODEL [--prompt P] [--max-new-tokens N] [--bits 4|8 [--group-size G|none] [--keep-head]]
+                   [--do-sample [--temperature T] [--top-k K] [--top-p P] [--seed S]] [--ignore-eos] [--dtype D]
 tcompress report --render DIR      redraw the plots and report.md of a report folder from its results.json
 tcompress export OUT --format compressed-tensors|gguf [--model M] [--bits 8|4] [--group-size G|none]
                  [--asymmetric] [--rotate] [--qtype Q8_0|Q4_0] [--dtype D] [--overwrite] [--check]
@@ -103,6 +105,41 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             f"perplexity on {source.label}, {after.tokens} tokens: {before.ppl:.4f} -> {after.ppl:.4f} "
             f"({after.ppl - before.ppl:+.4f})"
         )
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .decode import DecodeStats, generate
+    from .loading import load
+    from .recipes import QuantizeConfig, compress_
+
+    model, tokenizer = load(args.model, dtype=args.dtype)
+    compressed = getattr(model, "tcompress_config", None)
+    what = "as loaded"
+    if args.bits is not None:
+        if compressed:
+            raise ValueError(f"{args.model} is already compressed ({compressed}); drop --bits to decode it as it is")
+        configs = [QuantizeConfig(bits=args.bits, group_size=args.group_size)]
+        if not args.keep_head:
+            configs.append(QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True))
+        compress_(model, *configs)
+        group = "per-channel" if args.group_size is None else f"g{args.group_size}"
+        what = f"W{args.bits} {group}" + (", fp head" if args.keep_head else ", int8 head")
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    stats = DecodeStats()
+    out = generate(model, ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
+                   stats=stats)  # fmt: skip
+    print(tokenizer.decode(out[0]))
+    print(
+        f"\n{args.model} ({what}, {args.dtype}, {torch.get_num_threads()} threads): prompt {stats.prompt_tokens} "
+        f"tokens in {stats.prefill_seconds * 1e3:.1f} ms ({stats.prefill_tokens_per_second:.1f} tok/s); "
+        f"generated {stats.new_tokens} tokens, decode {stats.decode_tokens_per_second:.1f} tok/s"
+    )
     return 0
 
 
@@ -321,6 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _add_dtype(p)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a prompt and print the decode speed (tokens/s), optionally quantizing first",
+        description="Greedy (or sampled) decoding with tcompress.generate, batch 1. With --bits the projections are "
+        "quantized round-to-nearest first and the head to int8 per channel (unless --keep-head).",
+    )
+    p.add_argument("model", help="smollm2-135m, stories260k, a folder from `tcompress quantize`, .gguf, a hub id")
+    p.add_argument("--prompt", default="The history of the city begins in the", help="the prompt text")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--bits", type=int, choices=(4, 8), help="quantize the projections to this many bits first")
+    p.add_argument("--group-size", type=_group_size, default=32, help="with --bits: columns per scale (default 32)")
+    p.add_argument("--keep-head", action="store_true", help="with --bits: leave the head in floating point")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=_positive_int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, help="seed of the sampling")
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    _add_dtype(p)
+    p.set_defaults(func=_cmd_generate)
 
     from .report import BUDGET_NAMES, DEFAULT_MODEL, STEPS
 
