@@ -5,14 +5,11 @@
 
 #include <cstdint>
 #include <sstream>
-#include <stdexcept>
-#include <string>
 
 #include "tcompress/exit_gate_cuda.h"
-#include "tcompress/hadamard_cuda.h"
 #include "tcompress/status.h"
+#include "cuda_status_error.h"
 #include "register.h"
-#include "status_error.h"
 
 namespace py = pybind11;
 
@@ -31,7 +28,7 @@ void exit_gate(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_exit_gate(ptr<const void>(logits), dtype, rows, vocab, row_stride, criterion,
+    status = tc_exit_gate_cuda(ptr<const void>(logits), dtype, rows, vocab, row_stride, criterion,
                                static_cast<float>(threshold), ptr<float>(confidence), ptr<uint8_t>(exit_mask),
                                ptr<int64_t>(argmax), ptr<int64_t>(device_bad), device, ptr<void>(stream));
   }
@@ -39,13 +36,7 @@ void exit_gate(uintptr_t logits, int dtype, int64_t rows, int64_t vocab, int64_t
   std::ostringstream ctx;
   ctx << "tcompress._cuda.exit_gate(rows=" << rows << ", vocab=" << vocab << ", row_stride=" << row_stride
       << ", dtype=" << dtype << ", criterion=" << criterion << ", device=" << device << ")";
-  if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) {
-    std::ostringstream msg;
-    msg << ctx.str() << ": " << tc_status_message(status) << " (status " << status << "): "
-        << (status == TC_ERR_CUDA ? tc_cuda_last_error() : tc_cuda_status_string());
-    throw std::runtime_error(msg.str());
-  }
-  raise_status(status, ctx.str());
+  raise_cuda_status(status, ctx.str());
 }
 
 }  // namespace

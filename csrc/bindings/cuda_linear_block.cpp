@@ -5,11 +5,9 @@
 
 #include <cstdint>
 #include <sstream>
-#include <stdexcept>
 
+#include "cuda_status_error.h"
 #include "register.h"
-#include "status_error.h"
-#include "tcompress/hadamard_cuda.h"
 #include "tcompress/linear_block.h"
 #include "tcompress/linear_block_cuda.h"
 #include "tcompress/status.h"
@@ -31,7 +29,7 @@ void linear_block(uintptr_t x, int x_dtype, int64_t M, int64_t d, int64_t x_row_
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_linear_block(ptr<const void>(x), x_dtype, M, d, x_row_stride, ptr<const void>(U),
+    status = tc_linear_block_cuda(ptr<const void>(x), x_dtype, M, d, x_row_stride, ptr<const void>(U),
                                   ptr<const void>(V), factor_dtype, r, ptr<const float>(u_scale),
                                   ptr<const float>(v_scale), ptr<const void>(b), b_dtype, ptr<const void>(mu),
                                   mu_dtype, ptr<void>(y), y_row_stride, device, ptr<void>(stream));
@@ -41,13 +39,7 @@ void linear_block(uintptr_t x, int x_dtype, int64_t M, int64_t d, int64_t x_row_
   ctx << "tcompress._cuda.linear_block(M=" << M << ", d=" << d << ", r=" << r << ", x_dtype=" << x_dtype
       << ", factor_dtype=" << factor_dtype << ", x_row_stride=" << x_row_stride << ", y_row_stride=" << y_row_stride
       << ", device=" << device << ")";
-  if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) {
-    std::ostringstream msg;
-    msg << ctx.str() << ": " << tc_status_message(status) << " (status " << status << "): "
-        << (status == TC_ERR_CUDA ? tc_cuda_last_error() : tc_cuda_status_string());
-    throw std::runtime_error(msg.str());
-  }
-  raise_status(status, ctx.str());  // out of memory -> MemoryError, bad arguments -> ValueError
+  raise_cuda_status(status, ctx.str());  // out of memory -> MemoryError, bad arguments -> ValueError
 }
 
 }  // namespace

@@ -7,30 +7,25 @@
 #include <sstream>
 #include <string>
 
+#include "tcompress/cuda_device.h"
 #include "tcompress/hadamard.h"
 #include "tcompress/hadamard_cuda.h"
 #include "tcompress/status.h"
+#include "cuda_status_error.h"
 #include "register.h"
 
 namespace py = pybind11;
 
 namespace {
 
-[[noreturn]] void raise_status(int status, const std::string& context) {
-  std::ostringstream msg;
-  msg << context << ": " << tc_status_message(status) << " (status " << status << ")";
-  if (status == TC_ERR_CUDA) msg << ": " << tc_cuda_last_error();
-  if (status == TC_ERR_NO_DEVICE) msg << ": " << tc_cuda_status_string();
-  if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) throw std::runtime_error(msg.str());
-  throw py::value_error(msg.str());
-}
+using tcompress_bindings::raise_cuda_status;
 
 void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_row_stride, int64_t out_row_stride,
               int dtype, uintptr_t hk, int64_t k, double scale, int device, uintptr_t stream) {
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_hadamard(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), rows, n, x_row_stride,
+    status = tc_hadamard_cuda(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), rows, n, x_row_stride,
                               out_row_stride, dtype, reinterpret_cast<const float*>(hk), k, static_cast<float>(scale),
                               device, reinterpret_cast<void*>(stream));
   }
@@ -38,7 +33,7 @@ void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_row
     std::ostringstream ctx;
     ctx << "tcompress._cuda.hadamard(rows=" << rows << ", n=" << n << ", k=" << k << ", device=" << device
         << ", dtype=" << dtype << ")";
-    raise_status(status, ctx.str());
+    raise_cuda_status(status, ctx.str());
   }
 }
 
@@ -56,7 +51,7 @@ PYBIND11_MODULE(_cuda, m) {
     return std::string(tc_cuda_status_string());
   }, "'ok', or why there is no CUDA device");
   m.def("runtime_version", &tc_cuda_runtime_version, "CUDA runtime version this module was built with (e.g. 13000)");
-  m.def("hadamard_max_n", &tc_cuda_hadamard_max_n, py::arg("device"), "Longest row the kernel handles on a device");
+  m.def("hadamard_max_n", &tc_hadamard_max_n_cuda, py::arg("device"), "Longest row the kernel handles on a device");
   m.def("hadamard", &hadamard, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"), py::arg("x_row_stride"),
         py::arg("out_row_stride"), py::arg("dtype"), py::arg("hk"), py::arg("k"), py::arg("scale"), py::arg("device"),
         py::arg("stream"),

@@ -1,10 +1,9 @@
 // tcompress._cuda bindings of the qlinear kernels (see tcompress/qlinear_cuda.h).
 #include <cstdint>
 #include <sstream>
-#include <stdexcept>
 
+#include "cuda_status_error.h"
 #include "register.h"
-#include "tcompress/hadamard_cuda.h"
 #include "tcompress/qlinear_cuda.h"
 
 namespace py = pybind11;
@@ -19,21 +18,17 @@ void qlinear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t x_row_strid
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_qlinear(reinterpret_cast<const void*>(x), x_dtype, M, K, x_row_stride,
+    status = tc_qlinear_cuda(reinterpret_cast<const void*>(x), x_dtype, M, K, x_row_stride,
                              reinterpret_cast<const uint8_t*>(qweight), N, bits, reinterpret_cast<const void*>(scales),
                              scale_dtype, reinterpret_cast<const uint8_t*>(zeros), group_size,
                              reinterpret_cast<const void*>(bias), bias_dtype, reinterpret_cast<void*>(y), y_row_stride,
                              device, reinterpret_cast<void*>(stream));
   }
   if (status != TC_OK) {
-    std::ostringstream msg;
-    msg << "tcompress._cuda.qlinear(M=" << M << ", K=" << K << ", N=" << N << ", bits=" << bits
-        << ", group_size=" << group_size << ", device=" << device << ", x_dtype=" << x_dtype
-        << "): " << tc_status_message(status) << " (status " << status << ")";
-    if (status == TC_ERR_CUDA) msg << ": " << tc_cuda_last_error();
-    if (status == TC_ERR_NO_DEVICE) msg << ": " << tc_cuda_status_string();
-    if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) throw std::runtime_error(msg.str());
-    throw py::value_error(msg.str());
+    std::ostringstream ctx;
+    ctx << "tcompress._cuda.qlinear(M=" << M << ", K=" << K << ", N=" << N << ", bits=" << bits
+        << ", group_size=" << group_size << ", device=" << device << ", x_dtype=" << x_dtype << ")";
+    raise_cuda_status(status, ctx.str());
   }
 }
 

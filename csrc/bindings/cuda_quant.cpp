@@ -5,14 +5,11 @@
 
 #include <cstdint>
 #include <sstream>
-#include <stdexcept>
-#include <string>
 
-#include "tcompress/hadamard_cuda.h"
 #include "tcompress/quant_cuda.h"
 #include "tcompress/status.h"
+#include "cuda_status_error.h"
 #include "register.h"
-#include "status_error.h"
 
 namespace py = pybind11;
 
@@ -25,24 +22,13 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-// CUDA failures and a missing device -> RuntimeError with the runtime's words; bad arguments -> ValueError.
-[[noreturn]] void raise_cuda_status(int status, const std::string& context) {
-  if (status == TC_ERR_CUDA || status == TC_ERR_NO_DEVICE) {
-    std::ostringstream msg;
-    msg << context << ": " << tc_status_message(status) << " (status " << status << "): "
-        << (status == TC_ERR_CUDA ? tc_cuda_last_error() : tc_cuda_status_string());
-    throw std::runtime_error(msg.str());
-  }
-  raise_status(status, context);
-}
-
 void quantize(uintptr_t w, int w_dtype, int64_t out_features, int64_t in_features, int64_t w_row_stride, int bits,
               int64_t group_size, bool symmetric, uintptr_t codes, uintptr_t scales, int scale_dtype, uintptr_t zeros,
               uintptr_t device_status, int device, uintptr_t stream) {
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_quantize(ptr<const void>(w), w_dtype, out_features, in_features, w_row_stride, bits, group_size,
+    status = tc_quantize_cuda(ptr<const void>(w), w_dtype, out_features, in_features, w_row_stride, bits, group_size,
                               symmetric ? 1 : 0, ptr<uint8_t>(codes), ptr<void>(scales), scale_dtype,
                               ptr<uint8_t>(zeros), ptr<int32_t>(device_status), device, ptr<void>(stream));
   }
@@ -60,7 +46,7 @@ void pack_int4(uintptr_t codes, uintptr_t packed, int64_t rows, int64_t n, int64
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_pack_int4(ptr<const uint8_t>(codes), ptr<uint8_t>(packed), rows, n, codes_row_stride,
+    status = tc_pack_int4_cuda(ptr<const uint8_t>(codes), ptr<uint8_t>(packed), rows, n, codes_row_stride,
                                packed_row_stride, ptr<int32_t>(device_status), device, ptr<void>(stream));
   }
   if (status != TC_OK) {
@@ -75,7 +61,7 @@ void unpack_int4(uintptr_t packed, uintptr_t codes, int64_t rows, int64_t n, int
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_unpack_int4(ptr<const uint8_t>(packed), ptr<uint8_t>(codes), rows, n, packed_row_stride,
+    status = tc_unpack_int4_cuda(ptr<const uint8_t>(packed), ptr<uint8_t>(codes), rows, n, packed_row_stride,
                                  codes_row_stride, device, ptr<void>(stream));
   }
   if (status != TC_OK) {
@@ -92,7 +78,7 @@ void dequantize(uintptr_t codes, int codes_format, int64_t out_features, int64_t
   int status;
   {
     py::gil_scoped_release release;
-    status = tc_cuda_dequantize(ptr<const uint8_t>(codes), codes_format, out_features, in_features, codes_row_stride,
+    status = tc_dequantize_cuda(ptr<const uint8_t>(codes), codes_format, out_features, in_features, codes_row_stride,
                                 ptr<const void>(scales), scale_dtype, ptr<const uint8_t>(zeros), bits, group_size,
                                 ptr<void>(out), out_dtype, out_row_stride, device, ptr<void>(stream));
   }

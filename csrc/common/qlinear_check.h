@@ -7,7 +7,7 @@
 
 namespace tcompress {
 
-// Returns a tc_status: TC_OK when the arguments describe a valid call of tc_qlinear_cpu / tc_cuda_qlinear
+// Returns a tc_status: TC_OK when the arguments describe a valid call of tc_qlinear_cpu / tc_qlinear_cuda
 // (see tcompress/qlinear.h). Pointers are only compared, never dereferenced.
 inline int check_qlinear_args(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
                               const uint8_t* qweight, int64_t N, int bits, const void* scales, int scale_dtype,

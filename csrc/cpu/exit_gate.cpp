@@ -1,23 +1,12 @@
 // The CPU entry points of the exit_gate family (tcompress/exit_gate.h): every argument checked again (the Python
-// layer checked them too, but native code never trusts its caller), then the variant that tc_isa_get() names runs.
+// layer checked them too, but native code never trusts its caller), then the variant in use (active_kernels()) runs.
 #include <math.h>
 
-#include "exit_gate_table.h"
+#include "kernel_table.h"
 #include "tcompress/exit_gate.h"
-#include "tcompress/isa.h"
 
 namespace tcompress {
 namespace {
-
-const ExitGateKernels& exit_gate_kernels_in_use() {
-  switch (tc_isa_get()) {
-#ifdef TC_HAVE_X86_VARIANTS
-    case TC_ISA_AVX2: return avx2::exit_gate_kernels;
-    case TC_ISA_AVX512: return avx512::exit_gate_kernels;
-#endif
-    default: return scalar::exit_gate_kernels;
-  }
-}
 
 int check_common(int dtype, int criterion, float threshold) {
   if (tc_dtype_size(dtype) == 0) return TC_ERR_BAD_DTYPE;
@@ -55,7 +44,7 @@ extern "C" int tc_exit_gate_cpu(const void* logits, int dtype, int64_t rows, int
   a.bad_row = bad_row;
   a.bad_kind = bad_kind;
   a.num_threads = num_threads;
-  return tcompress::exit_gate_kernels_in_use().exit_gate(a);
+  return tcompress::active_kernels().exit_gate(a);
 }
 
 extern "C" int tc_exit_gate_head_cpu(const float* hidden, const void* weight, int dtype, int64_t vocab, int64_t d,
@@ -85,5 +74,5 @@ extern "C" int tc_exit_gate_head_cpu(const float* hidden, const void* weight, in
   a.argmax = argmax;
   a.bad_kind = bad_kind;
   a.num_threads = num_threads;
-  return tcompress::exit_gate_kernels_in_use().exit_gate_head(a);
+  return tcompress::active_kernels().exit_gate_head(a);
 }

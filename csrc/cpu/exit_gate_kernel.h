@@ -1,6 +1,6 @@
 // The CPU exit_gate kernels, written once over a vector type and compiled once per ISA. Each exit_gate_<isa>.cpp
 // defines TC_ISA_NS and TC_GVEC, includes its vector headers and then this file, which defines
-// tcompress::<isa>::exit_gate_kernels. Everything else has internal linkage.
+// tcompress::<isa>::exit_gate and exit_gate_head (kernel_table.h). Everything else has internal linkage.
 //
 // One pass over memory per row (see tcompress/exit_gate.h): a chunk of at most TC_EXIT_GATE_CHUNK elements is
 // read for its maximum, NaN check and per-lane top-2 (pass 1), and then, from L1, for exp(l - m) and
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "elem_io.h"
-#include "exit_gate_table.h"
+#include "kernel_table.h"
 #include "tcompress/exit_gate.h"
 #include "tcompress/status.h"
 
@@ -261,15 +261,6 @@ int exit_gate_dtype(const ExitGateArgs& a) {
   return TC_OK;
 }
 
-int exit_gate(const ExitGateArgs& a) {
-  switch (a.dtype) {
-    case TC_FLOAT32: return exit_gate_dtype<TC_FLOAT32>(a);
-    case TC_FLOAT16: return exit_gate_dtype<TC_FLOAT16>(a);
-    case TC_BFLOAT16: return exit_gate_dtype<TC_BFLOAT16>(a);
-    default: return TC_ERR_BAD_DTYPE;
-  }
-}
-
 // out[j] = dot(weight row v0 + j, hidden) (+ bias) for j < n: four rows at a time share the loads of hidden.
 template <int DT>
 void head_logits(const ExitGateHeadArgs& a, int64_t v0, int64_t n, float* out) {
@@ -355,6 +346,18 @@ int exit_gate_head_dtype(const ExitGateHeadArgs& a) {
   return TC_OK;
 }
 
+}  // namespace
+
+// The entry points of this ISA (declared in kernel_table.h; dispatch.cpp puts them in the KernelTable).
+int exit_gate(const ExitGateArgs& a) {
+  switch (a.dtype) {
+    case TC_FLOAT32: return exit_gate_dtype<TC_FLOAT32>(a);
+    case TC_FLOAT16: return exit_gate_dtype<TC_FLOAT16>(a);
+    case TC_BFLOAT16: return exit_gate_dtype<TC_BFLOAT16>(a);
+    default: return TC_ERR_BAD_DTYPE;
+  }
+}
+
 int exit_gate_head(const ExitGateHeadArgs& a) {
   switch (a.dtype) {
     case TC_FLOAT32: return exit_gate_head_dtype<TC_FLOAT32>(a);
@@ -363,10 +366,6 @@ int exit_gate_head(const ExitGateHeadArgs& a) {
     default: return TC_ERR_BAD_DTYPE;
   }
 }
-
-}  // namespace
-
-const ExitGateKernels exit_gate_kernels = {exit_gate, exit_gate_head};
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

@@ -1,4 +1,4 @@
-// The avx512 variant of the CPU kernels. Compiled with the AVX-512 F/CD/BW/DQ/VL flags (x86-64-v4); only called after the CPU and OS report them.
+// The avx512 variant of the Hadamard kernel. Compiled with the AVX-512 F/CD/BW/DQ/VL flags (x86-64-v4); only called after the CPU and OS report them.
 #define TC_ISA_NS avx512
 #define TC_VEC VecAvx512
 

@@ -1,7 +1,7 @@
 // The CPU Hadamard kernel, written once over a vector type and compiled once per ISA.
 //
 // Each hadamard_<isa>.cpp defines TC_ISA_NS and TC_VEC (its vector type, see simd_*.h) and includes this file,
-// which defines tcompress::<isa>::kernels. Everything else here has internal linkage.
+// which defines tcompress::<isa>::hadamard (kernel_table.h). Everything else here has internal linkage.
 //
 // Per row of n = k * p elements (p = 2^m), on a per-thread fp32 scratch row that stays in L1/L2:
 //   1. load + convert to fp32 + the log2(W) butterfly stages inside each W-lane register -> scratch;
@@ -210,6 +210,9 @@ int run_dtype(const HadamardArgs& a, const float* hks, const SignedSums& ss) {
   return run_rows<VecScalar, DT>(a, hks, ss);
 }
 
+}  // namespace
+
+// The entry point of this ISA (declared in kernel_table.h; dispatch.cpp puts it in the KernelTable).
 int hadamard(const HadamardArgs& a) {
   float* hks = nullptr;
   SignedSums ss;
@@ -234,11 +237,6 @@ int hadamard(const HadamardArgs& a) {
   free(hks);
   return status;
 }
-
-}  // namespace
-
-extern const KernelTable kernels;
-const KernelTable kernels = {&hadamard};
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

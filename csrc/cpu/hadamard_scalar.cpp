@@ -1,4 +1,4 @@
-// The scalar variant of the CPU kernels. Compiled with no ISA flags: plain C++ for the baseline target (what the compiler vectorizes on its own).
+// The scalar variant of the Hadamard kernel. Compiled with no ISA flags: plain C++ for the baseline target (what the compiler vectorizes on its own).
 #define TC_ISA_NS scalar
 #define TC_VEC VecScalar
 

@@ -1,27 +1,10 @@
 // tc_linear_block_cpu: re-checks every argument (the Python layer checked them too, but native code never trusts
-// its caller), then runs the linear_block kernels of the ISA variant in use (tc_isa_get()).
+// its caller), then runs the linear_block kernel of the ISA variant in use (active_kernels()).
 #include <omp.h>
 
 #include "../common/linear_block_check.h"
-#include "linear_block_table.h"
-#include "tcompress/isa.h"
+#include "kernel_table.h"
 #include "tcompress/linear_block.h"
-
-namespace tcompress {
-namespace {
-
-const LinearBlockKernels* linear_block_table_for(int isa) {
-  switch (isa) {
-#ifdef TC_HAVE_X86_VARIANTS
-    case TC_ISA_AVX512: return &avx512::linear_block_kernels;
-    case TC_ISA_AVX2: return &avx2::linear_block_kernels;
-#endif
-    default: return &scalar::linear_block_kernels;
-  }
-}
-
-}  // namespace
-}  // namespace tcompress
 
 extern "C" int tc_linear_block_cpu(const void* x, int x_dtype, int64_t M, int64_t d, int64_t x_row_stride,
                                    const void* U, const void* V, int factor_dtype, int64_t r, const float* u_scale,
@@ -49,5 +32,5 @@ extern "C" int tc_linear_block_cpu(const void* x, int x_dtype, int64_t M, int64_
   a.y = y;
   a.y_row_stride = M > 1 ? y_row_stride : d;
   a.num_threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  return tcompress::linear_block_table_for(tc_isa_get())->linear_block(a);
+  return tcompress::active_kernels().linear_block(a);
 }

@@ -1,6 +1,6 @@
 // The linear_block kernels, y = x + b + ((x - mu) U) V (see tcompress/linear_block.h), written once over the
 // vector type LBVec (a simd_*.h vector plus load_i8) and included by each ISA translation unit after it defines
-// TC_ISA_NS and LBVec.
+// TC_ISA_NS and LBVec; it defines tcompress::<isa>::linear_block (kernel_table.h).
 //
 // Two paths:
 // - GEMV (M <= TC_LINEAR_BLOCK_GEMV_MAX_M, decoding): memory-bound, so U and V are each streamed exactly once and
@@ -24,7 +24,7 @@
 #include <algorithm>
 
 #include "elem_io.h"
-#include "linear_block_table.h"
+#include "kernel_table.h"
 #include "tcompress/linear_block.h"
 #include "tcompress/status.h"
 
@@ -381,6 +381,9 @@ int run_factor(const LinearBlockArgs& a) {
   return run_gemm<FT>(a, b.p, mu.p);
 }
 
+}  // namespace
+
+// The entry point of this ISA (declared in kernel_table.h; dispatch.cpp puts it in the KernelTable).
 int linear_block(const LinearBlockArgs& a) {
   switch (a.factor_dtype) {
     case TC_FLOAT32: return run_factor<TC_FLOAT32>(a);
@@ -390,10 +393,6 @@ int linear_block(const LinearBlockArgs& a) {
     default: return TC_ERR_BAD_DTYPE;
   }
 }
-
-}  // namespace
-
-const LinearBlockKernels linear_block_kernels = {&linear_block};
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

@@ -1,31 +1,14 @@
 // tc_qlinear_a8_cpu and friends: re-check every argument (the Python layer checked them too, but native code never
-// trusts its caller), then run the qlinear_a8 kernels of the variant in use: tc_isa_get() == avx512 runs the
-// vpdpbusd kernels when the CPU reports AVX512_VNNI and the AVX2 ones otherwise; avx2 the AVX2 ones; scalar the
-// portable ones.
+// trusts its caller), then run the qlinear_a8 kernels of the variant in use (active_kernels(): under avx512 the
+// vpdpbusd kernels when the CPU reports AVX512_VNNI and the AVX2 ones otherwise; see dispatch.cpp).
 #include <omp.h>
 
 #include "../common/qlinear_check.h"
-#include "qlinear_a8_table.h"
-#include "tcompress/isa.h"
+#include "kernel_table.h"
 #include "tcompress/qlinear_a8.h"
 
 namespace tcompress {
 namespace {
-
-const QLinearA8Kernels& qlinear_a8_table() {
-  const int isa = tc_isa_get();
-#ifdef TC_HAVE_X86_VARIANTS
-  static const bool vnni = [] {
-    tc_cpu_features f;
-    tc_cpu_features_get(&f);
-    return f.avx512_vnni != 0;
-  }();
-  if (isa == TC_ISA_AVX512 && vnni) return avx512vnni::qlinear_a8_kernels;
-  if (isa == TC_ISA_AVX512 || isa == TC_ISA_AVX2) return avx2::qlinear_a8_kernels;
-#endif
-  (void)isa;
-  return scalar::qlinear_a8_kernels;
-}
 
 int resolved_threads(int num_threads) { return num_threads > 0 ? num_threads : omp_get_max_threads(); }
 
@@ -66,7 +49,7 @@ extern "C" int tc_qlinear_a8_cpu(const void* x, int x_dtype, int64_t M, int64_t 
   a.y = y;
   a.y_row_stride = M > 1 ? y_row_stride : N;
   a.num_threads = tcompress::resolved_threads(num_threads);
-  return tcompress::qlinear_a8_table().qlinear_a8(a);
+  return tcompress::active_kernels().qlinear_a8(a);
 }
 
 extern "C" int tc_quantize_activations_cpu(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
@@ -86,7 +69,7 @@ extern "C" int tc_quantize_activations_cpu(const void* x, int x_dtype, int64_t M
   a.M = M;
   a.K = K;
   a.num_threads = tcompress::resolved_threads(num_threads);
-  return tcompress::qlinear_a8_table().quantize_activations(a, codes, act_scales);
+  return tcompress::active_kernels().quantize_activations(a, codes, act_scales);
 }
 
 extern "C" int tc_qlinear_a8_accumulators_cpu(const int8_t* codes, int64_t M, int64_t K, const uint8_t* qweight,
@@ -113,7 +96,7 @@ extern "C" int tc_qlinear_a8_accumulators_cpu(const int8_t* codes, int64_t M, in
   a.groups = K / a.group_size;
   a.acc = acc;
   a.num_threads = tcompress::resolved_threads(num_threads);
-  return tcompress::qlinear_a8_table().qlinear_a8(a);
+  return tcompress::active_kernels().qlinear_a8(a);
 }
 
-extern "C" const char* tc_qlinear_a8_kernel_name(void) { return tcompress::qlinear_a8_table().name; }
+extern "C" const char* tc_qlinear_a8_kernel_name(void) { return tcompress::active_kernels().qlinear_a8_name; }

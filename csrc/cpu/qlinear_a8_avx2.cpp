@@ -2,7 +2,7 @@
 // vpmaddubsw saturates its int16 pair sums: int4 codes (<= 15) give at most 2 * 15 * 128 = 3840, safe; int8 codes
 // (<= 255) could reach 2 * 255 * 128 = 65280, so they are split into nibbles, u = 16 hi + lo, each nibble product
 // pair safe, and recombined exactly in int32 by vpmaddwd with weights 16 and 1.
-// Also the fallback of the avx512 variant on CPUs without AVX512_VNNI (see qlinear_a8.cpp).
+// Also the fallback of the avx512 variant on CPUs without AVX512_VNNI (see dispatch.cpp).
 #define TC_ISA_NS avx2
 
 #include <immintrin.h>

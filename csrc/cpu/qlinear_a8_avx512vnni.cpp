@@ -1,6 +1,6 @@
 // The AVX-512 VNNI variant of the qlinear_a8 kernels: vpdpbusd (u8 weight codes x s8 activation codes, 4 products
 // summed into each int32 lane, 64 multiply-adds per instruction, no intermediate saturation). Compiled with
-// -mavx512vnni; qlinear_a8.cpp calls it only when the CPU reports AVX512_VNNI.
+// -mavx512vnni; the avx512 variant runs it only when the CPU reports AVX512_VNNI (dispatch.cpp).
 //
 // Tile: 6 rows x 64 columns = 24 zmm accumulators; per k4 block 4 weight loads, 6 broadcasts, 24 vpdpbusd.
 #define TC_ISA_NS avx512vnni

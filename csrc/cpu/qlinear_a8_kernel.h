@@ -1,5 +1,6 @@
 // The qlinear_a8 driver, compiled once per ISA translation unit (qlinear_a8_<isa>.cpp defines TC_ISA_NS and a
-// micro-kernel `A8Tile` before including this header):
+// micro-kernel `A8Tile` before including this header, which defines tcompress::<isa>::qlinear_a8,
+// quantize_activations and qlinear_a8_name; see kernel_table.h):
 //
 //   1. activations: each row quantized to int8 codes (per-token scale sx), stored with every group padded to a
 //      multiple of 4 columns, plus the sum of the codes of each (row, group) for the zero-point correction;
@@ -11,6 +12,7 @@
 //      group scale and adds into an fp32 tile; at the end y = c * sx + bias.
 //
 // A8Tile interface:
+//   static constexpr const char* kName;                  the kernel's name (tc_qlinear_a8_kernel_name())
 //   static constexpr int MR, NR;                         rows and columns of one tile (NR a multiple of 16)
 //   template <int R, bool INT4> static void tile(const int8_t* a, int64_t a_stride, const uint8_t* panel,
 //                                                int64_t t0, int64_t t1, int32_t* acc);
@@ -30,7 +32,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "qlinear_a8_table.h"
+#include "kernel_table.h"
 #include "simd_scalar.h"
 #include "tcompress/status.h"
 
@@ -101,27 +103,6 @@ bool quantize_row_any(int dtype, const void* x, int64_t K, int qmax, float* row_
     case TC_BFLOAT16: return quantize_row<TC_BFLOAT16>(x, K, qmax, row_f32, codes, sx);
     default: return quantize_row<TC_FLOAT32>(x, K, qmax, row_f32, codes, sx);
   }
-}
-
-int quantize_activations(const QLinearA8Args& a, int8_t* codes, float* act_scales) {
-  const int qmax = (1 << (a.act_bits - 1)) - 1;
-  const int esize = tc_dtype_size(a.x_dtype);
-  std::atomic<int> status{TC_OK};
-  const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, a.M));
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch row(static_cast<size_t>(a.K) * sizeof(float));
-    if (!row.ok()) status = TC_ERR_OUT_OF_MEMORY;
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < a.M; ++m) {
-      if (!row.ok()) continue;
-      const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
-      if (!quantize_row_any(a.x_dtype, xr, a.K, qmax, row.as<float>(), codes + m * a.K, act_scales + m)) {
-        status = TC_ERR_NOT_FINITE;
-      }
-    }
-  }
-  return status.load();
 }
 
 // Geometry shared by the packing and the tiles: groups padded to gp (a multiple of 4) columns.
@@ -372,6 +353,32 @@ int qlinear_a8_gemv(const QLinearA8Args& a) {
   return TC_OK;
 }
 
+}  // namespace
+
+// The entry points of this ISA (declared in kernel_table.h; dispatch.cpp puts them in the KernelTable).
+const char* const qlinear_a8_name = A8Tile::kName;
+
+int quantize_activations(const QLinearA8Args& a, int8_t* codes, float* act_scales) {
+  const int qmax = (1 << (a.act_bits - 1)) - 1;
+  const int esize = tc_dtype_size(a.x_dtype);
+  std::atomic<int> status{TC_OK};
+  const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, a.M));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch row(static_cast<size_t>(a.K) * sizeof(float));
+    if (!row.ok()) status = TC_ERR_OUT_OF_MEMORY;
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      if (!row.ok()) continue;
+      const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
+      if (!quantize_row_any(a.x_dtype, xr, a.K, qmax, row.as<float>(), codes + m * a.K, act_scales + m)) {
+        status = TC_ERR_NOT_FINITE;
+      }
+    }
+  }
+  return status.load();
+}
+
 int qlinear_a8(const QLinearA8Args& a) {
   if (gemv_applies(a)) return qlinear_a8_gemv(a);
   constexpr int MR = A8Tile::MR, NR = A8Tile::NR;
@@ -400,11 +407,6 @@ int qlinear_a8(const QLinearA8Args& a) {
   }
   return st.load();
 }
-
-}  // namespace
-
-extern const QLinearA8Kernels qlinear_a8_kernels;
-const QLinearA8Kernels qlinear_a8_kernels = {A8Tile::kName, qlinear_a8, quantize_activations};
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

@@ -1,6 +1,6 @@
 // The qlinear GEMM path (M > TC_QLINEAR_GEMV_MAX_M) for bf16 x on CPUs with AVX512_BF16: vdpbf16ps instead of
 // fp32 FMAs. Compiled with the AVX-512 flags plus -mavx512bf16, so called only after tc_cpu_features_get()
-// reports avx512_bf16 (see qlinear.cpp).
+// reports avx512_bf16 (see dispatch.cpp).
 //
 // Numerics: nothing is rounded that the fp32 path does not round. x is bf16 already, and the weights go into the
 // panels as u - z, which bf16 holds exactly (|u - z| <= 255 needs 8 significant bits, bf16 has 8); the scale is
@@ -16,11 +16,12 @@
 // vdpbf16ps flushes bf16 subnormal inputs (and subnormal results) to zero: activations with |x| < 2^-126
 // contribute 0 instead of a product below ~1e-38 * 255 * s.
 #define TC_ISA_NS avx512bf16
-#define TC_QLINEAR_NO_KERNEL_TABLE
 
 #include "qlinear_vec_avx512.h"
 
-#include "qlinear_kernel.h"
+#include "kernel_table.h"
+#include "qlinear_gemm.h"
+#include "tcompress/qlinear.h"
 
 namespace tcompress {
 namespace avx512bf16 {

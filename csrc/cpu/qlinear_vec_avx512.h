@@ -1,4 +1,4 @@
-// QVec of the avx512 qlinear variants: the 16-lane AVX-512 vector with the integer operations qlinear_kernel.h
+// QVec of the avx512 qlinear variants: the 16-lane AVX-512 vector with the integer operations qlinear_decode.h
 // needs. Included by qlinear_avx512.cpp and qlinear_avx512_bf16.cpp (each with its own TC_ISA_NS).
 #pragma once
 #ifndef TC_ISA_NS

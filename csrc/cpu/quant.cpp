@@ -1,25 +1,8 @@
 // The CPU entry points of the quant family (tcompress/quant.h): every argument checked again (the Python layer
-// checked them too, but native code never trusts its caller), then the variant that tc_isa_get() names runs.
+// checked them too, but native code never trusts its caller), then the variant in use (active_kernels()) runs.
 #include "../common/quant_check.h"
-#include "quant_table.h"
-#include "tcompress/isa.h"
+#include "kernel_table.h"
 #include "tcompress/quant.h"
-
-namespace tcompress {
-namespace {
-
-const QuantKernels& quant_kernels_in_use() {
-  switch (tc_isa_get()) {
-#ifdef TC_HAVE_X86_VARIANTS
-    case TC_ISA_AVX2: return avx2::quant_kernels;
-    case TC_ISA_AVX512: return avx512::quant_kernels;
-#endif
-    default: return scalar::quant_kernels;
-  }
-}
-
-}  // namespace
-}  // namespace tcompress
 
 extern "C" int tc_quantize_cpu(const void* w, int w_dtype, int64_t out_features, int64_t in_features,
                                int64_t w_row_stride, int bits, int64_t group_size, int symmetric, uint8_t* codes,
@@ -42,7 +25,7 @@ extern "C" int tc_quantize_cpu(const void* w, int w_dtype, int64_t out_features,
   a.scale_dtype = scale_dtype;
   a.zeros = symmetric ? nullptr : zeros;
   a.num_threads = num_threads;
-  return tcompress::quant_kernels_in_use().quantize(a);
+  return tcompress::active_kernels().quantize(a);
 }
 
 namespace {
@@ -61,7 +44,7 @@ int pack_or_unpack(bool pack, const uint8_t* codes, const uint8_t* packed, int64
   a.codes_row_stride = qc::effective_stride(rows, codes_row_stride, n);
   a.packed_row_stride = qc::effective_stride(rows, packed_row_stride, n / 2);
   a.num_threads = num_threads;
-  const tcompress::QuantKernels& k = tcompress::quant_kernels_in_use();
+  const tcompress::KernelTable& k = tcompress::active_kernels();
   return pack ? k.pack_int4(a) : k.unpack_int4(a);
 }
 
@@ -101,5 +84,5 @@ extern "C" int tc_dequantize_cpu(const uint8_t* codes, int codes_format, int64_t
   a.out_dtype = out_dtype;
   a.out_row_stride = qc::effective_stride(out_features, out_row_stride, in_features);
   a.num_threads = num_threads;
-  return tcompress::quant_kernels_in_use().dequantize(a);
+  return tcompress::active_kernels().dequantize(a);
 }

@@ -2,7 +2,8 @@
 // once per ISA.
 //
 // Each quant_<isa>.cpp defines TC_ISA_NS and TC_QVEC (its vector type: simd_<isa>.h plus quant_simd_<isa>.h)
-// and includes this file, which defines tcompress::<isa>::quant_kernels. Everything else has internal linkage.
+// and includes this file, which defines tcompress::<isa>::quantize, pack_int4, unpack_int4 and dequantize
+// (kernel_table.h). Everything else has internal linkage.
 //
 // Exactness: every variant does the same IEEE fp32 operations in the same order as the pure-torch reference
 // (python/tcompress/ops/quantize.py): max / min reductions (exact in any order), one division for the scale,
@@ -17,7 +18,7 @@
 #include <stdint.h>
 
 #include "elem_io.h"
-#include "quant_table.h"
+#include "kernel_table.h"
 #include "tcompress/status.h"
 
 namespace tcompress {
@@ -200,38 +201,6 @@ int quantize_dispatch_scale(const QuantizeArgs& a) {
   }
 }
 
-int quantize(const QuantizeArgs& a) {
-  switch (a.w_dtype) {
-    case TC_FLOAT32: return quantize_dispatch_scale<TC_FLOAT32>(a);
-    case TC_FLOAT16: return quantize_dispatch_scale<TC_FLOAT16>(a);
-    case TC_BFLOAT16: return quantize_dispatch_scale<TC_BFLOAT16>(a);
-    default: return TC_ERR_BAD_DTYPE;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// int4 pack / unpack.
-// ---------------------------------------------------------------------------------------------------------------
-
-int pack_int4(const PackArgs& a) {
-  const int threads = thread_count(a.num_threads, a.rows, a.rows * a.n);
-  uint8_t seen = 0;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : seen)
-  for (int64_t r = 0; r < a.rows; ++r) {
-    seen |= TC_QVEC::pack_row(a.codes + r * a.codes_row_stride, a.packed + r * a.packed_row_stride, a.n);
-  }
-  return (seen & 0xF0) ? TC_ERR_BAD_ARGUMENT : TC_OK;
-}
-
-int unpack_int4(const PackArgs& a) {
-  const int threads = thread_count(a.num_threads, a.rows, a.rows * a.n);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t r = 0; r < a.rows; ++r) {
-    TC_QVEC::unpack_row(a.packed + r * a.packed_row_stride, a.codes + r * a.codes_row_stride, a.n);
-  }
-  return TC_OK;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Dequantize.
 // ---------------------------------------------------------------------------------------------------------------
@@ -324,6 +293,40 @@ int dequantize_dispatch_out(const DequantizeArgs& a) {
   }
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// The entry points of this ISA (declared in kernel_table.h; dispatch.cpp puts them in the KernelTable).
+// ---------------------------------------------------------------------------------------------------------------
+
+int quantize(const QuantizeArgs& a) {
+  switch (a.w_dtype) {
+    case TC_FLOAT32: return quantize_dispatch_scale<TC_FLOAT32>(a);
+    case TC_FLOAT16: return quantize_dispatch_scale<TC_FLOAT16>(a);
+    case TC_BFLOAT16: return quantize_dispatch_scale<TC_BFLOAT16>(a);
+    default: return TC_ERR_BAD_DTYPE;
+  }
+}
+
+int pack_int4(const PackArgs& a) {
+  const int threads = thread_count(a.num_threads, a.rows, a.rows * a.n);
+  uint8_t seen = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1) reduction(| : seen)
+  for (int64_t r = 0; r < a.rows; ++r) {
+    seen |= TC_QVEC::pack_row(a.codes + r * a.codes_row_stride, a.packed + r * a.packed_row_stride, a.n);
+  }
+  return (seen & 0xF0) ? TC_ERR_BAD_ARGUMENT : TC_OK;
+}
+
+int unpack_int4(const PackArgs& a) {
+  const int threads = thread_count(a.num_threads, a.rows, a.rows * a.n);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < a.rows; ++r) {
+    TC_QVEC::unpack_row(a.packed + r * a.packed_row_stride, a.codes + r * a.codes_row_stride, a.n);
+  }
+  return TC_OK;
+}
+
 int dequantize(const DequantizeArgs& a) {
   switch (a.scale_dtype) {
     case TC_FLOAT32: return dequantize_dispatch_out<TC_FLOAT32>(a);
@@ -332,11 +335,6 @@ int dequantize(const DequantizeArgs& a) {
     default: return TC_ERR_BAD_DTYPE;
   }
 }
-
-}  // namespace
-
-extern const QuantKernels quant_kernels;
-const QuantKernels quant_kernels = {&quantize, &pack_int4, &unpack_int4, &dequantize};
 
 }  // namespace TC_ISA_NS
 }  // namespace tcompress

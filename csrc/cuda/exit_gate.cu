@@ -16,8 +16,8 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
+#include "tcompress/cuda_device.h"
 #include "tcompress/exit_gate_cuda.h"
-#include "tcompress/hadamard_cuda.h"
 
 namespace tcompress {
 namespace {
@@ -155,7 +155,7 @@ int launch(const void* logits, int64_t rows, int64_t vocab, int64_t row_stride, 
 }  // namespace
 }  // namespace tcompress
 
-extern "C" int tc_cuda_exit_gate(const void* logits, int dtype, int64_t rows, int64_t vocab, int64_t row_stride,
+extern "C" int tc_exit_gate_cuda(const void* logits, int dtype, int64_t rows, int64_t vocab, int64_t row_stride,
                                  int criterion, float threshold, float* confidence, uint8_t* exit_mask,
                                  int64_t* argmax, int64_t* device_bad, int device, void* stream) {
   if (tc_dtype_size(dtype) == 0) return TC_ERR_BAD_DTYPE;

@@ -18,6 +18,7 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
+#include "tcompress/cuda_device.h"
 #include "tcompress/hadamard_cuda.h"
 
 namespace tcompress {
@@ -166,7 +167,7 @@ int launch(const void* x, void* out, int64_t rows, int64_t n, int64_t k, int64_t
 }  // namespace
 }  // namespace tcompress
 
-extern "C" int64_t tc_cuda_hadamard_max_n(int device) {
+extern "C" int64_t tc_hadamard_max_n_cuda(int device) {
   int smem = 0;
   if (cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     cudaGetLastError();
@@ -175,7 +176,7 @@ extern "C" int64_t tc_cuda_hadamard_max_n(int device) {
   return smem / static_cast<int64_t>(sizeof(float));
 }
 
-extern "C" int tc_cuda_hadamard(const void* x, void* out, int64_t rows, int64_t n, int64_t x_row_stride,
+extern "C" int tc_hadamard_cuda(const void* x, void* out, int64_t rows, int64_t n, int64_t x_row_stride,
                                 int64_t out_row_stride, int dtype, const float* hk, int64_t k, float scale, int device,
                                 void* stream) {
   int status = tcompress::check_hadamard_args(x, out, rows, n, x_row_stride, out_row_stride, dtype, hk, k, scale,
@@ -185,7 +186,7 @@ extern "C" int tc_cuda_hadamard(const void* x, void* out, int64_t rows, int64_t 
   // Run on `device`, and leave the caller's current device as it was (see device_guard.h).
   const tcompress::DeviceGuard guard(device);
   if (guard.error() != cudaSuccess) return tcompress::cuda_fail(guard.error(), "cudaSetDevice");
-  const int64_t smem_limit = tc_cuda_hadamard_max_n(device) * static_cast<int64_t>(sizeof(float));
+  const int64_t smem_limit = tc_hadamard_max_n_cuda(device) * static_cast<int64_t>(sizeof(float));
   const int64_t xs = rows > 1 ? x_row_stride : n;
   const int64_t os = rows > 1 ? out_row_stride : n;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -17,8 +17,9 @@
 // in shared memory, warp m finishing row m. Stage 1 has few columns (N = r), so it also splits K over blocks
 // until the device is full and adds its partial sums into a zeroed t with atomicAdd (t's summation order is not
 // fixed; fp32 rounding only). Stage 2 (N = d) keeps all of K in one block so that its epilogue can write y.
-// GEMM (more rows): 64 x 64 output tiles per 256-thread block (4 x 4 outputs per thread), K in steps of 32 staged
-// as fp32 in shared memory, plain FMAs (no tensor cores yet); row tiles beyond the grid's y limit are looped over.
+// GEMM (more rows): the 64 x 64 SIMT tile of simt_tile.cuh (256 threads, 4 x 4 outputs per thread), K in steps of
+// 32 staged as fp32 in shared memory, plain FMAs (no tensor cores yet); row tiles beyond the grid's y limit are
+// looped over.
 //
 // Never ran on a GPU in this project's CI (no device there): compiled for sm_80 / sm_90 only.
 #include <cuda_bf16.h>
@@ -30,7 +31,8 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
-#include "tcompress/hadamard_cuda.h"
+#include "simt_tile.cuh"
+#include "tcompress/cuda_device.h"
 #include "tcompress/linear_block.h"
 #include "tcompress/linear_block_cuda.h"
 
@@ -45,9 +47,12 @@ constexpr int kGemvCols = 32;           // output columns per GEMV block: one pe
 constexpr int kGemvStageK = 256;        // rows of K whose activations sit in shared memory at a time
 constexpr int kGemvUnroll = 4;          // independent factor loads in flight per lane
 constexpr int64_t kGemvMinSplitK = 128; // stage 1 splits K no finer than this (16 rows per warp)
-constexpr int kBM = 64, kBN = 64, kBK = 32;
+using simt::kBK;
+using simt::kBM;
+using simt::kBN;
 constexpr int64_t kMaxGridY = 65535;
 static_assert(kWarps >= kGemvMaxRows, "the GEMV epilogue gives each row of x its own warp");
+static_assert(kThreads == simt::kThreads, "the GEMM block is one SIMT tile");
 
 struct Problem {
   const void* x;
@@ -199,8 +204,8 @@ __global__ void __launch_bounds__(kThreads) linear_block_gemv(Problem p, int64_t
 
 template <class Stage, typename FT>
 __global__ void __launch_bounds__(kThreads) linear_block_gemm(Problem p) {
-  __shared__ float a_s[kBK][kBM + 4];  // A tile transposed: a_s[k][m]
-  __shared__ float w_s[kBK][kBN + 4];
+  __shared__ simt::ATile a_s;  // A tile transposed: a_s[k][m]
+  __shared__ simt::WTile w_s;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t K = Stage::K(p), N = Stage::N(p);
   const FT* W = Stage::W(p);
@@ -225,31 +230,11 @@ __global__ void __launch_bounds__(kThreads) linear_block_gemm(Problem p) {
         w_s[kr][c] = (k < K && col < N) ? factor_at(W, k * N + col) : 0.0f;
       }
       __syncthreads();
-#pragma unroll 8
-      for (int kk = 0; kk < kBK; ++kk) {
-        float av[4], wv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) av[i] = a_s[kk][ty * 4 + i];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) wv[j] = w_s[kk][tx * 4 + j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], wv[j], acc[i][j]);
-        }
-      }
+      simt::tile_step(a_s, w_s, tx, ty, acc);
       __syncthreads();  // the tiles are overwritten by the next step (or the next row tile)
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t m = m0 + ty * 4 + i;
-      if (m >= p.M) continue;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t col = n0 + tx * 4 + j;
-        if (col < N) Stage::emit(p, m, col, acc[i][j]);
-      }
-    }
+    simt::tile_store(acc, m0, n0, tx, ty, p.M, N,
+                     [&](int64_t m, int64_t col, float v) { Stage::emit(p, m, col, v); });
   }
 }
 
@@ -336,7 +321,7 @@ bool aligned(const void* p, int bytes) { return bytes > 0 && reinterpret_cast<ui
 }  // namespace
 }  // namespace tcompress
 
-extern "C" int tc_cuda_linear_block(const void* x, int x_dtype, int64_t M, int64_t d, int64_t x_row_stride,
+extern "C" int tc_linear_block_cuda(const void* x, int x_dtype, int64_t M, int64_t d, int64_t x_row_stride,
                                     const void* U, const void* V, int factor_dtype, int64_t r, const float* u_scale,
                                     const float* v_scale, const void* b, int b_dtype, const void* mu, int mu_dtype,
                                     void* y, int64_t y_row_stride, int device, void* stream) {

@@ -5,8 +5,8 @@
 // row (128-bit read-only loads: 32 int4 or 16 int8 codes), dequantizes them with the chunk's scale and zero
 // point and accumulates against the M rows of x (read through L1: x is small and shared by every warp);
 // otherwise lanes take the columns one by one. A warp-shuffle reduction gives the M outputs of the row.
-// GEMM (larger M): 64 x 64 output tiles per block of 256 threads (4 x 4 outputs per thread), K in steps of 32:
-// each step stages an fp32 tile of x and a dequantized fp32 tile of W in shared memory, then runs plain FMAs.
+// GEMM (larger M): the 64 x 64 SIMT tile of simt_tile.cuh (256 threads, 4 x 4 outputs per thread), K in steps of
+// 32: each step stages an fp32 tile of x and a dequantized fp32 tile of W in shared memory, then runs plain FMAs.
 // (No tensor cores yet.) Arithmetic and accumulation are fp32 throughout.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,7 +17,8 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
-#include "tcompress/hadamard_cuda.h"
+#include "simt_tile.cuh"
+#include "tcompress/cuda_device.h"
 #include "tcompress/qlinear.h"
 #include "tcompress/qlinear_cuda.h"
 
@@ -129,12 +130,15 @@ __global__ void __launch_bounds__(kGemvThreads) qlinear_gemv(QParams p, bool chu
 // GEMM.
 // ---------------------------------------------------------------------------------------------------------------
 
-constexpr int kBM = 64, kBN = 64, kBK = 32, kGemmThreads = 256;
+using simt::kBK;
+using simt::kBM;
+using simt::kBN;
+constexpr int kGemmThreads = simt::kThreads;
 
 template <typename XT, int BITS>
 __global__ void __launch_bounds__(kGemmThreads) qlinear_gemm(QParams p) {
-  __shared__ float xs[kBK][kBM + 4];
-  __shared__ float ws[kBK][kBN + 4];
+  __shared__ simt::ATile xs;
+  __shared__ simt::WTile ws;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
   const XT* x = static_cast<const XT*>(p.x);
@@ -160,32 +164,13 @@ __global__ void __launch_bounds__(kGemmThreads) qlinear_gemm(QParams p) {
       ws[c][r] = wt;
     }
     __syncthreads();
-#pragma unroll 8
-    for (int kk = 0; kk < kBK; ++kk) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = xs[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = ws[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-      }
-    }
+    simt::tile_step(xs, ws, tx, ty, acc);
     __syncthreads();
   }
   XT* y = static_cast<XT*>(p.y);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty * 4 + i;
-    if (m >= p.M) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx * 4 + j;
-      if (n < p.N) y[m * p.ys + n] = from_float<XT>(acc[i][j] + (p.bias ? load_any(p.bias, n, p.bias_dtype) : 0.0f));
-    }
-  }
+  simt::tile_store(acc, m0, n0, tx, ty, p.M, p.N, [&](int64_t m, int64_t n, float v) {
+    y[m * p.ys + n] = from_float<XT>(v + (p.bias ? load_any(p.bias, n, p.bias_dtype) : 0.0f));
+  });
 }
 
 template <typename XT, int BITS, int M>
@@ -227,7 +212,7 @@ int launch_bits(const QParams& p, int bits, cudaStream_t s) {
 }  // namespace
 }  // namespace tcompress
 
-extern "C" int tc_cuda_qlinear(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
+extern "C" int tc_qlinear_cuda(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
                                const uint8_t* qweight, int64_t N, int bits, const void* scales, int scale_dtype,
                                const uint8_t* zeros, int64_t group_size, const void* bias, int bias_dtype, void* y,
                                int64_t y_row_stride, int device, void* stream) {

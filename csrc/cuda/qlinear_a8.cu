@@ -18,7 +18,7 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
-#include "tcompress/hadamard_cuda.h"
+#include "tcompress/cuda_device.h"
 #include "tcompress/qlinear_a8.h"
 #include "tcompress/qlinear_a8_cuda.h"
 
@@ -195,7 +195,7 @@ int launch(A8Params p, int bits, int act_bits, cudaStream_t s) {
 }  // namespace
 }  // namespace tcompress
 
-extern "C" int tc_cuda_qlinear_a8(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
+extern "C" int tc_qlinear_a8_cuda(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
                                   const uint8_t* qweight, int64_t N, int bits, const void* scales, int scale_dtype,
                                   const uint8_t* zeros, int64_t group_size, int act_bits, const void* bias,
                                   int bias_dtype, void* y, int64_t y_row_stride, int device, void* stream) {

@@ -18,7 +18,7 @@
 #include "cuda_error.h"
 #include "device_guard.h"
 #include "float_convert.cuh"
-#include "tcompress/hadamard_cuda.h"
+#include "tcompress/cuda_device.h"
 #include "tcompress/quant_cuda.h"
 
 namespace tcompress {
@@ -272,7 +272,7 @@ int dequantize_out_dtype(int out_dtype, const uint8_t* codes, bool packed, int64
 
 namespace qc = tcompress::quant_check;
 
-extern "C" int tc_cuda_quantize(const void* w, int w_dtype, int64_t out_features, int64_t in_features,
+extern "C" int tc_quantize_cuda(const void* w, int w_dtype, int64_t out_features, int64_t in_features,
                                 int64_t w_row_stride, int bits, int64_t group_size, int symmetric, uint8_t* codes,
                                 void* scales, int scale_dtype, uint8_t* zeros, int32_t* device_status, int device,
                                 void* stream) {
@@ -301,7 +301,7 @@ extern "C" int tc_cuda_quantize(const void* w, int w_dtype, int64_t out_features
   }
 }
 
-extern "C" int tc_cuda_pack_int4(const uint8_t* codes, uint8_t* packed, int64_t rows, int64_t n,
+extern "C" int tc_pack_int4_cuda(const uint8_t* codes, uint8_t* packed, int64_t rows, int64_t n,
                                  int64_t codes_row_stride, int64_t packed_row_stride, int32_t* device_status,
                                  int device, void* stream) {
   const int status = qc::check_pack(codes, packed, rows, n, codes_row_stride, packed_row_stride);
@@ -318,7 +318,7 @@ extern "C" int tc_cuda_pack_int4(const uint8_t* codes, uint8_t* packed, int64_t 
   return err == cudaSuccess ? TC_OK : tcompress::cuda_fail(err, "pack_kernel launch");
 }
 
-extern "C" int tc_cuda_unpack_int4(const uint8_t* packed, uint8_t* codes, int64_t rows, int64_t n,
+extern "C" int tc_unpack_int4_cuda(const uint8_t* packed, uint8_t* codes, int64_t rows, int64_t n,
                                    int64_t packed_row_stride, int64_t codes_row_stride, int device, void* stream) {
   const int status = qc::check_pack(codes, packed, rows, n, codes_row_stride, packed_row_stride);
   if (status != TC_OK || rows == 0 || n == 0) return status;
@@ -334,7 +334,7 @@ extern "C" int tc_cuda_unpack_int4(const uint8_t* packed, uint8_t* codes, int64_
   return err == cudaSuccess ? TC_OK : tcompress::cuda_fail(err, "unpack_kernel launch");
 }
 
-extern "C" int tc_cuda_dequantize(const uint8_t* codes, int codes_format, int64_t out_features, int64_t in_features,
+extern "C" int tc_dequantize_cuda(const uint8_t* codes, int codes_format, int64_t out_features, int64_t in_features,
                                   int64_t codes_row_stride, const void* scales, int scale_dtype, const uint8_t* zeros,
                                   int bits, int64_t group_size, void* out, int out_dtype, int64_t out_row_stride,
                                   int device, void* stream) {

@@ -5,7 +5,8 @@
 #include <string>
 
 #include "cuda_error.h"
-#include "tcompress/hadamard_cuda.h"
+#include "tcompress/cuda_device.h"
+#include "tcompress/status.h"
 
 namespace {
 thread_local std::string g_status = "not queried";

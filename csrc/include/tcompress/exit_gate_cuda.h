@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-int tc_cuda_exit_gate(const void* logits, int dtype, int64_t rows, int64_t vocab, int64_t row_stride, int criterion,
+int tc_exit_gate_cuda(const void* logits, int dtype, int64_t rows, int64_t vocab, int64_t row_stride, int criterion,
                       float threshold, float* confidence, uint8_t* exit_mask, int64_t* argmax, int64_t* device_bad,
                       int device, void* stream);
 

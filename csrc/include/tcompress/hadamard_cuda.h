@@ -12,21 +12,12 @@
 extern "C" {
 #endif
 
-/* Number of usable CUDA devices; 0 when there is no device or no driver (never an error). */
-int tc_cuda_device_count(void);
-/* Why there is no device, or "ok": the CUDA runtime's own words. Valid until the next call. */
-const char* tc_cuda_status_string(void);
-/* The CUDA runtime version this module was built against, e.g. 13000. */
-int tc_cuda_runtime_version(void);
-/* The message of the last failed CUDA call in this thread (after a TC_ERR_CUDA status). */
-const char* tc_cuda_last_error(void);
-
 /* `hk` is a pointer, on `device`, to the k x k fp32 matrix (NULL when k == 1). The call runs on `device` and
  * restores the caller's current device before returning. Largest n: what fits one row in the device's shared
- * memory (tc_cuda_hadamard_max_n). */
-int tc_cuda_hadamard(const void* x, void* out, int64_t rows, int64_t n, int64_t x_row_stride, int64_t out_row_stride,
+ * memory (tc_hadamard_max_n_cuda). */
+int tc_hadamard_cuda(const void* x, void* out, int64_t rows, int64_t n, int64_t x_row_stride, int64_t out_row_stride,
                      int dtype, const float* hk, int64_t k, float scale, int device, void* stream);
-int64_t tc_cuda_hadamard_max_n(int device);
+int64_t tc_hadamard_max_n_cuda(int device);
 
 #ifdef __cplusplus
 }

@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-int tc_cuda_linear_block(const void* x, int x_dtype, int64_t M, int64_t d, int64_t x_row_stride, const void* U,
+int tc_linear_block_cuda(const void* x, int x_dtype, int64_t M, int64_t d, int64_t x_row_stride, const void* U,
                          const void* V, int factor_dtype, int64_t r, const float* u_scale, const float* v_scale,
                          const void* b, int b_dtype, const void* mu, int mu_dtype, void* y, int64_t y_row_stride,
                          int device, void* stream);

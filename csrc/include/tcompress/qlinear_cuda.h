@@ -12,7 +12,7 @@
 extern "C" {
 #endif
 
-int tc_cuda_qlinear(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride, const uint8_t* qweight,
+int tc_qlinear_cuda(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride, const uint8_t* qweight,
                     int64_t N, int bits, const void* scales, int scale_dtype, const uint8_t* zeros,
                     int64_t group_size, const void* bias, int bias_dtype, void* y, int64_t y_row_stride, int device,
                     void* stream);

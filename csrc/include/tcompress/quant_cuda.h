@@ -23,17 +23,17 @@
 extern "C" {
 #endif
 
-int tc_cuda_quantize(const void* w, int w_dtype, int64_t out_features, int64_t in_features, int64_t w_row_stride,
+int tc_quantize_cuda(const void* w, int w_dtype, int64_t out_features, int64_t in_features, int64_t w_row_stride,
                      int bits, int64_t group_size, int symmetric, uint8_t* codes, void* scales, int scale_dtype,
                      uint8_t* zeros, int32_t* device_status, int device, void* stream);
 
-int tc_cuda_pack_int4(const uint8_t* codes, uint8_t* packed, int64_t rows, int64_t n, int64_t codes_row_stride,
+int tc_pack_int4_cuda(const uint8_t* codes, uint8_t* packed, int64_t rows, int64_t n, int64_t codes_row_stride,
                       int64_t packed_row_stride, int32_t* device_status, int device, void* stream);
 
-int tc_cuda_unpack_int4(const uint8_t* packed, uint8_t* codes, int64_t rows, int64_t n, int64_t packed_row_stride,
+int tc_unpack_int4_cuda(const uint8_t* packed, uint8_t* codes, int64_t rows, int64_t n, int64_t packed_row_stride,
                         int64_t codes_row_stride, int device, void* stream);
 
-int tc_cuda_dequantize(const uint8_t* codes, int codes_format, int64_t out_features, int64_t in_features,
+int tc_dequantize_cuda(const uint8_t* codes, int codes_format, int64_t out_features, int64_t in_features,
                        int64_t codes_row_stride, const void* scales, int scale_dtype, const uint8_t* zeros, int bits,
                        int64_t group_size, void* out, int out_dtype, int64_t out_row_stride, int device,
                        void* stream);

@@ -1,6 +1,4 @@
-// The qlinear_a8 family's per-ISA kernel tables. Each qlinear_a8_<isa>.cpp (compiled with its own flags) defines
-// `tcompress::<isa>::qlinear_a8_kernels`; qlinear_a8.cpp picks one with tc_isa_get() and the CPU's VNNI bit. Only
-// plain data crosses this boundary (see kernel_table.h for why).
+// The arguments of the qlinear_a8 kernels (the entry points are declared in kernel_table.h).
 #pragma once
 
 #include <stdint.h>
@@ -30,22 +28,5 @@ struct QLinearA8Args {
   int32_t* acc;          // (M, N, groups) int32 accumulator output, or null
   int num_threads;       // resolved (>= 1)
 };
-
-struct QLinearA8Kernels {
-  const char* name;
-  int (*qlinear_a8)(const QLinearA8Args& args);  // y or acc, per the args
-  int (*quantize_activations)(const QLinearA8Args& args, int8_t* codes, float* act_scales);
-};
-
-namespace scalar {
-extern const QLinearA8Kernels qlinear_a8_kernels;
-}
-namespace avx2 {
-extern const QLinearA8Kernels qlinear_a8_kernels;
-}
-// vpdpbusd: call only when the CPU reports AVX512_VNNI (and the AVX-512 F/BW/VL the variant needs).
-namespace avx512vnni {
-extern const QLinearA8Kernels qlinear_a8_kernels;
-}
 
 }  // namespace tcompress

@@ -1,6 +1,4 @@
-// The per-ISA kernel tables of the quant family. Each quant_<isa>.cpp (compiled with its own flags) defines
-// `tcompress::<isa>::quant_kernels`; quant.cpp checks the arguments and calls the table of the variant that
-// tc_isa_get() names. As with kernel_table.h, only plain data crosses this boundary.
+// The arguments of the quant kernels (the entry points are declared in kernel_table.h).
 #pragma once
 
 #include <stdint.h>
@@ -53,22 +51,5 @@ struct DequantizeArgs {
   int64_t out_row_stride;  // elements
   int num_threads;
 };
-
-struct QuantKernels {
-  int (*quantize)(const QuantizeArgs& args);
-  int (*pack_int4)(const PackArgs& args);
-  int (*unpack_int4)(const PackArgs& args);
-  int (*dequantize)(const DequantizeArgs& args);
-};
-
-namespace scalar {
-extern const QuantKernels quant_kernels;
-}
-namespace avx2 {
-extern const QuantKernels quant_kernels;
-}
-namespace avx512 {
-extern const QuantKernels quant_kernels;
-}
 
 }  // namespace tcompress

@@ -1,6 +1,4 @@
-// The linear_block family's per-ISA kernel tables. Each linear_block_<isa>.cpp (compiled with its own flags)
-// defines `tcompress::<isa>::linear_block_kernels`; linear_block.cpp picks one with tc_isa_get(). Only plain data
-// crosses this boundary (see kernel_table.h for why).
+// The arguments of the linear_block kernels (the entry points are declared in kernel_table.h).
 #pragma once
 
 #include <stdint.h>
@@ -26,19 +24,5 @@ struct LinearBlockArgs {
   int64_t y_row_stride;  // elements; d when M == 1
   int num_threads;       // resolved (>= 1)
 };
-
-struct LinearBlockKernels {
-  int (*linear_block)(const LinearBlockArgs& args);
-};
-
-namespace scalar {
-extern const LinearBlockKernels linear_block_kernels;
-}
-namespace avx2 {
-extern const LinearBlockKernels linear_block_kernels;
-}
-namespace avx512 {
-extern const LinearBlockKernels linear_block_kernels;
-}
 
 }  // namespace tcompress

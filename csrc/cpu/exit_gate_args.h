@@ -1,6 +1,4 @@
-// The per-ISA kernel tables of the exit_gate family. Each exit_gate_<isa>.cpp (compiled with its own flags)
-// defines `tcompress::<isa>::exit_gate_kernels`; exit_gate.cpp checks the arguments and calls the table of the
-// variant that tc_isa_get() names. As with kernel_table.h, only plain data crosses this boundary.
+// The arguments of the exit_gate kernels (the entry points are declared in kernel_table.h).
 #pragma once
 
 #include <stdint.h>
@@ -41,20 +39,5 @@ struct ExitGateHeadArgs {
   int* bad_kind;
   int num_threads;
 };
-
-struct ExitGateKernels {
-  int (*exit_gate)(const ExitGateArgs& args);
-  int (*exit_gate_head)(const ExitGateHeadArgs& args);
-};
-
-namespace scalar {
-extern const ExitGateKernels exit_gate_kernels;
-}
-namespace avx2 {
-extern const ExitGateKernels exit_gate_kernels;
-}
-namespace avx512 {
-extern const ExitGateKernels exit_gate_kernels;
-}
 
 }  // namespace tcompress

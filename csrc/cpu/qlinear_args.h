@@ -1,0 +1,32 @@
+// The arguments of the qlinear kernels (the entry points are declared in kernel_table.h).
+#pragma once
+
+#include <stdint.h>
+
+namespace tcompress {
+
+// Arguments of tc_qlinear_cpu after validation (see tcompress/qlinear.h).
+struct QLinearArgs {
+  const void* x;
+  int x_dtype;
+  int64_t M, K, N;
+  int64_t x_row_stride;  // elements; K when M == 1
+  const uint8_t* qweight;
+  int bits;
+  const void* scales;
+  int scale_dtype;
+  const uint8_t* zeros;  // null: symmetric
+  int64_t group_size;    // resolved: K for per-channel
+  int64_t groups;        // K / group_size
+  const void* bias;      // null: none
+  int bias_dtype;
+  void* y;
+  int64_t y_row_stride;  // elements; N when M == 1
+  int num_threads;       // resolved (>= 1)
+};
+
+// What the bf16-x GEMM (KernelTable::qlinear_gemm_bf16) returns for arguments it does not take; then the plain
+// qlinear kernel runs.
+constexpr int kQLinearNotHandled = -1;
+
+}  // namespace tcompress
