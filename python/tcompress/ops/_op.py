@@ -98,6 +98,16 @@ class Op:
             self.declaration.check(label, *args)  # the op's own message, not the dispatcher's schema error
         return self.dispatch(*args)
 
+    def call_prepared(self, operands, x: torch.Tensor, schema_args: tuple, *differentiable):
+        """The op on x and weight operands prepared once (``operands.launch(native, x)``, or None where there are no
+        pointers): launched directly when the eager path applies (``differentiable``: the prepared tensors whose
+        ``requires_grad`` matters), else dispatched with the schema's other arguments. x is already checked."""
+        if operands is not None and _common.direct_launch_ok(x, *differentiable):
+            native = _common.native_module(x, self.qualname)
+            if native is not None:
+                return operands.launch(native, x)
+        return self.dispatch(x, *schema_args)
+
     def direct(self, args: tuple) -> bool:
         """True when a call on ``args`` may skip the dispatcher (see the module docstring)."""
         grads = [args[i] for i in self.declaration.differentiable if isinstance(args[i], torch.Tensor)]

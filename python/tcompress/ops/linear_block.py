@@ -235,9 +235,4 @@ class PreparedLinearBlock:
                 and x.device == self.device):  # fmt: skip
             _check(_OP, x, *self._schema_args)
         args = self._schema_args
-        operands = self._operands
-        if operands is not None and _common.direct_launch_ok(x, args[2], args[3]):
-            native = _common.native_module(x, LINEAR_BLOCK.qualname)
-            if native is not None:
-                return operands.launch(native, x)
-        return LINEAR_BLOCK.dispatch(x, *args)
+        return LINEAR_BLOCK.call_prepared(self._operands, x, args, args[2], args[3])

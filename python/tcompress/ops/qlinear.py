@@ -292,9 +292,5 @@ class PreparedQLinear:
         if not (type(x) is torch.Tensor and x.dtype in _common.FLOAT_DTYPES and x.dim()
                 and x.shape[-1] == self.in_features and x.device == self.device):  # fmt: skip
             check_x(self._label, x, self.in_features, self.device)
-        operands = self._operands
-        if operands is not None and QLINEAR.direct((x, None, None, None, None, None, self._schema_args[5])):
-            native = _common.native_module(x, QLINEAR.qualname)
-            if native is not None:
-                return operands.launch(native, x)
-        return QLINEAR.dispatch(x, *self._schema_args)
+        args = self._schema_args
+        return QLINEAR.call_prepared(self._operands, x, args, *(t for t in (args[5],) if t is not None))
