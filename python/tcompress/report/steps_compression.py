@@ -11,7 +11,7 @@ from typing import Any
 from .. import models
 from ..recipes import QuantizeConfig, RotateConfig, compress_
 from ..recipes.live_edit import restoring
-from ..recipes.reconstruction_wall import factored_rank, reconstruction_wall
+from ..recipes.reconstruction_wall import reconstruction_wall
 from ..recipes.spectral_sweep import spectral_sweep
 from .context import ReportContext
 
@@ -113,10 +113,13 @@ def quantization(ctx: ReportContext) -> dict[str, Any]:
 
 def _wall_group_size(model) -> int | None:
     """The paper-style 64 columns per scale, or the largest smaller power of two, that divides every projection's
-    in_features and leaves every projection a rank for Q(A)·Q(B) within direct int4's bits; else None (per row)."""
-    shapes = {tuple(models.projection_weight(m).shape) for _, m in models.architecture(model).iter_projections(model)}
+    in_features; else None (per row).
+
+    Q(A)·Q(B) needs no more: its factors take ragged groups, so any rank fits a group size (rank 2 fits direct
+    int4's bits for every projection of at least 8 x 8)."""
+    in_features = {models.projection_weight(m).shape[1] for _, m in models.architecture(model).iter_projections(model)}
     for g in (64, 32, 16, 8):
-        if all(i % g == 0 and factored_rank(o, i, g) > 0 for o, i in shapes):
+        if all(i % g == 0 for i in in_features):
             return g
     return None
 
@@ -144,7 +147,7 @@ def wall(ctx: ReportContext) -> dict[str, Any]:
         result["seconds"] = time.perf_counter() - start
         for v in result["variants"]:
             ctx.log(
-                f"  {'rotated ' if rotate else ''}{v['variant']}: {v['bits_per_weight']:.2f} bits/weight, "
+                f"  {'rotated ' if rotate else ''}{v['variant']}: {v['bits_per_weight']:.3f} bits/weight, "
                 f"output error {v['output_rel_error']:.4f}, perplexity {v['perplexity']:.4f}"
             )
         runs.append(result)
