@@ -7,8 +7,8 @@ is None, i.e. g = in), and is applied as dequantized fp32 weights ("fake quant",
 packed kernels). The factors of ``factored-int4`` use ragged groups (:func:`ragged_fake_quantize`): along an input
 that g does not divide, the last group is shorter and still has its own scale, so the rank need not be a multiple of
 g (the packed kernels compute the same Q(A)·Q(B) with the rank padded by zeros to a multiple of g; the bits counted
-are those of the ragged format). Bits are counted exactly per layer: a b-bit code per weight plus 16 bits per scale (⌈in/g⌉ scales per row), and
-16 bits per element of any fp16 low-rank part.
+are those of the ragged format). Bits are counted exactly per layer: a b-bit code per weight plus 16 bits per scale
+(⌈in/g⌉ scales per row), and 16 bits per element of any fp16 low-rank part.
 
 The bit rule (the same for both models):
 
