@@ -21,10 +21,17 @@ random tokens, because the tokens of one window share context and would leak bet
 
 Position sets. In Llama-family models the first position of every window carries a few huge hidden-state components
 (an attention sink) that can hold > 95% of the total variance, inflating pooled R² towards 1 and making the top
-principal direction a single outlier. So the first position and the others are accumulated apart and every statistic is
-available for ``"no_first"`` (positions 1..T-1 of each window: the default for headline numbers) and ``"all"``
-(positions 0..T-1). The first-position sums are kept on ``first_position_device`` (host memory by default) since they
-are needed only for the ``"all"`` figures.
+principal direction a single outlier; some later tokens carry massive activations too
+(:mod:`tcompress.analysis.massive_tokens`). So position 0, the massive tokens at positions ≥ 1 (when ``exclude``
+marks them) and the other tokens are accumulated apart, and every statistic is available for
+
+- ``"no_outliers"``: positions ≥ 1 that are not massive at that block (the headline set when ``exclude`` is given);
+- ``"no_first"``: positions 1..T-1 (the headline set otherwise);
+- ``"all"``: positions 0..T-1.
+
+The first-position sums are kept on ``first_position_device`` (host memory by default) since only the ``"all"``
+figures need them; the massive tokens are few, so their rows themselves are kept there (float64) and summed when a
+set that includes them is asked for — O(rows · d) instead of two more (d, d) matrices per block and split.
 
 Gradient convention: the loss of one window is the mean cross-entropy of its T-1 next-token predictions, and a batch's
 loss is the sum over its windows, so g does not depend on the batch size. The last position of a window predicts
@@ -43,11 +50,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import models
+from .massive_tokens import MassiveTokens
 from .moments import Moments
 
-POSITION_SETS = ("no_first", "all")
+POSITION_SETS = ("no_outliers", "no_first", "all")
 SPLITS = ("train", "heldout")
-_PARTS = ("first", "rest")  # how position sets are stored: "all" = first + rest, "no_first" = rest
+# How position sets are stored: "first" (position 0) and "rest" (positions ≥ 1 not marked massive) as sums, the
+# massive tokens as rows (MassiveRows). "no_outliers" = rest, "no_first" = rest + massive, "all" = + first.
+_PARTS = ("first", "rest")
+
+
+@dataclasses.dataclass
+class MassiveRows:
+    """The rows (x, y) and gradients g of the massive tokens of one block and split, summed on demand.
+
+    Attributes:
+        x, y: lists of (n_i, d) float64 rows; g: lists of (m_i, d) float64 gradient rows.
+    """
+
+    x: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    y: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    g: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(r.shape[0] for r in self.x)
+
+    def moments(self, d: int, device: torch.device | str, gradients: bool) -> Moments:
+        """The rows' sums as :class:`Moments` of width ``d`` on ``device``."""
+        sums = Moments.zeros(d, device, gradients)
+        for x, y in zip(self.x, self.y):
+            sums.update(x, y)
+        for g in self.g:
+            sums.update_gradients(g)
+        return sums
 
 
 @dataclasses.dataclass
@@ -61,8 +97,12 @@ class BlockStatistics:
         heldout_windows: indices (into the windows given) of the held-out windows, sorted.
         holdout: the held-out fraction asked for; seed: the permutation's seed.
         gradients: whether dL/dh sums were collected.
-        default_positions: the position set headline numbers use (``"no_first"``).
-        parts: ``{(layer, part, split): Moments}`` with part ``"first"`` (position 0) or ``"rest"`` (1..T-1).
+        default_positions: the position set headline numbers use (``"no_outliers"`` when massive tokens were
+            excluded, else ``"no_first"``).
+        parts: ``{(layer, part, split): Moments}`` with part ``"first"`` (position 0) or ``"rest"`` (positions ≥ 1
+            not marked massive).
+        massive: the massive-token marks the collection used, or None (then ``"no_outliers"`` is not available).
+        massive_rows: ``{(layer, split): MassiveRows}`` of the marked tokens.
     """
 
     layers: tuple[int, ...]
@@ -75,16 +115,31 @@ class BlockStatistics:
     gradients: bool
     default_positions: str = "no_first"
     parts: dict[tuple[int, str, str], Moments] = dataclasses.field(default_factory=dict, repr=False)
+    massive: MassiveTokens | None = dataclasses.field(default=None, repr=False)
+    massive_rows: dict[tuple[int, str], MassiveRows] = dataclasses.field(default_factory=dict, repr=False)
+    _massive_sums: dict[tuple[int, str], Moments] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def position_sets(self) -> tuple[str, ...]:
+        """The position sets these statistics can give (``"no_outliers"`` only when massive tokens were marked)."""
+        return POSITION_SETS if self.massive is not None else tuple(p for p in POSITION_SETS if p != "no_outliers")
 
     def moments(self, layer: int, positions: str | None = None, split: str = "train") -> Moments:
-        """The sums of block ``layer`` over a position set (``"no_first"``, ``"all"``; None = the default) and split.
+        """The sums of block ``layer`` over a position set (``"no_outliers"``, ``"no_first"``, ``"all"``; None = the
+        default) and split.
 
         Raises:
-            ValueError: a layer that was not captured, an unknown position set or split, or an empty split.
+            ValueError: a layer that was not captured, an unknown or unavailable position set or split, or an empty
+                split.
         """
         positions = self.default_positions if positions is None else positions
         if positions not in POSITION_SETS:
             raise ValueError(f"BlockStatistics.moments: positions must be one of {POSITION_SETS}; got {positions!r}")
+        if positions not in self.position_sets:
+            raise ValueError(
+                "BlockStatistics.moments: 'no_outliers' needs statistics collected with massive tokens marked "
+                "(collect_block_statistics(..., exclude=find_massive_tokens(model, windows)))"
+            )
         if split not in SPLITS:
             raise ValueError(f"BlockStatistics.moments: split must be one of {SPLITS}; got {split!r}")
         if layer not in self.layers:
@@ -92,18 +147,33 @@ class BlockStatistics:
         rest = self.parts.get((layer, "rest", split))
         if rest is None or rest.count == 0:
             raise ValueError(f"BlockStatistics.moments: the {split} split is empty (holdout={self.holdout})")
-        if positions == "no_first":
+        if positions == "no_outliers":
             return rest
-        return rest + self.parts[(layer, "first", split)]
+        with_massive = rest + self._massive(layer, split) if self.massive is not None else rest
+        if positions == "no_first":
+            return with_massive
+        return with_massive + self.parts[(layer, "first", split)]
+
+    def _massive(self, layer: int, split: str) -> Moments:
+        """The massive tokens' sums of one block and split (summed from their rows once, then kept)."""
+        key = (layer, split)
+        if key not in self._massive_sums:
+            first = self.parts[(layer, "first", split)]
+            rows = self.massive_rows.get(key, MassiveRows())
+            self._massive_sums[key] = rows.moments(self.hidden_size, first.sum_in.device, first.grad_sum is not None)
+        return self._massive_sums[key]
 
     def tokens(self, positions: str | None = None, split: str = "train") -> int:
-        """Tokens per block in a position set and split."""
+        """Tokens per block (the first captured block's: massive tokens differ by block) in a position set and split."""
         return self.moments(self.layers[0], positions, split).count
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary (the settings and token counts; not the matrices)."""
+        """A JSON-friendly summary (the settings, token counts and the massive tokens left out; not the matrices)."""
         counts = {
-            f"{p}/{s}": self.tokens(p, s) for p in POSITION_SETS for s in SPLITS if s == "train" or self.heldout_windows
+            f"{p}/{s}": self.tokens(p, s)
+            for p in self.position_sets
+            for s in SPLITS
+            if s == "train" or self.heldout_windows
         }
         return {
             "layers": list(self.layers),
@@ -116,7 +186,17 @@ class BlockStatistics:
             "gradients": self.gradients,
             "default_positions": self.default_positions,
             "tokens_per_block": counts,
+            "massive_tokens": None if self.massive is None else self._massive_summary(),
         }
+
+    def _massive_summary(self) -> dict[str, Any]:
+        """The marks of the captured blocks, with how many of each block's massive tokens fell in each split."""
+        summary = self.massive.to_dict()
+        summary["blocks"] = [b for b in summary["blocks"] if b["layer"] in self.layers]
+        for b in summary["blocks"]:
+            for split in SPLITS:
+                b[f"{split}_count"] = self.massive_rows.get((b["layer"], split), MassiveRows()).count
+        return summary
 
 
 def split_windows(num_windows: int, holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -185,7 +265,7 @@ def per_window_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 class _Collector:
     """The hooks of one collection run: they add each batch's block inputs/outputs (and gradients) to the sums."""
 
-    def __init__(self, layers, gradients, stats_device, first_position_device):
+    def __init__(self, layers, gradients, stats_device, first_position_device, massive):
         self.layers = layers
         self.gradients = gradients
         self.stats_device = stats_device
@@ -194,6 +274,10 @@ class _Collector:
         self.loss_scale = 1.0  # the backward pass's loss multiplier, divided out of every g (exactly: a power of two)
         self.parts: dict[tuple[int, str, str], Moments] = {}
         self.inputs: dict[int, torch.Tensor] = {}
+        # (layer) -> (num_windows, T - 1) bool of the massive tokens at positions ≥ 1, and the batch's window indices.
+        self.masks = {i: massive.mask(i)[:, 1:] for i in layers} if massive is not None else None
+        self.batch: list[int] = []
+        self.massive_rows: dict[tuple[int, str], MassiveRows] = {}
 
     def _part(self, layer: int, part: str, like: torch.Tensor) -> Moments:
         key = (layer, part, self.split)
@@ -202,6 +286,20 @@ class _Collector:
             for split in SPLITS:  # both splits at once, so they share a device and a width
                 self.parts[(layer, part, split)] = Moments.zeros(like.shape[-1], device, self.gradients)
         return self.parts[key]
+
+    def _split_rest(self, layer: int, batch: list[int], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """rows (B, T, d) -> (positions ≥ 1 not marked massive (n, d), the marked ones (m, d) or None)."""
+        rest = rows[:, 1:]
+        if self.masks is None:
+            return rest.reshape(-1, rows.shape[-1]), None
+        marked = self.masks[layer][batch].to(rows.device)
+        return rest[~marked], (rest[marked] if bool(marked.any()) else None)
+
+    def _rows(self, layer: int, split: str) -> MassiveRows:
+        return self.massive_rows.setdefault((layer, split), MassiveRows())
+
+    def _keep(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.detach().to(device=self.first_position_device, dtype=torch.float64)
 
     def pre_hook(self, layer: int):
         def hook(module, args, kwargs):
@@ -212,8 +310,8 @@ class _Collector:
                 hidden = replaced = hidden.detach().requires_grad_(True)
             self.inputs[layer] = hidden
             if self.gradients:
-                split = self.split
-                hidden.register_hook(lambda g: self._add_gradients(layer, split, g))
+                split, batch = self.split, self.batch
+                hidden.register_hook(lambda g: self._add_gradients(layer, split, batch, g))
             if replaced is None:
                 return None
             if args and isinstance(args[0], torch.Tensor):
@@ -222,20 +320,27 @@ class _Collector:
 
         return hook
 
-    def _add_gradients(self, layer: int, split: str, g: torch.Tensor) -> None:
-        d = g.shape[-1]
+    def _add_gradients(self, layer: int, split: str, batch: list[int], g: torch.Tensor) -> None:
         if self.loss_scale != 1.0:
             g = g.to(torch.float64) / self.loss_scale
         self.parts[(layer, "first", split)].update_gradients(g[:, 0])
-        self.parts[(layer, "rest", split)].update_gradients(g[:, 1:].reshape(-1, d))
+        rest, marked = self._split_rest(layer, batch, g)
+        self.parts[(layer, "rest", split)].update_gradients(rest)
+        if marked is not None:
+            self._rows(layer, split).g.append(self._keep(marked))
 
     def post_hook(self, layer: int):
         def hook(module, args, kwargs, output):
             x = self.inputs.pop(layer)
             y = models.block_hidden_states(output)
-            d = x.shape[-1]
             self._part(layer, "first", x).update(x[:, 0], y[:, 0])
-            self._part(layer, "rest", x).update(x[:, 1:].reshape(-1, d), y[:, 1:].reshape(-1, d))
+            x_rest, x_marked = self._split_rest(layer, self.batch, x)
+            y_rest, y_marked = self._split_rest(layer, self.batch, y)
+            self._part(layer, "rest", x).update(x_rest, y_rest)
+            if x_marked is not None:
+                rows = self._rows(layer, self.split)
+                rows.x.append(self._keep(x_marked))
+                rows.y.append(self._keep(y_marked))
 
         return hook
 
@@ -251,6 +356,7 @@ def collect_block_statistics(
     batch_size: int = 1,
     stats_device: torch.device | str | None = None,
     first_position_device: torch.device | str = "cpu",
+    exclude: MassiveTokens | None = None,
 ) -> BlockStatistics:
     """Streams float64 sums of every captured block's input/output hidden states (and loss gradients) over windows.
 
@@ -270,10 +376,14 @@ def collect_block_statistics(
         seed: seed of the held-out permutation.
         batch_size: windows per forward pass (each batch is all-train or all-held-out).
         stats_device: where the sums live; None = the device each block's hidden states arrive on.
-        first_position_device: where the position-0 sums live (only the ``"all"`` figures need them).
+        first_position_device: where the position-0 sums and the massive tokens' rows live.
+        exclude: massive-token marks of these windows (:func:`tcompress.analysis.massive_tokens.find_massive_tokens`,
+            covering the captured blocks): the marked tokens are kept apart, which makes ``"no_outliers"`` available
+            and the default position set. None: no token is marked.
 
     Raises:
-        ValueError: windows that are not (N, T) int64 ids in the vocabulary, bad layers, holdout or batch size.
+        ValueError: windows that are not (N, T) int64 ids in the vocabulary, bad layers, holdout or batch size, or
+            marks of other windows or blocks.
     """
     spec = models.architecture(model)
     blocks = spec.blocks(model)
@@ -281,8 +391,10 @@ def collect_block_statistics(
     windows = _check_windows(model, windows)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"collect_block_statistics: batch_size must be a positive int; got {batch_size!r}")
+    if exclude is not None:
+        _check_exclude(exclude, windows, layer_ids)
     train, heldout = split_windows(windows.shape[0], holdout, seed)
-    collector = _Collector(layer_ids, gradients, stats_device, first_position_device)
+    collector = _Collector(layer_ids, gradients, stats_device, first_position_device, exclude)
     handles = []
     for i in layer_ids:
         handles.append(blocks[i].register_forward_pre_hook(collector.pre_hook(i), with_kwargs=True))
@@ -311,7 +423,8 @@ def collect_block_statistics(
         for split, indices in (("train", train), ("heldout", heldout)):
             collector.split = split
             for start in range(0, len(indices), batch_size):
-                ids = windows[indices[start : start + batch_size]].to(device)
+                collector.batch = indices[start : start + batch_size]
+                ids = windows[collector.batch].to(device)
                 if gradients:
                     with torch.enable_grad():
                         loss = per_window_loss(_logits(model(ids, **kwargs)), ids)
@@ -337,8 +450,27 @@ def collect_block_statistics(
         holdout=float(holdout),
         seed=int(seed),
         gradients=bool(gradients),
+        default_positions="no_first" if exclude is None else "no_outliers",
         parts=collector.parts,
+        massive=exclude,
+        massive_rows=collector.massive_rows,
     )
+
+
+def _check_exclude(exclude: MassiveTokens, windows: torch.Tensor, layers: tuple[int, ...]) -> None:
+    if not isinstance(exclude, MassiveTokens):
+        raise ValueError(
+            f"collect_block_statistics: exclude must be MassiveTokens (find_massive_tokens) or None; "
+            f"got {type(exclude).__name__}"
+        )
+    if exclude.shape != tuple(windows.shape):
+        raise ValueError(
+            f"collect_block_statistics: exclude marks {exclude.shape[0]} windows of {exclude.shape[1]} tokens; the "
+            f"windows given are {tuple(windows.shape)} (mark the same windows)"
+        )
+    missing = [i for i in layers if i not in exclude.layers]
+    if missing:
+        raise ValueError(f"collect_block_statistics: exclude does not mark blocks {missing}; it marks {exclude.layers}")
 
 
 def explained_variance_fraction(cov: torch.Tensor, k: int) -> float:

@@ -8,7 +8,8 @@ of the residual stream), fitted on the train windows and scored on the held-out 
 - per-dimension R² = mean over dimensions of 1 - SSE_j / SST_j (dimensions with zero held-out variance skipped).
 
 Pooled R² weights dimensions by their variance, so a few massive dimensions decide it; the per-dimension average
-weights every dimension the same. Both are reported, for both position sets (``"no_first"`` is the headline).
+weights every dimension the same. Both are reported, for every position set the statistics hold (``"no_outliers"``
+is the headline when massive tokens were marked, else ``"no_first"``; see :mod:`tcompress.analysis.activations`).
 
 Fit: with C_xx, C_xy the (population) covariances of the train rows and μ their means,
 A = (C_xx + λ I)⁻¹ C_xy, b = μ_y - μ_x A, where λ = ``ridge`` · tr(C_xx) / d (relative to the mean eigenvalue, so one
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from .. import models
-from .activations import POSITION_SETS, BlockStatistics, Moments, collect_block_statistics
+from .activations import BlockStatistics, Moments, collect_block_statistics
+from .massive_tokens import MassiveTokens
 
 TARGETS = ("output", "residual")
 
@@ -209,7 +211,7 @@ def block_linearity(stats: BlockStatistics, *, ridge: float = 1e-6) -> Linearity
     blocks = []
     for layer in stats.layers:
         r2: dict[str, dict[str, R2Score]] = {}
-        for positions in POSITION_SETS:
+        for positions in stats.position_sets:
             train, heldout = stats.moments(layer, positions, "train"), stats.moments(layer, positions, "heldout")
             r2[positions] = {t: r2_score(fit_affine(train, target=t, ridge=ridge), heldout) for t in TARGETS}
         blocks.append(BlockLinearity(layer=layer, r2=r2))
@@ -284,13 +286,15 @@ def conditional_linearity(
     seed: int = 0,
     batch_size: int = 1,
     stats_device: torch.device | str | None = None,
+    exclude: MassiveTokens | None = None,
 ) -> ConditionalResult:
     """For each (k, l) with k < l: replace block k by its clean output-target fit and re-measure block l.
 
     The replacement map of k is fitted on the clean train rows of ``replacement_positions`` (``"all"`` by default,
     since the map then runs on every position, the first included); block l is scored on ``positions`` (None = the
-    statistics' default, ``"no_first"``). ``clean_stats`` (collected on the same windows) saves the clean pass; it
-    must cover every k and l, and its holdout and seed then replace ``holdout`` and ``seed``.
+    statistics' default). ``clean_stats`` (collected on the same windows) saves the clean pass; it must cover every k
+    and l, and its holdout, seed and massive-token marks then replace ``holdout``, ``seed`` and ``exclude``. The
+    shifted pass leaves out the same (window, position) tokens as the clean one, so both R² are over one token set.
 
     Raises:
         ValueError: a pair that is not k < l, indices out of range, or clean_stats that do not match.
@@ -310,7 +314,14 @@ def conditional_linearity(
     needed = sorted({i for p in norm_pairs for i in p})
     if clean_stats is None:
         clean_stats = collect_block_statistics(
-            model, windows, layers=needed, holdout=holdout, seed=seed, batch_size=batch_size, stats_device=stats_device
+            model,
+            windows,
+            layers=needed,
+            holdout=holdout,
+            seed=seed,
+            batch_size=batch_size,
+            stats_device=stats_device,
+            exclude=exclude,
         )
     missing = [i for i in needed if i not in clean_stats.layers]
     if missing or clean_stats.num_windows != windows.shape[0] or clean_stats.window_length != windows.shape[1]:
@@ -320,7 +331,13 @@ def conditional_linearity(
             f"{tuple(windows.shape)}"
         )
     # The shifted pass reuses the clean pass's split, so both score the same held-out windows.
-    kwargs = dict(holdout=clean_stats.holdout, seed=clean_stats.seed, batch_size=batch_size, stats_device=stats_device)
+    kwargs = dict(
+        holdout=clean_stats.holdout,
+        seed=clean_stats.seed,
+        batch_size=batch_size,
+        stats_device=stats_device,
+        exclude=clean_stats.massive,
+    )
     positions = clean_stats.default_positions if positions is None else positions
     results = []
     for k, layer in norm_pairs:

@@ -13,6 +13,9 @@ update Δ = h_{l+1} - h_l ≈ (h_l - μ)·M + c by float64 ridge least squares o
 ``fit="clean"`` fits every map on the original model's hidden states; ``fit="sequential"`` fits the blocks in depth
 order, each on the inputs it sees after the earlier replacements (the upstream distribution it will actually get).
 The compression ratio is (parameters of the replaced decoder layer) / (parameters of the map), as in the paper.
+
+Which tokens a fit sees is ``positions``; at evaluation the map runs on every token (a compressed model has nothing
+else to run them through), so a perplexity always includes what the map does to the tokens its fit left out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 from .. import models
 from ..analysis.activations import POSITION_SETS, BlockStatistics, collect_block_statistics
 from ..analysis.linearity import fit_affine, reduced_rank_factors
+from ..analysis.massive_tokens import find_massive_tokens
 from ..nn import LinearBlock
 from .config import RecipeConfig
 
@@ -71,7 +75,9 @@ class SubstituteConfig(RecipeConfig):
         quantize: None, or ``"int8"`` for the low-rank factors (symmetric, per-column scales).
         ridge: ridge relative to tr(C_xx)/d (see :func:`tcompress.analysis.linearity.fit_affine`).
         positions: the positions the fit uses: ``"all"`` (default: the map runs on every position, the first one
-            included) or ``"no_first"``.
+            included), ``"no_first"``, or ``"no_outliers"`` (positions ≥ 1 without the massive tokens of
+            :mod:`tcompress.analysis.massive_tokens`, marked once on the unmodified model, so a sequential fit
+            leaves out the same tokens at every block). Whatever the fit saw, the map then runs on every token.
     """
 
     kind = "substitute"
@@ -202,8 +208,8 @@ def substitute_(
     ``windows`` (num_windows, T) int64 calibration token ids; every window is used for fitting (no held-out split:
     evaluate the result with :func:`tcompress.evaluate.perplexity` on other text). With ``fit="clean"``,
     ``statistics`` collected earlier on the unmodified model (covering the blocks) can stand in for the clean pass;
-    their train split is used. The config is appended to ``model.tcompress_config``. If anything fails, layers
-    already replaced by this call are put back.
+    their train split is used (with ``fit="sequential"`` only their massive-token marks are). The config is
+    appended to ``model.tcompress_config``. If anything fails, layers already replaced by this call are put back.
 
     Each map is built on its layer's execution device in the layer's dtype, so a model that accelerate dispatched
     (offloaded layers' weights on ``meta``) works: :func:`tcompress.models.set_module` gives the map the layer's
@@ -222,6 +228,10 @@ def substitute_(
     if config.rank is not None and config.rank > d:
         raise ValueError(f"substitute_: rank {config.rank} exceeds the hidden size d = {d}")
     collect = dict(holdout=0.0, batch_size=batch_size, stats_device=stats_device)
+    if config.positions == "no_outliers" and (statistics is None or config.fit == "sequential"):
+        # Marked once, on the unmodified model: every later pass leaves out the same (window, position) tokens.
+        marks = statistics.massive if statistics is not None else None
+        collect["exclude"] = marks or find_massive_tokens(model, windows, layers=indices, batch_size=batch_size)
     clean = None
     if config.fit == "clean":
         if statistics is not None:
@@ -268,9 +278,10 @@ def measure_substitution(
 ) -> dict[str, Any]:
     """Substitutes ``config.blocks`` in place, measures, and puts the original blocks (and recorded recipe) back.
 
-    ``measure`` is model -> perplexity (a number or an object with ``ppl``); ``statistics`` serve clean fits as in
-    :func:`substitute_`. Returns one JSON-ready row: the blocks, rank, fit, factor type, compression ratio, parameter
-    counts, perplexity and its change (absolute and relative to ``baseline_ppl``), and seconds.
+    ``measure`` is model -> perplexity (a number or an object with ``ppl``); ``statistics`` serve as in
+    :func:`substitute_`. Returns one JSON-ready row: the blocks, rank, fit, the fit's position set, factor type,
+    compression ratio, parameter counts, perplexity and its change (absolute and relative to ``baseline_ppl``), and
+    seconds.
     """
     spec = models.architecture(model)
     blocks = spec.blocks(model)
@@ -278,9 +289,7 @@ def measure_substitution(
     recorded = list(getattr(model, "tcompress_config", []))
     start = time.perf_counter()
     try:
-        report = substitute_(
-            model, windows, config, batch_size=batch_size, statistics=statistics if config.fit == "clean" else None
-        )
+        report = substitute_(model, windows, config, batch_size=batch_size, statistics=statistics)
         value = _ppl(measure(model))
     finally:
         for i, block in originals.items():
@@ -290,6 +299,7 @@ def measure_substitution(
         "blocks": [layer.layer for layer in report.layers],
         "rank": config.rank,
         "fit": config.fit,
+        "positions": config.positions,
         "quantize": config.quantize,
         "compression_ratio": report.compression_ratio,
         "block_parameters": report.block_parameters,

@@ -36,12 +36,15 @@ class Budget:
         wall_rotations: the reconstruction wall without (False) and/or with (True) rotation.
         conditional_pairs: how many (upstream, downstream) block pairs conditional linearity measures.
         substitution_ranks: last-block map ranks as fractions of d (None = a dense map).
+        substitution_positions: the position sets the maps are fitted on (:mod:`tcompress.analysis.activations`):
+            every row is fitted on the first (the headline); the single-block rows are repeated for the others.
         substitution_int8: also the d/4 map with int8 factors.
         multi_block_counts: how many last blocks are replaced together (clean fits, rank d/4).
         multi_block_sequential: also the sequential fit of each multi-block replacement.
         geometry_layers: blocks whose input geometry is measured, evenly spaced, first and last included.
         geometry_windows: calibration windows (with gradients) for the geometry.
-        projection_positions: position sets whose subspaces get the projection-perplexity intervention.
+        projection_positions: position sets whose subspaces get the projection-perplexity intervention (the first
+            is the headline).
         exit_depths: relative depths of the exit heads (rounded to blocks).
         exit_train_steps, exit_tokens_per_step: exit-head training budget.
         exit_windows, exit_length: windows the token-difficulty curves are measured on.
@@ -61,6 +64,7 @@ class Budget:
     wall_rotations: tuple[bool, ...]
     conditional_pairs: int
     substitution_ranks: tuple[float | None, ...]
+    substitution_positions: tuple[str, ...]
     substitution_int8: bool
     multi_block_counts: tuple[int, ...]
     multi_block_sequential: bool
@@ -94,12 +98,13 @@ BUDGETS: dict[str, Budget] = {
         wall_rotations=(False,),
         conditional_pairs=2,
         substitution_ranks=(1 / 8, 1 / 4, None),
+        substitution_positions=("no_outliers",),
         substitution_int8=False,
         multi_block_counts=(2, 4),
         multi_block_sequential=False,
         geometry_layers=3,
         geometry_windows=16,
-        projection_positions=("no_first",),
+        projection_positions=("no_outliers",),
         exit_depths=(0.5, 0.75, 0.9),
         exit_train_steps=60,
         exit_tokens_per_step=128,
@@ -122,12 +127,13 @@ BUDGETS: dict[str, Budget] = {
         wall_rotations=(False, True),
         conditional_pairs=4,
         substitution_ranks=(1 / 16, 1 / 8, 1 / 4, 1 / 2, None),
+        substitution_positions=("no_outliers", "all"),
         substitution_int8=True,
         multi_block_counts=(2, 4),
         multi_block_sequential=True,
         geometry_layers=6,
         geometry_windows=64,
-        projection_positions=("no_first",),
+        projection_positions=("no_outliers", "no_first"),
         exit_depths=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         exit_train_steps=150,
         exit_tokens_per_step=128,
@@ -150,12 +156,13 @@ BUDGETS: dict[str, Budget] = {
         wall_rotations=(False, True),
         conditional_pairs=6,
         substitution_ranks=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, None),
+        substitution_positions=("no_outliers", "all"),
         substitution_int8=True,
         multi_block_counts=(2, 3, 4, 8),
         multi_block_sequential=True,
         geometry_layers=12,
         geometry_windows=128,
-        projection_positions=("no_first", "all"),
+        projection_positions=("no_outliers", "no_first", "all"),
         exit_depths=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         exit_train_steps=1000,
         exit_tokens_per_step=512,
@@ -246,6 +253,12 @@ def _quant_config_names() -> tuple[str, ...]:
     return tuple(QUANT_CONFIGS)
 
 
+def _position_sets() -> tuple[str, ...]:
+    from ..analysis.activations import POSITION_SETS
+
+    return POSITION_SETS
+
+
 def _counts(value):
     if isinstance(value, (tuple, list)) and value and all(_count(1)(v) is None for v in value):
         return None
@@ -264,12 +277,13 @@ _CHECKS = {
     "wall_rotations": _flags,
     "conditional_pairs": _count(0),
     "substitution_ranks": _fractions(1.0, none=True),
+    "substitution_positions": _names(_position_sets),
     "substitution_int8": _flag,
     "multi_block_counts": _counts,
     "multi_block_sequential": _flag,
     "geometry_layers": _count(1),
     "geometry_windows": _count(2),
-    "projection_positions": _names(lambda: ("no_first", "all")),
+    "projection_positions": _names(_position_sets),
     "exit_depths": _fractions(1.0),
     "exit_train_steps": _count(1),
     "exit_tokens_per_step": _count(1),

@@ -1,6 +1,7 @@
-"""What every report step shares: the model, its evaluation and calibration windows, the baseline perplexity and
-the block statistics (computed once, on first use, reused by the steps that need them, and released once none of
-the steps still to run needs them: :data:`STEPS_USING_BLOCK_STATISTICS`)."""
+"""What every report step shares: the model, its evaluation and calibration windows, the baseline perplexity, the
+massive-token marks of the calibration windows and the block statistics (computed once, on first use, reused by the
+steps that need them; the statistics are released once none of the steps still to run needs them:
+:data:`STEPS_USING_BLOCK_STATISTICS`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from .budgets import Budget
 #: The report steps that read :meth:`ReportContext.block_statistics` (the geometry step collects its own, with
 #: gradients). After the last of these in a run, :meth:`ReportContext.release_block_statistics` frees them.
 STEPS_USING_BLOCK_STATISTICS = frozenset({"linearity", "substitution"})
+#: A token is massive at a block when its input norm exceeds this many times the block's median
+#: (:mod:`tcompress.analysis.massive_tokens`).
+MASSIVE_FACTOR = 10.0
 
 
 def token_fingerprint(ids: torch.Tensor) -> str:
@@ -65,6 +69,7 @@ class ReportContext:
     log: Callable[[str], None] = print
     _baseline: evaluate.PerplexityResult | None = field(default=None, repr=False)
     _block_stats: Any = field(default=None, repr=False)
+    _massive: Any = field(default=None, repr=False)
     evaluations: int = 0
 
     @property
@@ -99,15 +104,33 @@ class ReportContext:
             self._baseline = evaluate.perplexity(self.model, self.eval_windows, progress=False)
         return self._baseline
 
+    def massive_tokens(self):
+        """The massive tokens of every block over the calibration windows
+        (:func:`tcompress.analysis.massive_tokens.find_massive_tokens` with :data:`MASSIVE_FACTOR`; one no-grad
+        forward, computed once): the tokens every ``"no_outliers"`` statistic of the report leaves out."""
+        if self._massive is None:
+            from ..analysis.massive_tokens import find_massive_tokens
+
+            start = time.perf_counter()
+            self._massive = find_massive_tokens(self.model, self.calib_windows, factor=MASSIVE_FACTOR, batch_size=4)
+            counts = [int(self._massive.mask(i).sum()) for i in self._massive.layers]
+            self.log(
+                f"  massive tokens (input norm > {MASSIVE_FACTOR:g}x the block's median) per block: {counts} "
+                f"in {time.perf_counter() - start:.0f} s"
+            )
+        return self._massive
+
     def block_statistics(self):
-        """Float64 input/output moments of every block over the calibration windows, 10% held out (computed once;
-        no gradients): what block linearity, conditional linearity and clean substitution fits share."""
+        """Float64 input/output moments of every block over the calibration windows, 10% held out, massive tokens
+        marked (computed once; no gradients): what block linearity, conditional linearity and substitution fits
+        share."""
         if self._block_stats is None:
             from ..analysis.activations import collect_block_statistics
 
+            massive = self.massive_tokens()
             start = time.perf_counter()
             self._block_stats = collect_block_statistics(
-                self.model, self.calib_windows, holdout=0.1, seed=0, batch_size=4
+                self.model, self.calib_windows, holdout=0.1, seed=0, batch_size=4, exclude=massive
             )
             self.log(f"  block statistics of {self.num_blocks} blocks in {time.perf_counter() - start:.0f} s")
         return self._block_stats

@@ -54,8 +54,13 @@ def _linearity(results, plt, path: Path) -> bool:
         return False
     n = results["model"]["num_blocks"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    headline = lin["curve"].get("default_positions", "no_first")
+    sets = [(headline, 1.0)] + [(p, 0.4) for p in ("no_first", "all") if p != headline]
+    words = {"no_outliers": "no outliers", "no_first": "no first position", "all": "all positions"}
     for target, style in (("output", "o-"), ("residual", "s--")):
-        for positions, alpha in (("no_first", 1.0), ("all", 0.4)):
+        for positions, alpha in sets:
+            if target == "residual" and positions != headline:
+                continue  # the residual curves of the other sets would crowd the plot; report.md has them
             curve = r2_curve(lin, target, positions)
             ax.plot(
                 [b / max(n - 1, 1) for b, _ in curve],
@@ -63,7 +68,7 @@ def _linearity(results, plt, path: Path) -> bool:
                 style,
                 alpha=alpha,
                 ms=3,
-                label=f"{target}{'' if positions == 'no_first' else ', all positions'}",
+                label=f"{target}, {words[positions]}",
             )
     px, py = zip(*PAPER_MISTRAL_R2)
     ax.plot(px, py, "r*", ms=12, label="paper, Mistral 7B (blocks 0, 31)")
@@ -82,7 +87,8 @@ def _geometry(results, plt, path: Path) -> bool:
         return False
     layers = list(geo["spectra"])
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.4), squeeze=False)
-    by_layer = {g["layer"]: g for g in geo["geometry"]["layers"] if g["positions"] == "no_first"}
+    headline = geo["geometry"].get("default_positions", "no_first")
+    by_layer = {g["layer"]: g for g in geo["geometry"]["layers"] if g["positions"] == headline}
     for ax, layer in zip(axes[0], layers):
         spectra = geo["spectra"][layer]
         for kind, color in (("variance", "tab:blue"), ("gradient", "tab:orange")):

@@ -80,30 +80,37 @@ def _substitute_and_measure(ctx: ReportContext, config: SubstituteConfig) -> dic
     )
     rank = "dense" if config.rank is None else f"rank {config.rank}"
     ctx.log(
-        f"  blocks {row['blocks']} {rank} {config.fit}{' int8' if config.quantize else ''}: "
+        f"  blocks {row['blocks']} {rank} {config.fit} on {config.positions}{' int8' if config.quantize else ''}: "
         f"{row['compression_ratio']:.1f}x, perplexity {row['ppl']:.4f} ({row['ppl_change']:+.4f})"
     )
     return row
 
 
 def substitution(ctx: ReportContext) -> dict[str, Any]:
-    """The last block replaced by a linear map at several ranks (and dense), then the last 2, 4, ... blocks."""
+    """The last block replaced by a linear map at several ranks (and dense), then the last 2, 4, ... blocks; every
+    map fitted on the budget's first position set, the single-block maps also on the others."""
     d, budget = ctx.hidden_size, ctx.budget
     quarter = max(1, round(d / 4))
-    configs = [
-        SubstituteConfig(blocks=(-1,), rank=None if f is None else max(1, round(f * d)), ridge=RIDGE)
-        for f in budget.substitution_ranks
-    ]
+    headline, *others = budget.substitution_positions
+    configs = []
+    for positions in (headline, *others):
+        configs += [
+            SubstituteConfig(
+                blocks=(-1,), rank=None if f is None else max(1, round(f * d)), ridge=RIDGE, positions=positions
+            )
+            for f in budget.substitution_ranks
+        ]
     if budget.substitution_int8:
-        configs.append(SubstituteConfig(blocks=(-1,), rank=quarter, quantize="int8", ridge=RIDGE))
+        configs.append(SubstituteConfig(blocks=(-1,), rank=quarter, quantize="int8", ridge=RIDGE, positions=headline))
     fits = ("clean", "sequential") if budget.multi_block_sequential else ("clean",)
     for count in budget.multi_block_counts:
         if count > ctx.num_blocks:
             continue
         for fit in fits:
-            configs.append(SubstituteConfig(blocks=tuple(range(-count, 0)), rank=quarter, fit=fit, ridge=RIDGE))
+            blocks = tuple(range(-count, 0))
+            configs.append(SubstituteConfig(blocks=blocks, rank=quarter, fit=fit, ridge=RIDGE, positions=headline))
     rows = [_substitute_and_measure(ctx, config) for config in configs]
-    return {"baseline_ppl": ctx.baseline().ppl, "hidden_size": d, "rows": rows}
+    return {"baseline_ppl": ctx.baseline().ppl, "hidden_size": d, "headline_positions": headline, "rows": rows}
 
 
 def _spectrum(matrix: torch.Tensor) -> list[float]:
@@ -119,12 +126,16 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
     layers = spaced_layers(budget.geometry_layers, ctx.num_blocks)
     windows = ctx.calib_windows[: budget.geometry_windows]
     start = time.perf_counter()
-    stats = collect_block_statistics(ctx.model, windows, layers=layers, gradients=True, holdout=0.1, seed=0)
+    massive = ctx.massive_tokens().first_windows(windows.shape[0])
+    stats = collect_block_statistics(
+        ctx.model, windows, layers=layers, gradients=True, holdout=0.1, seed=0, exclude=massive
+    )
     ctx.log(f"  statistics with gradients of blocks {layers} in {time.perf_counter() - start:.0f} s")
-    report, bases = activation_geometry(stats, model=ctx.model, positions=("no_first", "all"))
+    report, bases = activation_geometry(stats, model=ctx.model, positions=stats.position_sets)
+    default_positions = stats.default_positions
     spectra = {}
     for layer in layers:
-        moments = stats.moments(layer, "no_first")
+        moments = stats.moments(layer)
         spectra[str(layer)] = {
             "variance": _spectrum(moments.cov_in()),
             "gradient": _spectrum(moments.grad_second_moment()),
@@ -146,6 +157,7 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
                     basis_name=basis_name,
                     positions=positions,
                     baseline_ppl=baseline,
+                    norm_threshold=massive.threshold(layer) if positions == "no_outliers" else None,
                 )
                 projections.append(result.to_dict())
                 ctx.log(
@@ -153,7 +165,7 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
                     f"{result.ppl:.4f} (baseline {baseline:.4f})"
                 )
     for g in report.layers:
-        if g.positions == "no_first" and g.gradient is not None:
+        if g.positions == default_positions and g.gradient is not None:
             ctx.log(
                 f"  block {g.layer}: k(90%) = {g.k}/{g.hidden_size}, overlap with gradient subspace "
                 f"{g.gradient.overlap:.3f} (random {g.gradient.random_overlap:.3f}), canonical correlations < 0.5: "
