@@ -1,5 +1,6 @@
 """tcompress.data: the text sources (WikiText-2 file, calibration cleanup, TinyStories, the labelled offline
-fallback) and token windows (shapes, no overlap, the dropped tail, the token budget, BOS, bad input)."""
+fallback), the calibration/evaluation split of one source, token windows (shapes, no overlap, the dropped tail, the
+token budget, BOS, bad input) and calibration windows (disjoint, seeded, spread over the whole text)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def no_assets(monkeypatch, tmp_path):
     monkeypatch.setenv("TCOMPRESS_DATA_DIR", str(tmp_path))
     monkeypatch.setitem(sys.modules, "datasets", None)
     return tmp_path
+
+
+class PositionTokenizer:
+    """Token id = the character's position in the text: a window's ids are the text positions it covers."""
+
+    bos_token_id = -1
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **kwargs) -> dict:
+        return {"input_ids": list(range(len(text)))}
 
 
 def _require(data_dir, relative):
@@ -171,6 +181,98 @@ def test_calibration_windows_fallback_warns(no_assets):
     assert w.shape == (4, 32) and (w[:, 0] == 1).all()
     with pytest.raises(ValueError, match="n must be a positive int"):
         data.calibration_windows(ByteTokenizer(), 0, 32)
+
+
+def test_calibration_windows_share_no_token_position():
+    source = data.TextSource("t", "x" * 1000, "a 1000-character stub")
+    w = data.calibration_windows(PositionTokenizer(), 10, 64, seed=0, source=source)
+    assert w.shape == (10, 64)
+    starts = w[:, 0]
+    assert torch.equal(w, starts[:, None] + torch.arange(64))  # each window is one contiguous stretch
+    assert len(set(w.flatten().tolist())) == w.numel()  # no position is in two windows
+    assert (starts % 64 == 0).all() and int(w.max()) < 15 * 64  # whole slots of the 15 the text holds
+    # The slots are drawn from the whole text, not its first ten; every slot is reached over a few seeds.
+    used = {
+        int(s) // 64
+        for seed in range(10)
+        for s in data.calibration_windows(PositionTokenizer(), 10, 64, seed=seed, source=source)[:, 0]
+    }
+    assert used == set(range(15))
+    # Asking for every slot tiles the text up to the dropped tail.
+    every = data.calibration_windows(PositionTokenizer(), 15, 64, seed=1, source=source)
+    assert sorted(every.flatten().tolist()) == list(range(15 * 64))
+
+
+def test_calibration_windows_seed_and_bos():
+    source = data.TextSource("t", "x" * 1000, "a 1000-character stub")
+    tok = PositionTokenizer()
+    w = data.calibration_windows(tok, 8, 33, seed=5, bos=True, source=source)
+    assert torch.equal(w, data.calibration_windows(tok, 8, 33, seed=5, bos=True, source=source))
+    assert not torch.equal(w, data.calibration_windows(tok, 8, 33, seed=6, bos=True, source=source))
+    assert w.shape == (8, 33) and (w[:, 0] == tok.bos_token_id).all()
+    text_ids = w[:, 1:]
+    assert (text_ids[:, 0] % 32 == 0).all() and len(set(text_ids.flatten().tolist())) == 8 * 32
+
+
+def test_calibration_windows_too_short_says_how_many_fit():
+    source = data.TextSource("t", "x" * 100, "a 100-character stub")
+    with pytest.raises(
+        ValueError,
+        match=r"a 100-character stub: its 100 tokens hold 3 non-overlapping windows of 32 text tokens; asked for 4",
+    ):
+        data.calibration_windows(PositionTokenizer(), 4, 32, source=source)
+    with pytest.raises(ValueError, match=r"hold 0 non-overlapping windows of 128 text tokens; asked for 1"):
+        data.calibration_windows(PositionTokenizer(), 1, 129, bos=True, source=source)
+    assert data.calibration_windows(PositionTokenizer(), 3, 32, source=source).shape == (3, 32)
+
+
+# -- the calibration/evaluation split ----------------------------------------------------------------------------
+
+
+def test_split_source_documents_are_disjoint_halves(data_dir):
+    _require(data_dir, data.TINYSTORIES_FILE)
+    source = data.text_source("tinystories")
+    calib, evaluation = data.split_source(source)
+    assert calib.documents == source.documents[:5] and evaluation.documents == source.documents[5:]
+    assert not set(calib.documents) & set(evaluation.documents)
+    assert calib.text == "\n\n".join(calib.documents) and evaluation.text == "\n\n".join(evaluation.documents)
+    assert calib.label == source.label + ", documents 1–5 of 10 (calibration)"
+    assert evaluation.label == source.label + ", documents 6–10 of 10 (evaluation)"
+    assert calib.name == evaluation.name == "tinystories"
+    assert (calib, evaluation) == data.split_source(data.text_source("tinystories"))  # deterministic
+
+
+def test_split_source_of_odd_and_too_few_documents():
+    calib, evaluation = data.split_source(data.TextSource("d", "a\n\nb\n\nc", "three", ("a", "b", "c")))
+    assert (calib.documents, evaluation.documents) == (("a",), ("b", "c"))
+    assert evaluation.label == "three, documents 2–3 of 3 (evaluation)"
+    with pytest.raises(ValueError, match="one story: a calibration/evaluation split needs at least 2 documents; got 1"):
+        data.split_source(data.TextSource("d", "a", "one story", ("a",)))
+
+
+def test_split_source_text_cuts_at_a_line_end():
+    text = "".join(f"line {i:03d} of the text\n" for i in range(100))  # 100 lines of 21 characters
+    calib, evaluation = data.split_source(data.TextSource("f", text, "text file f.txt"))
+    assert calib.text + evaluation.text == text
+    assert calib.text.endswith("\n") and evaluation.text.startswith("line ")
+    assert calib.text.count("\n") == 21  # the line holding character 420 (20%) ends the calibration part
+    assert calib.label == f"text file f.txt, characters 1–{len(calib.text):,} of 2,100 (calibration)"
+    assert evaluation.label == f"text file f.txt, characters {len(calib.text) + 1:,}–2,100 of 2,100 (evaluation)"
+    assert calib.documents == evaluation.documents == ()
+    one_line = data.TextSource("f", "word " * 100, "one line")
+    calib, evaluation = data.split_source(one_line)
+    assert calib.text + evaluation.text == one_line.text and len(calib.text) == 105 and calib.text.endswith(" ")
+    with pytest.raises(ValueError, match=r"tiny: 4 characters cannot be split .*pass a longer text"):
+        data.split_source(data.TextSource("f", "abcd", "tiny"))
+
+
+def test_split_of_wikitext2_test_as_a_file_holds_the_standard_budget(data_dir, gpt2_tokenizer):
+    """A large running text split 20/80 still gives the standard budget its 64 x 256 calibration windows and
+    16,384 evaluation tokens."""
+    _require(data_dir, data.WIKITEXT2_TEST_FILE)
+    calib, evaluation = data.split_source(data.text_source(data_dir / data.WIKITEXT2_TEST_FILE))
+    assert data.calibration_windows(gpt2_tokenizer, 64, 256, source=calib).shape == (64, 256)
+    assert data.token_windows(evaluation.text, gpt2_tokenizer, 1024, max_tokens=16_384).numel() == 16_384
 
 
 def test_a_text_file_that_is_not_utf8_is_named_in_the_error(tmp_path):

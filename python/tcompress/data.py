@@ -7,7 +7,8 @@ Files are read from the shared assets folder ``$TCOMPRESS_DATA_DIR``:
 - ``data/tinystories/valid-first10.txt``: ten TinyStories validation stories separated by ``<|endoftext|>`` lines.
 
 Every source carries a label saying where its text came from, so a report can never pass the offline fallback (Python's
-own documentation, always available) off as WikiText-2.
+own documentation, always available) off as WikiText-2. Where one text must both calibrate and evaluate,
+:func:`split_source` cuts it into two disjoint, labelled parts; :func:`calibration_windows` never overlaps windows.
 """
 
 from __future__ import annotations
@@ -207,6 +208,58 @@ def calibration_source() -> TextSource:
         return text_source("fallback")
 
 
+# Shares of a text that calibrate when one text must serve both roles. Documents: the first half (the experiment
+# scripts' stories 1-5 / 6-10 split, so their numbers compare); a running text: the first 20%, since evaluation wants
+# most of it and calibration (64 x 256 tokens in the standard budget) needs little.
+DOCUMENT_CALIBRATION_SHARE = 0.5
+TEXT_CALIBRATION_SHARE = 0.2
+
+
+def split_source(source: TextSource) -> tuple[TextSource, TextSource]:
+    """(calibration, evaluation): two disjoint parts of one source, so fits and perplexities are not in-sample.
+
+    A source with n documents gives its first ⌊:data:`DOCUMENT_CALIBRATION_SHARE` · n⌋ documents to calibration and
+    the rest to evaluation, both kept as documents. A running text is cut just after the first line end at or after
+    :data:`TEXT_CALIBRATION_SHARE` of its characters (after a space in a text without one); the part before
+    calibrates. Names stay; labels say which part each is (documents or characters, 1-based and inclusive).
+    Deterministic.
+
+    Raises:
+        ValueError: fewer than 2 documents, or a text too short to give both parts some non-blank text.
+    """
+    if source.documents:
+        docs = source.documents
+        if len(docs) < 2:
+            raise ValueError(
+                f"split_source: {source.label}: a calibration/evaluation split needs at least 2 documents; "
+                f"got {len(docs)}"
+            )
+        k = int(len(docs) * DOCUMENT_CALIBRATION_SHARE)  # ≥ 1 for 2 or more documents
+
+        def part(chosen: tuple[str, ...], first: int, last: int, role: str) -> TextSource:
+            label = f"{source.label}, documents {first}–{last} of {len(docs)} ({role})"
+            return TextSource(source.name, "\n\n".join(chosen), label, chosen)
+
+        return part(docs[:k], 1, k, "calibration"), part(docs[k:], k + 1, len(docs), "evaluation")
+    text = source.text
+    point = int(len(text) * TEXT_CALIBRATION_SHARE)
+    # A line end, else a space (a one-line file), else the character itself: words stay whole where they can.
+    ends = [i for i in (text.find("\n", point), text.find(" ", point)) if i >= 0]
+    cut = ends[0] + 1 if ends else point  # the line end or space stays with the calibration part
+    calib, rest = text[:cut], text[cut:]
+    if not calib.strip() or not rest.strip():
+        raise ValueError(
+            f"split_source: {source.label}: {len(text):,} characters cannot be split into a calibration part (the "
+            f"first {TEXT_CALIBRATION_SHARE:.0%}, to a line end) and an evaluation part that both hold text; "
+            "pass a longer text, or a separate calibration text"
+        )
+    n = len(text)
+    return (
+        TextSource(source.name, calib, f"{source.label}, characters 1–{cut:,} of {n:,} (calibration)"),
+        TextSource(source.name, rest, f"{source.label}, characters {cut + 1:,}–{n:,} of {n:,} (evaluation)"),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenized windows
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,15 +342,17 @@ def token_windows(
 def calibration_windows(
     tokenizer: Any, n: int, length: int, seed: int = 0, *, bos: bool = False, source: TextSource | None = None
 ) -> torch.Tensor:
-    """(n, length) int64 windows at seeded random offsets of the calibration text.
+    """(n, length) int64 non-overlapping windows at seeded random places in the calibration text.
 
     The text is ``source``'s, by default :func:`calibration_source`'s: WikiText-2 validation, or the offline fallback
-    with a warning (record ``calibration_source().label`` in a report). Offsets are uniform over the whole
-    tokenized text, drawn from a CPU generator seeded with ``seed``; windows may overlap. With ``bos``,
-    each window is BOS + ``length - 1`` tokens.
+    with a warning (record ``calibration_source().label`` in a report). The tokenized text is cut into
+    ⌊tokens / span⌋ disjoint slots (span = ``length``, or ``length - 1`` with ``bos``) and ``n`` distinct slots are
+    taken in the order of a permutation drawn from a CPU generator seeded with ``seed``: no token position is in two
+    windows (a held-out window shares no text with a fit window), and the windows come from the whole text, not
+    just its start. With ``bos``, each window is BOS + ``length - 1`` tokens.
 
     Raises:
-        ValueError: n < 1, length < 2, or a calibration text shorter than one window.
+        ValueError: n < 1, length < 2, or a calibration text that holds fewer than ``n`` disjoint windows.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"calibration_windows: n must be a positive int; got {n!r}")
@@ -308,10 +363,14 @@ def calibration_windows(
         warnings.warn(f"calibration_windows: no WikiText-2 calibration text; using the {source.label}", stacklevel=2)
     ids = _token_ids(source.text, tokenizer)
     span = length - 1 if bos else length
-    if ids.numel() < span:
-        raise ValueError(f"calibration_windows: {source.label}: {ids.numel()} tokens, fewer than one window of {span}")
+    slots = ids.numel() // span
+    if slots < n:
+        raise ValueError(
+            f"calibration_windows: {source.label}: its {ids.numel():,} tokens hold {slots} non-overlapping windows of "
+            f"{span} text tokens; asked for {n}. Use a longer calibration text, or fewer or shorter windows"
+        )
     gen = torch.Generator().manual_seed(int(seed))
-    starts = torch.randint(0, ids.numel() - span + 1, (n,), generator=gen)
+    starts = torch.randperm(slots, generator=gen)[:n] * span
     windows = ids[starts[:, None] + torch.arange(span)]
     if bos:
         first = torch.full((n, 1), _bos_id(tokenizer, "calibration_windows"), dtype=torch.long)

@@ -91,14 +91,18 @@ def _environment() -> dict[str, Any]:
 
 def _sources(text: str | None, calibration: str | None) -> tuple[data.TextSource, data.TextSource]:
     """(evaluation, calibration) text sources: WikiText-2 test / validation by default (the labelled offline
-    fallback when absent); a TinyStories or file evaluation text calibrates on itself unless told otherwise."""
+    fallback when absent). Any other evaluation text (TinyStories, a file, or the fallback when WikiText-2 validation
+    is absent too) is split by :func:`tcompress.data.split_source` into a calibration part and a disjoint evaluation
+    part, so nothing is judged on the text it was fitted on; an explicit ``calibration`` is used as given (also when
+    it is the evaluation text: results.json then says ``overlaps_evaluation``)."""
     eval_source = data.default_text_source() if text in (None, "wikitext2") else data.text_source(text)
     if calibration is not None:
-        calib_source = data.text_source(calibration)
-    elif eval_source.name in ("wikitext2", "fallback"):
+        return eval_source, data.text_source(calibration)
+    if eval_source.name in ("wikitext2", "fallback"):
         calib_source = data.calibration_source()
-    else:
-        calib_source = eval_source
+        if calib_source.text != eval_source.text:
+            return eval_source, calib_source
+    calib_source, eval_source = data.split_source(eval_source)
     return eval_source, calib_source
 
 
