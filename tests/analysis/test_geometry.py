@@ -248,3 +248,91 @@ def test_layer_geometry_without_gradient_sums_says_so():
         geometry.layer_geometry(FakeMoments(h), layer=0, positions="all")
     result, bases = geometry.layer_geometry(FakeMoments(h), layer=0, positions="all", gradients=False)
     assert result.gradient is None and bases.gradient is None
+
+
+# -- the null of unrelated subspaces ------------------------------------------------------------------------------
+
+
+def _decaying_cov(d: int, seed: int) -> torch.Tensor:
+    """Σ with a 1/i spectrum in a random basis: a few directions dominate, as in a residual stream."""
+    q = _orthonormal(d, d, seed)
+    return q @ torch.diag(torch.arange(1, d + 1, dtype=torch.float64).reciprocal()) @ q.T
+
+
+def test_null_of_random_subspaces_sits_where_the_statistics_say():
+    d = 120
+    cov = _decaying_cov(d, 20)
+    values, vectors = geometry.principal_directions(cov)
+    k = geometry.components_for_fraction(values, 0.9)
+    u = vectors[:, :k]
+    null = geometry.random_subspace_null(cov, u, draws=8, seed=0)
+    assert null.draws == 8 and null.seed == 0
+    # The overlap of a random subspace with a fixed one has expectation k/d.
+    assert abs(null.overlap - k / d) < 4 * null.overlap_std / math.sqrt(8) + 1e-3
+    # Unrelated subspaces are far from uncorrelated under a dominated Σ: U_k holds the directions any x = Rᵀh sees.
+    assert 0.5 < null.mean_canonical_correlation < 0.95 and null.uncorrelated_fraction < 0.5
+    assert 0 < null.mean_canonical_correlation_std < 0.05 and null.uncorrelated_fraction_std > 0
+    # Another unrelated subspace, drawn apart from the null's draws, lands within the null's spread ...
+    for seed in (101, 102, 103):
+        other = geometry.compare_subspaces("gradient", cov, u, _orthonormal(d, k, seed))
+        assert abs(other.mean_canonical_correlation - null.mean_canonical_correlation) <= 3 * (
+            null.mean_canonical_correlation_std
+        )
+        assert abs(other.overlap - null.overlap) <= 3 * null.overlap_std
+    # ... while a planted predictive subspace equal to U_k (rotated) is far outside it, on both statistics.
+    same = geometry.compare_subspaces("gradient", cov, u, u @ _orthonormal(k, k, 7))
+    assert same.mean_canonical_correlation > null.mean_canonical_correlation + 10 * null.mean_canonical_correlation_std
+    assert same.overlap > null.overlap + 10 * null.overlap_std
+    # Seeded: the same seed gives the same null, another seed another one.
+    assert geometry.random_subspace_null(cov, u, draws=8, seed=0) == null
+    assert geometry.random_subspace_null(cov, u, draws=8, seed=1) != null
+
+
+def test_null_of_isotropic_covariance_is_the_principal_angles_of_random_subspaces():
+    # Under Σ = I the canonical correlations are the cosines of the principal angles, so Σ cos² = k·overlap.
+    d, k = 60, 12
+    null = geometry.random_subspace_null(torch.eye(d, dtype=torch.float64), _orthonormal(d, k, 3), draws=4, seed=5)
+    generator = torch.Generator().manual_seed(5)
+    u = _orthonormal(d, k, 3)
+    overlaps = []
+    for _ in range(4):
+        r = torch.linalg.qr(torch.randn(d, k, generator=generator, dtype=torch.float64))[0]
+        cosines = geometry.canonical_correlations(torch.eye(d, dtype=torch.float64), u, r)
+        assert float(cosines.pow(2).sum()) / k == pytest.approx(geometry.subspace_overlap(u, r), rel=1e-9)
+        overlaps.append(geometry.subspace_overlap(u, r))
+    assert null.overlap == pytest.approx(float(np.mean(overlaps)), rel=1e-9)
+    assert null.overlap_std == pytest.approx(float(np.std(overlaps, ddof=1)), rel=1e-9)
+
+
+def test_layer_geometry_records_the_null_next_to_the_measured_comparison():
+    gen = torch.Generator().manual_seed(21)
+    n, d = 3000, 10
+    h = torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.linspace(3.0, 0.2, d, dtype=torch.float64)
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    result, _ = geometry.layer_geometry(FakeMoments(h, g), layer=1, positions="all", null_draws=4, null_seed=2)
+    assert result.null == geometry.random_subspace_null(
+        FakeMoments(h).cov_in(), _principal(FakeMoments(h).cov_in(), result.k), draws=4, seed=2
+    )
+    assert json.loads(json.dumps(result.to_dict()))["null"]["draws"] == 4
+    skipped, _ = geometry.layer_geometry(FakeMoments(h, g), layer=1, positions="all", null_draws=0)
+    assert skipped.null is None
+
+
+def _principal(cov: torch.Tensor, k: int) -> torch.Tensor:
+    return geometry.principal_directions(cov)[1][:, :k]
+
+
+@pytest.mark.parametrize("draws", [1, 0, True, 2.0])
+def test_null_rejects_draws_that_give_no_spread(draws):
+    with pytest.raises(ValueError, match="draws must be an int ≥ 2"):
+        geometry.random_subspace_null(torch.eye(4, dtype=torch.float64), _orthonormal(4, 2, 0), draws=draws)
+    if draws in (1, True):
+        with pytest.raises(ValueError, match="draws must be an int ≥ 2"):
+            geometry.layer_geometry(
+                FakeMoments(torch.randn(50, 4)), layer=0, positions="all", null_draws=draws, gradients=False
+            )
+
+
+def test_null_rejects_a_covariance_without_variance():
+    with pytest.raises(ValueError, match="zero trace"):
+        geometry.random_subspace_null(torch.zeros(4, 4, dtype=torch.float64), _orthonormal(4, 2, 0))

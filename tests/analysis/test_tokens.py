@@ -4,11 +4,13 @@ and the KL-sensitivity check that really skips blocks."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from model_factories import tiny_llama
 from tcompress.analysis.tokens import TokenStats, kl_sensitivity, summarize, token_stats
+from tcompress.early_exit import EarlyExitLM
 from tcompress.recipes.exit_heads import build_exit_heads
 
 
@@ -73,3 +75,44 @@ def test_kl_sensitivity_skips_for_real():
         kl_sensitivity(model, heads, windows[:1], stats, tau=0.1)
     with pytest.raises(ValueError, match="windows must be"):
         token_stats(model, heads, torch.zeros(5, dtype=torch.long))
+
+
+def test_kl_sensitivity_null_skips_as_many_random_tokens_at_the_same_depths(monkeypatch):
+    from tcompress.analysis import tokens
+
+    model = _four_blocks()
+    heads = build_exit_heads(model, kind="lens")
+    windows = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
+    stats = token_stats(model, heads, windows)
+    # Agreement forced and τ between KL quantiles: some tokens, not all, judged easy at depths 1..3.
+    stats = TokenStats(stats.depths, 4, stats.kl, torch.ones_like(stats.agree), 9)
+    tau = float(stats.kl.flatten().quantile(0.3))
+    judged = stats.exit_depths(tau)
+    assert 0 < int((judged < 4).sum()) < 16
+    passes = []
+    original = tokens._skip_for_real
+    monkeypatch.setattr(tokens, "_skip_for_real", lambda *a: passes.append(a[2].clone()) or original(*a))
+    result = kl_sensitivity(model, heads, windows, stats, tau=tau, seed=7)
+    assert result.random_tokens == result.easy_tokens == int((judged < 4).sum()) and result.random_seed == 7
+    assert len(passes) == 2
+    easy_pass, null_pass = (p.flatten() for p in passes)
+    assert torch.equal(easy_pass, judged)
+    # The null: as many exiting tokens, the same multiset of depths, drawn at positions of their own (seeded).
+    assert int((null_pass < 4).sum()) == result.easy_tokens
+    assert sorted(null_pass[null_pass < 4].tolist()) == sorted(judged[judged < 4].tolist())
+    assert not torch.equal(null_pass, easy_pass)
+    assert torch.equal(null_pass, tokens._random_null_depths(judged, 4, 7))
+    # Its numbers are the skipping policy's on exactly those tokens.
+    kl, change, *_ = original(
+        EarlyExitLM(model, heads, threshold=2.0, check_layers=[]), windows, null_pass.view(2, 8), 4, 8, False
+    )
+    assert result.loss_change_random == pytest.approx(float(change[null_pass < 4].double().mean()), rel=1e-6)
+    assert result.actual_kl_random == pytest.approx(float(kl[null_pass < 4].double().mean()), rel=1e-6)
+    assert result.actual_kl_random > 0
+    fields = result.to_dict()
+    assert {"random_tokens", "random_seed", "actual_kl_random", "loss_change_random", "loss_change_easy"} <= set(fields)
+    json.dumps(fields)
+    # Nothing easy: no null pass, and the null's numbers say so (NaN, 0 tokens).
+    passes.clear()
+    none = kl_sensitivity(model, heads, windows, stats, tau=0.0)
+    assert len(passes) == 1 and none.random_tokens == 0 and math.isnan(none.loss_change_random)

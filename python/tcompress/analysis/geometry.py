@@ -19,10 +19,18 @@ Everything here is a function of moment matrices, so it runs on the float64 sums
 - CCA between the k-dimensional projections x = U_kᵀh and y = G_kᵀh, from Σ alone: Σxx = U_kᵀΣU_k,
   Σyy = G_kᵀΣG_k, Σxy = U_kᵀΣG_k; the canonical correlations are the singular values of Σxx^{-1/2} Σxy Σyy^{-1/2}.
   Reported: their mean and the "uncorrelated fraction", the share below 0.5.
+- the null of unrelated subspaces (:func:`random_subspace_null`): the same overlap and CCA between U_k and seeded
+  random k-dimensional subspaces (Haar: the Q of a Gaussian (d, k) matrix), under the same Σ, over several draws.
+  CCA of unrelated subspaces is not near 0: a random k-dimensional x = Rᵀh picks up the dominant directions of Σ,
+  which U_k holds, so its canonical correlations with U_kᵀh are high (e.g. a mean of ~0.75 with only ~20% below 0.5
+  on a real model). "Uncorrelated" can therefore only mean "no more correlated than unrelated subspaces", and the
+  null is what a predictive subspace is compared with; its spread (the standard deviation over draws) says how far
+  from the null's mean a draw of an unrelated subspace lands.
 
-Position sets: statistics are computed over ``"no_first"`` (positions 1..T-1 of each window, the default for headline
-numbers: the first position of a Llama-family window is an attention sink whose few huge components can hold > 95% of
-the variance) and ``"all"``; every result records which.
+Position sets: statistics are computed over the position sets of :mod:`tcompress.analysis.activations` (e.g.
+``"no_first"``, positions 1..T-1 of each window: the first position of a Llama-family window is an attention sink whose
+few huge components can hold > 95% of the variance, and ``"all"``); every result records which, and the report records
+the statistics' default set as the one headline numbers use.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from .head_gram import HeadGram, folded_head_gram
 
 UNCORRELATED_BELOW = 0.5
 """A canonical correlation below this counts as "uncorrelated" (the paper's threshold)."""
+NULL_DRAWS = 8
+"""Random subspaces per layer in the null of unrelated subspaces (:func:`random_subspace_null`)."""
 
 
 class HiddenStateMoments(Protocol):
@@ -151,12 +161,20 @@ def canonical_correlations(cov: torch.Tensor, u: torch.Tensor, g: torch.Tensor) 
     cov = _check_square_symmetric("canonical_correlations", "cov", cov)
     u = _check_basis("canonical_correlations", "u", u, cov.shape[0])
     g = _check_basis("canonical_correlations", "g", g, cov.shape[0])
-    count = min(u.shape[1], g.shape[1])
     if float(torch.diagonal(cov).sum()) <= 0.0:
-        return torch.zeros(count, dtype=torch.float64, device=cov.device)
-    wx = _inverse_sqrt(u.T @ cov @ u)
-    wy = _inverse_sqrt(g.T @ cov @ g)
-    singular = torch.linalg.svdvals(wx.T @ (u.T @ cov @ g) @ wy).clamp(0.0, 1.0)
+        return torch.zeros(min(u.shape[1], g.shape[1]), dtype=torch.float64, device=cov.device)
+    cov_u = cov @ u
+    return _whitened_correlations(cov, cov_u, _inverse_sqrt(u.T @ cov_u), g)
+
+
+def _whitened_correlations(cov: torch.Tensor, cov_u: torch.Tensor, wx: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Σ (d, d), Σu (d, k), u's whitening wx (k, r), g (d, k') -> the min(k, k') canonical correlations, descending.
+
+    Split out of :func:`canonical_correlations` so that the null's draws share Σu and wx."""
+    count = min(cov_u.shape[1], g.shape[1])
+    cov_g = cov @ g
+    wy = _inverse_sqrt(g.T @ cov_g)
+    singular = torch.linalg.svdvals(wx.T @ (cov_u.T @ g) @ wy).clamp(0.0, 1.0)
     out = torch.zeros(count, dtype=torch.float64, device=cov.device)
     out[: min(count, singular.numel())] = singular[:count]
     return out
@@ -247,12 +265,36 @@ class SubspaceComparison:
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomSubspaceNull:
+    """U_k against ``draws`` seeded random k-dimensional subspaces under the same Σ: where unrelated subspaces land.
+
+    Each statistic is the mean over the draws and its spread, the sample standard deviation over the draws (ddof 1).
+
+    Attributes:
+        draws: random subspaces drawn.
+        seed: the seed of the torch.Generator (CPU) that drew them.
+        mean_canonical_correlation, mean_canonical_correlation_std: of the per-draw mean canonical correlation.
+        uncorrelated_fraction, uncorrelated_fraction_std: of the per-draw share of correlations below 0.5.
+        overlap, overlap_std: of the per-draw ||U_kᵀR||²_F / k (its expectation is k/d).
+    """
+
+    draws: int
+    seed: int
+    mean_canonical_correlation: float
+    mean_canonical_correlation_std: float
+    uncorrelated_fraction: float
+    uncorrelated_fraction_std: float
+    overlap: float
+    overlap_std: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerGeometry:
     """The geometry of the residual stream entering one block, over one position set.
 
     Attributes:
         layer: the block index (its input hidden states).
-        positions: ``"no_first"`` or ``"all"``.
+        positions: the position set (e.g. ``"no_first"`` or ``"all"``).
         tokens: the tokens the statistics were computed over.
         hidden_size: d.
         variance_target: q, the fraction of variance k is chosen for (0.9).
@@ -267,6 +309,8 @@ class LayerGeometry:
         heldout_retained_variance: {basis name: share of the held-out variance about the calibration mean μ that
             μ + BBᵀ(h - μ) keeps}, for the ``"variance"`` basis U_k and each predictive basis; empty without a
             held-out split.
+        null: U_k against random k-dimensional subspaces under the same Σ (:class:`RandomSubspaceNull`), the scale
+            the gradient and unembedding comparisons are read against; None when no draws were asked for.
     """
 
     layer: int
@@ -281,6 +325,7 @@ class LayerGeometry:
     unembedding: SubspaceComparison | None
     heldout_tokens: int = 0
     heldout_retained_variance: dict[str, float] = dataclasses.field(default_factory=dict)
+    null: RandomSubspaceNull | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serializable dict."""
@@ -302,6 +347,45 @@ def compare_subspaces(
         variance_in_predictive=variance_fraction_in(cov, predictive_basis),
         canonical_correlations=tuple(float(c) for c in correlations),
     )
+
+
+def random_subspace_null(
+    cov: torch.Tensor, variance_basis: torch.Tensor, *, draws: int = NULL_DRAWS, seed: int = 0
+) -> RandomSubspaceNull:
+    """Σ (d, d), U_k (d, k) -> :class:`RandomSubspaceNull`: overlap and CCA of U_k with ``draws`` random
+    k-dimensional subspaces R under Σ, measured as :func:`compare_subspaces` measures a predictive subspace.
+
+    Each R is the Q of a (d, k) standard Gaussian matrix (a uniformly random subspace), drawn in float64 by a CPU
+    ``torch.Generator`` seeded with ``seed`` (the draws do not depend on the device) and moved to Σ's device.
+
+    Raises:
+        ValueError: ``draws`` not an int ≥ 2 (a spread needs two draws), a bad covariance or basis.
+    """
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(f"random_subspace_null: draws must be an int ≥ 2 (a spread needs two); got {draws!r}")
+    cov = _check_square_symmetric("random_subspace_null", "cov", cov)
+    u = _check_basis("random_subspace_null", "variance_basis", variance_basis, cov.shape[0])
+    d, k = u.shape
+    if float(torch.diagonal(cov).sum()) <= 0.0:
+        raise ValueError("random_subspace_null: the covariance has zero trace (no variance to correlate)")
+    cov_u = cov @ u
+    wx = _inverse_sqrt(u.T @ cov_u)
+    generator = torch.Generator().manual_seed(seed)
+    means, fractions, overlaps = [], [], []
+    for _ in range(draws):
+        gaussian = torch.randn(d, k, generator=generator, dtype=torch.float64)
+        r = torch.linalg.qr(gaussian.to(cov.device))[0]
+        correlations = _whitened_correlations(cov, cov_u, wx, r)
+        means.append(float(correlations.mean()))
+        fractions.append(float((correlations < UNCORRELATED_BELOW).double().mean()))
+        overlaps.append(float((u.T @ r).pow(2).sum()) / k)
+
+    def spread(values: list[float]) -> tuple[float, float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        return float(t.mean()), float(t.std())
+
+    (m, m_std), (f, f_std), (o, o_std) = spread(means), spread(fractions), spread(overlaps)
+    return RandomSubspaceNull(draws, int(seed), m, m_std, f, f_std, o, o_std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +415,8 @@ def layer_geometry(
     head_weight: torch.Tensor | None = None,
     heldout: HiddenStateMoments | None = None,
     head_gram: HeadGram | None = None,
+    null_draws: int = NULL_DRAWS,
+    null_seed: int = 0,
 ) -> tuple[LayerGeometry, LayerBases]:
     """One block's input statistics -> (:class:`LayerGeometry`, :class:`LayerBases`).
 
@@ -347,9 +433,12 @@ def layer_geometry(
         heldout: the same block's sums over held-out windows, for the retained variance of each basis; None skips it.
         head_gram: the head's :class:`HeadGram` (:func:`folded_head_gram`), instead of ``head_weight``: computed once
             for all layers of a model.
+        null_draws: random subspaces in the null of unrelated subspaces (:func:`random_subspace_null`); 0 skips it.
+        null_seed: the null's seed.
 
     Raises:
-        ValueError: as the matrix functions, or moments without gradient sums when ``gradients``.
+        ValueError: as the matrix functions, moments without gradient sums when ``gradients``, or ``null_draws``
+            neither 0 nor an int ≥ 2.
     """
     cov = moments.cov_in().double()
     device = cov.device
@@ -370,6 +459,9 @@ def layer_geometry(
             head_gram = HeadGram.of(head_weight.to(device))
         w = unembedding_directions(cov, gram=head_gram)[1][:, :k]
         unembedding = compare_subspaces("unembedding", cov, u, w)
+    null = None
+    if null_draws != 0:
+        null = random_subspace_null(cov, u, draws=null_draws, seed=null_seed)
     mean = moments.mean_in().double().to(device)
     retained: dict[str, float] = {}
     if heldout is not None and heldout.count > 0:
@@ -391,6 +483,7 @@ def layer_geometry(
         unembedding=unembedding,
         heldout_tokens=int(heldout.count) if heldout is not None else 0,
         heldout_retained_variance=retained,
+        null=null,
     )
     # On the CPU: a report keeps the bases of every layer and position set, which would add up on an accelerator.
     return geometry, LayerBases(*(None if t is None else t.cpu() for t in (mean, u, g, w)))
@@ -402,7 +495,8 @@ class GeometryReport:
 
     Attributes:
         layers: one :class:`LayerGeometry` per (layer, position set), in layer order then position-set order.
-        default_positions: the position set headline numbers use (``"no_first"``).
+        default_positions: the position set headline numbers use (the statistics' default; ``"no_first"`` for
+            statistics that do not say).
         settings: free-form provenance (model, text, windows, seed ...), JSON-serializable.
     """
 
@@ -443,13 +537,16 @@ def activation_geometry(
     positions: Sequence[str] = ("no_first", "all"),
     variance_target: float = 0.9,
     settings: dict[str, Any] | None = None,
+    null_draws: int = NULL_DRAWS,
+    null_seed: int = 0,
 ) -> tuple[GeometryReport, dict[tuple[int, str], LayerBases]]:
     """Block statistics -> (:class:`GeometryReport`, ``{(layer, positions): LayerBases}``).
 
     ``statistics`` is a :class:`tcompress.analysis.activations.BlockStatistics`: bases come from its ``"train"``
     split, retained variance is measured on its ``"heldout"`` split where it has one; gradient directions need
     ``gradients=True`` at collection. ``model`` gives the head for
-    the unembedding directions (None skips them). ``layers`` defaults to every captured block.
+    the unembedding directions (None skips them). ``layers`` defaults to every captured block. Every layer and
+    position set gets the null of ``null_draws`` random subspaces (seed ``null_seed``; 0 draws skips it).
 
     Raises:
         ValueError: a layer that was not captured, an unknown position set, or the matrix functions' errors.
@@ -468,6 +565,8 @@ def activation_geometry(
                 gradients=bool(statistics.gradients),
                 head_gram=gram,
                 heldout=statistics.moments(layer, p, "heldout") if statistics.heldout_windows else None,
+                null_draws=null_draws,
+                null_seed=null_seed,
             )
             results.append(geometry)
             bases[(layer, p)] = layer_bases

@@ -8,7 +8,9 @@ which it is (strictly) easy, and the summary gives the fraction exiting at or be
 :func:`kl_sensitivity` checks that the KL criterion means what it seems to: for the tokens judged easy, it actually
 skips the remaining blocks (position by position, a batch of windows at a time, with the skipped blocks' keys/values
 propagated from the exited state, see :mod:`tcompress.early_exit.runtime`) and measures the KL and loss change that
-skipping really causes.
+skipping really causes. Its null is the same skipping done to tokens nobody judged: as many tokens drawn at random
+(seeded) from all predicted positions, exiting at the easy tokens' depths (shuffled among them). Easy tokens that are
+really easy cost clearly less than these.
 """
 
 from __future__ import annotations
@@ -184,6 +186,12 @@ class SensitivityResult:
         loss_change_easy, loss_change_other: mean change of the next-token NLL (emitted minus full), nats.
         ppl_full, ppl_skipped: perplexity of the full model and of the skipping policy on the same tokens.
         mean_depth: mean blocks run per token under the policy.
+        random_tokens: the null's token count, equal to ``easy_tokens``: tokens drawn at random (seed
+            ``random_seed``) from all predicted positions, exiting at the easy tokens' depths in shuffled order while
+            every other token runs every block.
+        random_seed: the seed of the CPU ``torch.Generator`` that drew them.
+        actual_kl_random, loss_change_random: mean KL and NLL change on the null's tokens when they really skip (NaN
+            when no token is easy).
     """
 
     tau: float
@@ -197,6 +205,10 @@ class SensitivityResult:
     ppl_full: float
     ppl_skipped: float
     mean_depth: float
+    random_tokens: int = 0
+    random_seed: int = 0
+    actual_kl_random: float = math.nan
+    loss_change_random: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-serializable dict."""
@@ -213,12 +225,15 @@ def kl_sensitivity(
     *,
     batch_size: int = 8,
     progress: bool = False,
+    seed: int = 0,
 ) -> SensitivityResult:
-    """Skips the blocks after each token's first easy depth (τ) for real and measures KL and loss change.
+    """Skips the blocks after each token's first easy depth (τ) for real and measures KL and loss change, then does
+    the same for the null: as many random tokens (``seed``) exiting at the same depths.
 
     ``stats`` must come from :func:`token_stats` on the same model, heads and windows. Each position exits at its
     judged depth (an oracle gate); the last position of a window, which predicts nothing, runs the full depth.
-    ``batch_size`` windows step together (:func:`tcompress.early_exit.policy.policy_logits`).
+    ``batch_size`` windows step together (:func:`tcompress.early_exit.policy.policy_logits`). The null costs a
+    second pass over the windows (none when no token is easy).
 
     Raises:
         ValueError: stats of other windows, or a batch size that is not a positive int.
@@ -231,32 +246,27 @@ def kl_sensitivity(
         )
     _check_batch_size("kl_sensitivity", batch_size)
     exit_depths = stats.exit_depths(tau).view(n_windows, length - 1)
-    forced = torch.cat([exit_depths, torch.full((n_windows, 1), stats.num_blocks)], 1)
     runner = EarlyExitLM(model, heads, threshold=2.0, check_layers=[])
-    device = execution_device(model.get_input_embeddings())
     kl_at_exit = torch.cat([stats.kl, torch.zeros(stats.kl.shape[0], 1)], 1)
     column = {k: c for c, k in enumerate(stats.depths + [stats.num_blocks])}
     predicted = kl_at_exit.gather(1, torch.tensor([column[int(d)] for d in exit_depths.flatten()])[:, None])[:, 0]
-    actual_kl, loss_change = [], []
-    nll_full = nll_skip = 0.0
-    depth_sum = 0
-    starts = range(0, n_windows, batch_size)
-    for start in tqdm(starts, desc="kl sensitivity", unit="batch", disable=not progress):
-        ids = windows[start : start + batch_size].long().to(device)
-        result = policy_tokens(runner, ids, forced[start : start + batch_size])
-        actual_kl.append(result.kl.flatten())
-        loss_change.append((result.nll - result.nll_full).flatten())
-        nll_full += float(result.nll_full.double().sum())
-        nll_skip += float(result.nll.double().sum())
-        depth_sum += int(result.depths.sum())
-    actual = torch.cat(actual_kl)
-    change = torch.cat(loss_change)
+    actual, change, nll_full, nll_skip, depth_sum = _skip_for_real(
+        runner, windows, exit_depths, stats.num_blocks, batch_size, progress
+    )
     easy = exit_depths.flatten() < stats.num_blocks
     tokens = actual.numel()
 
     def mean(x: torch.Tensor) -> float:
         return float(x.double().mean()) if x.numel() else math.nan
 
+    random_kl = random_change = math.nan
+    if easy.any():
+        random_depths = _random_null_depths(exit_depths.flatten(), stats.num_blocks, seed)
+        chosen = random_depths < stats.num_blocks
+        null_kl, null_change, *_ = _skip_for_real(
+            runner, windows, random_depths.view(n_windows, length - 1), stats.num_blocks, batch_size, progress
+        )
+        random_kl, random_change = mean(null_kl[chosen]), mean(null_change[chosen])
     return SensitivityResult(
         tau=tau,
         easy_tokens=int(easy.sum()),
@@ -269,4 +279,49 @@ def kl_sensitivity(
         ppl_full=math.exp(nll_full / tokens),
         ppl_skipped=math.exp(nll_skip / tokens),
         mean_depth=depth_sum / tokens,
+        random_tokens=int(easy.sum()),
+        random_seed=int(seed),
+        actual_kl_random=random_kl,
+        loss_change_random=random_change,
     )
+
+
+def _random_null_depths(exit_depths: torch.Tensor, num_blocks: int, seed: int) -> torch.Tensor:
+    """(N,) exit depths (num_blocks = no exit) -> (N,): as many tokens drawn at random exit at the same depths.
+
+    The tokens are a uniform draw without replacement from all N positions (easy ones included: the null knows
+    nothing of difficulty); the exiting tokens' depths are dealt to them in shuffled order."""
+    generator = torch.Generator().manual_seed(seed)
+    exiting = exit_depths[exit_depths < num_blocks]
+    chosen = torch.randperm(exit_depths.numel(), generator=generator)[: exiting.numel()]
+    out = torch.full_like(exit_depths, num_blocks)
+    out[chosen] = exiting[torch.randperm(exiting.numel(), generator=generator)]
+    return out
+
+
+def _skip_for_real(
+    runner: EarlyExitLM,
+    windows: torch.Tensor,
+    exit_depths: torch.Tensor,
+    num_blocks: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor, float, float, int]:
+    """windows (n, L), exit depths (n, L-1) -> (KL (N,), NLL change (N,), full NLL sum, skipped NLL sum, depth sum)
+    with every position exiting at its depth for real (the last position of a window runs every block)."""
+    n_windows = windows.shape[0]
+    forced = torch.cat([exit_depths, torch.full((n_windows, 1), num_blocks, dtype=exit_depths.dtype)], 1)
+    device = execution_device(runner.model.get_input_embeddings())
+    actual_kl, loss_change = [], []
+    nll_full = nll_skip = 0.0
+    depth_sum = 0
+    starts = range(0, n_windows, batch_size)
+    for start in tqdm(starts, desc="kl sensitivity", unit="batch", disable=not progress):
+        ids = windows[start : start + batch_size].long().to(device)
+        result = policy_tokens(runner, ids, forced[start : start + batch_size])
+        actual_kl.append(result.kl.flatten())
+        loss_change.append((result.nll - result.nll_full).flatten())
+        nll_full += float(result.nll_full.double().sum())
+        nll_skip += float(result.nll.double().sum())
+        depth_sum += int(result.depths.sum())
+    return torch.cat(actual_kl), torch.cat(loss_change), nll_full, nll_skip, depth_sum

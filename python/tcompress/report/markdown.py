@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import RULE
+from .findings import NOT_JUDGED, RULE
 
 
 def _step(results, name):
@@ -71,8 +71,12 @@ def _findings(results) -> list[str]:
     lines += ["", f"**Rule.** {RULE}", ""]
     for f in results["findings"]:
         lines += [f"### {f['key']}: {f['title']} — {f['verdict']}", "", f"Paper: {f['claim']}", ""]
+        if f.get("reason"):
+            lines += [f"Not judged: {f['reason']}.", ""]
         for c in f["criteria"]:
             mark = {True: "met", False: "not met", None: "not measured"}[c["met"]]
+            if f["verdict"] == NOT_JUDGED:  # in-sample numbers: a criterion's outcome is shown, not counted
+                mark = f"{mark}, not judged"
             lines.append(f"- [{mark}] {c['description']}. Paper: {c['paper']}. This run: {c['measured'] or '—'}.")
         lines.append("")
     return lines
@@ -255,15 +259,18 @@ def _early_exit(results) -> list[str]:
             lines.append(f"| {kind} | {tau} | {d['exit_by_50pct'][tau]:.3f} | {d['exit_by_75pct'][tau]:.3f} |")
     lines += [
         "",
-        "| heads | τ | easy tokens | judged KL | actual KL when skipped | ppl full → skipped | mean depth |",
-        "|---|---|---|---|---|---|---|",
+        "| heads | τ | easy tokens | judged KL | actual KL when skipped | loss change when skipped: easy / as many "
+        "random tokens (nats/token) | ppl full → skipped | mean depth |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in ("lens", "tuned"):
         s = ex[f"sensitivity_{kind}"]
+        random = s.get("loss_change_random")  # absent from results that predate the random-token null
         lines.append(
             f"| {kind} | {s['tau']} | {s['easy_tokens']}/{s['easy_tokens'] + s['other_tokens']} | "
-            f"{s['predicted_kl_easy']:.4f} | {s['actual_kl_easy']:.4f} | {s['ppl_full']:.3f} → "
-            f"{s['ppl_skipped']:.3f} | {s['mean_depth']:.2f} |"
+            f"{s['predicted_kl_easy']:.4f} | {s['actual_kl_easy']:.4f} | {s['loss_change_easy']:+.4f} / "
+            f"{'—' if random is None else f'{random:+.4f}'} | {s['ppl_full']:.3f} → {s['ppl_skipped']:.3f} | "
+            f"{s['mean_depth']:.2f} |"
         )
     lines += [
         "",

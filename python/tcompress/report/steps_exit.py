@@ -1,5 +1,6 @@
 """The report's early-exit step: exit heads (logit lens and trained translators), easy-token curves, the KL
-sensitivity check, the teacher-forced threshold sweep, and real batch-1 decoding speed of :class:`EarlyExitLM`."""
+sensitivity check (with its null of random tokens), the teacher-forced threshold sweep, and real batch-1 decoding
+speed of :class:`EarlyExitLM`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .context import ReportContext, source_windows
 #: The τ (nats) of the KL-sensitivity check: a token is judged easy at a depth whose head is within τ of the final
 #: distribution.
 SENSITIVITY_TAU = 0.1
+#: The seed of the KL-sensitivity check's null: as many tokens drawn at random, exiting at the easy tokens' depths.
+SENSITIVITY_NULL_SEED = 0
 #: The gate threshold decoding speed is measured at.
 SPEED_THRESHOLD = 0.9
 #: Windows per step of the token-difficulty forwards, the KL-sensitivity check and the teacher-forced sweep (results
@@ -110,6 +113,7 @@ def early_exit(ctx: ReportContext) -> dict[str, Any]:
             first_windows(stats, sweep_windows.shape[0]),
             SENSITIVITY_TAU,
             batch_size=BATCH_SIZE,
+            seed=SENSITIVITY_NULL_SEED,
         ).to_dict()
         result[f"sweep_{kind}"] = [
             r.to_dict()
