@@ -340,7 +340,14 @@ def token_windows(
 
 
 def calibration_windows(
-    tokenizer: Any, n: int, length: int, seed: int = 0, *, bos: bool = False, source: TextSource | None = None
+    tokenizer: Any,
+    n: int,
+    length: int,
+    seed: int = 0,
+    *,
+    bos: bool = False,
+    source: TextSource | None = None,
+    at_most: bool = False,
 ) -> torch.Tensor:
     """(n, length) int64 non-overlapping windows at seeded random places in the calibration text.
 
@@ -349,10 +356,12 @@ def calibration_windows(
     ⌊tokens / span⌋ disjoint slots (span = ``length``, or ``length - 1`` with ``bos``) and ``n`` distinct slots are
     taken in the order of a permutation drawn from a CPU generator seeded with ``seed``: no token position is in two
     windows (a held-out window shares no text with a fit window), and the windows come from the whole text, not
-    just its start. With ``bos``, each window is BOS + ``length - 1`` tokens.
+    just its start. With ``bos``, each window is BOS + ``length - 1`` tokens. With ``at_most``, a text that holds
+    fewer than ``n`` disjoint windows gives all it holds (the caller reads how many from the shape) instead of an error.
 
     Raises:
-        ValueError: n < 1, length < 2, or a calibration text that holds fewer than ``n`` disjoint windows.
+        ValueError: n < 1, length < 2, or a calibration text that holds fewer than ``n`` disjoint windows (with
+            ``at_most``: none).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"calibration_windows: n must be a positive int; got {n!r}")
@@ -364,6 +373,8 @@ def calibration_windows(
     ids = _token_ids(source.text, tokenizer)
     span = length - 1 if bos else length
     slots = ids.numel() // span
+    if at_most and slots >= 1:
+        n = min(n, slots)
     if slots < n:
         raise ValueError(
             f"calibration_windows: {source.label}: its {ids.numel():,} tokens hold {slots} non-overlapping windows of "

@@ -155,3 +155,22 @@ def test_errors_name_what_was_expected():
                 baseline_ppl=1.0,
                 norm_threshold=threshold,
             )
+
+
+def test_a_token_is_massive_by_its_input_or_its_output():
+    from tcompress.analysis.massive_tokens import MassiveTokens
+
+    inputs = torch.ones(2, 5)
+    outputs = torch.ones(2, 5)
+    inputs[0, 2] = 11.0  # massive input, ordinary output
+    outputs[1, 3] = 11.0  # ordinary input, massive output: the block that writes a massive activation
+    inputs[1, 0] = outputs[0, 0] = 50.0  # position 0 has its own part: never marked
+    inputs[0, 4] = 9.0  # below 10x the median
+    marks = MassiveTokens(10.0, (0,), {0: inputs}, {0: outputs}, {0: 1.0}, {0: 1.0})
+    assert sorted(map(tuple, marks.mask(0).nonzero().tolist())) == [(0, 2), (1, 3)]
+    listed = marks.to_dict()["blocks"][0]
+    assert listed["count"] == 2 and listed["threshold"] == listed["output_threshold"] == 10.0
+    assert {(t["window"], t["position"], t["norm"], t["output_norm"]) for t in listed["tokens"]} == {
+        (0, 2, 11.0, 1.0),
+        (1, 3, 1.0, 11.0),
+    }

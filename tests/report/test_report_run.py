@@ -44,7 +44,11 @@ def test_results_record_identities_and_numbers(stories_report):
     assert results["model"]["num_blocks"] == 5 and results["model"]["hidden_size"] == 64
     assert len(results["model"]["embedding_sha256_16"]) == 16
     assert results["data"]["evaluation"]["name"] == "tinystories"
-    assert results["data"]["calibration"]["overlaps_evaluation"] is True
+    # Calibration on stories 1–5, evaluation on 6–10: nothing is judged on the text it was fitted on. The 10 stories
+    # hold fewer disjoint calibration windows than the quick budget asks: capped and recorded.
+    calibration = results["data"]["calibration"]
+    assert calibration["overlaps_evaluation"] is False and "(calibration)" in calibration["label"]
+    assert calibration["windows"][0] < calibration["windows_asked"] == 32
     assert {"tcompress", "torch", "transformers", "python", "machine"} <= set(results["environment"])
     baseline = results["steps"]["baseline"]["result"]["ppl"]
     # The rotation is exact: rotated fp32 equals the baseline (up to float rounding).
@@ -56,7 +60,7 @@ def test_results_record_identities_and_numbers(stories_report):
     assert g64 and all(r["ppl"] is None and "does not divide" in r["note"] for r in g64)
     curve = results["steps"]["linearity"]["result"]["curve"]["blocks"]
     assert [b["layer"] for b in curve] == list(range(5))
-    assert all(-1 < b["r2"]["no_first"]["output"]["pooled"] <= 1 for b in curve)
+    assert all(-1 < b["r2"][p]["output"]["pooled"] <= 1 for b in curve for p in ("no_outliers", "no_first", "all"))
 
 
 def test_findings_have_verdicts_and_the_report_states_the_rule(stories_report):

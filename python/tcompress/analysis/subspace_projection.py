@@ -9,9 +9,10 @@ variance about μ that the projection keeps: Σ||Bᵀ(h - μ)||² / Σ||h - μ||
 With ``skip_first`` (the ``"no_first"`` position set, whose statistics exclude the attention-sink position), the
 first position of every window is passed through unchanged and left out of the retained-variance sums. With a
 ``norm_threshold`` as well (the ``"no_outliers"`` set), so is every token whose block input is massive by the rule of
-:mod:`tcompress.analysis.massive_tokens` — its norm above the threshold measured on the calibration windows the bases
-came from — so the bases are only ever applied to the kind of tokens they were computed from; how many tokens were
-passed through is recorded.
+:mod:`tcompress.analysis.massive_tokens` — its norm above the input threshold measured on the calibration windows the
+bases came from — so the bases are only applied to the kind of inputs they were computed from; how many tokens were
+passed through is recorded. (The rule's output side cannot be applied before the block runs; a token massive only by
+its output has an ordinary input, which the bases do describe.)
 """
 
 from __future__ import annotations

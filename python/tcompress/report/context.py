@@ -19,7 +19,7 @@ from .budgets import Budget
 #: The report steps that read :meth:`ReportContext.block_statistics` (the geometry step collects its own, with
 #: gradients). After the last of these in a run, :meth:`ReportContext.release_block_statistics` frees them.
 STEPS_USING_BLOCK_STATISTICS = frozenset({"linearity", "substitution"})
-#: A token is massive at a block when its input norm exceeds this many times the block's median
+#: A token is massive at a block when its input or output norm exceeds this many times the block's median
 #: (:mod:`tcompress.analysis.massive_tokens`).
 MASSIVE_FACTOR = 10.0
 
@@ -115,7 +115,7 @@ class ReportContext:
             self._massive = find_massive_tokens(self.model, self.calib_windows, factor=MASSIVE_FACTOR, batch_size=4)
             counts = [int(self._massive.mask(i).sum()) for i in self._massive.layers]
             self.log(
-                f"  massive tokens (input norm > {MASSIVE_FACTOR:g}x the block's median) per block: {counts} "
+                f"  massive tokens (input or output norm > {MASSIVE_FACTOR:g}x the block's median) per block: {counts} "
                 f"in {time.perf_counter() - start:.0f} s"
             )
         return self._massive

@@ -45,7 +45,13 @@ def _header(results) -> list[str]:
         f"{m['parameters']:,} parameters, {m['dtype']} on {m['device']}; source: {m.get('source', m['name'])}",
         f"- Evaluation: {ev['label']}; {ev['tokens']:,} tokens in windows {ev['windows']}",
         f"- Calibration: {cal['label']}; {cal['tokens']:,} tokens in windows {cal['windows']}"
-        + (" — **the same text as the evaluation**" if cal["overlaps_evaluation"] else ""),
+        + (" — **the same text as the evaluation**" if cal["overlaps_evaluation"] else "")
+        + (
+            f" — **only {cal['windows'][0]} non-overlapping windows fit the text; the budget asked for "
+            f"{cal['windows_asked']}**"
+            if "windows_asked" in cal
+            else ""
+        ),
         "",
     ]
     if "fallback" in ev["name"]:
@@ -160,6 +166,19 @@ def _compression(results) -> list[str]:
     return lines
 
 
+_POSITION_WORDS = {
+    "no_outliers": "positions ≥ 1 without massive tokens (no outliers)",
+    "no_first": "positions ≥ 1 (no first)",
+    "all": "every position",
+}
+
+
+def _headline_positions(result: dict) -> str:
+    """The position set a linearity curve or geometry report calls its headline (results before there was a
+    choice: "no_first")."""
+    return result.get("default_positions", "no_first")
+
+
 def _structure(results) -> list[str]:
     lines = []
     lin = _step(results, "linearity")
@@ -168,17 +187,23 @@ def _structure(results) -> list[str]:
             "## Block linearity",
             "",
             "Held-out R² of a ridge affine fit per block, pooled over dimensions; output target (the block's output "
-            'hidden state) and residual-update target (output − input); "no first" leaves out the first position '
-            "of every window (attention sink / massive activations).",
+            "hidden state) and residual-update target (output − input), over "
+            f"{_POSITION_WORDS[_headline_positions(lin['curve'])]}; then the output R² over the other position sets. "
+            '"no outliers" leaves out the first position of every window (attention sink) and every token whose '
+            "block input or output norm exceeds 10× the block's median (massive activations; counted per block in the "
+            'last column, train + held-out); "no first" leaves out only the first position.',
             "",
-            "| block | output | residual update | output, all positions | residual, all positions |",
-            "|---|---|---|---|---|",
+            "| block | output | residual update | output, no first | output, all positions | massive tokens |",
+            "|---|---|---|---|---|---|",
         ]
+        headline = _headline_positions(lin["curve"])
+        marks = lin["curve"]["statistics"].get("massive_tokens") or {}
+        massive = {b["layer"]: b["count"] for b in marks.get("blocks", [])}
         for b in lin["curve"]["blocks"]:
-            nf, al = b["r2"]["no_first"], b["r2"]["all"]
+            hl, nf, al = b["r2"][headline], b["r2"]["no_first"], b["r2"]["all"]
             lines.append(
-                f"| {b['layer']} | {nf['output']['pooled']:.4f} | {nf['residual']['pooled']:.4f} | "
-                f"{al['output']['pooled']:.4f} | {al['residual']['pooled']:.4f} |"
+                f"| {b['layer']} | {hl['output']['pooled']:.4f} | {hl['residual']['pooled']:.4f} | "
+                f"{nf['output']['pooled']:.4f} | {al['output']['pooled']:.4f} | {massive.get(b['layer'], '–')} |"
             )
         lines += [
             "",
@@ -200,31 +225,36 @@ def _structure(results) -> list[str]:
         lines += [
             "## Linear block substitution",
             "",
-            f"Baseline perplexity {sub['baseline_ppl']:.4f}; maps h + (h − μ)UV + b fitted on the calibration text.",
+            f"Baseline perplexity {sub['baseline_ppl']:.4f}; maps h + (h − μ)UV + b fitted on the calibration text "
+            "over the position set named in the table (the map then runs on every token).",
             "",
-            "| blocks | rank | fit | factors | compression | perplexity | change |",
-            "|---|---|---|---|---|---|---|",
+            "| blocks | rank | fit | fitted on | factors | compression | perplexity | change |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in sub["rows"]:
             rank = "dense" if r["rank"] is None else r["rank"]
             lines.append(
-                f"| {', '.join(map(str, r['blocks']))} | {rank} | {r['fit']} | {r['quantize'] or 'fp32'} | "
+                f"| {', '.join(map(str, r['blocks']))} | {rank} | {r['fit']} | {r.get('positions', 'all')} | "
+                f"{r['quantize'] or 'fp32'} | "
                 f"{r['compression_ratio']:.1f}× | {r['ppl']:.4f} | {r['ppl_change']:+.4f} "
                 f"({100 * r['ppl_change_relative']:+.1f}%) |"
             )
         lines += ["", *_image(results, "compression", "perplexity against kept parameters")]
     geo = _step(results, "geometry")
     if geo:
-        proj = {(p["layer"], p["basis"]): p for p in geo["projections"] if p["positions"] == "no_first"}
+        headline = _headline_positions(geo["geometry"])
+        proj = {(p["layer"], p["basis"]): p for p in geo["projections"] if p["positions"] == headline}
         lines += [
             "## Activation geometry",
+            "",
+            f"Block inputs over {_POSITION_WORDS[headline]}; the projections leave the excluded tokens unchanged.",
             "",
             "| block input | k(90%)/d | top-1 share | overlap with gradient subspace (random) | mean canonical corr. | "
             "CC < 0.5 | variance kept, U_k projection | ppl, U_k projection | ppl, G_k projection |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for g in geo["geometry"]["layers"]:
-            if g["positions"] != "no_first" or not g["gradient"]:
+            if g["positions"] != headline or not g["gradient"]:
                 continue
             gr, pv, pg = g["gradient"], proj.get((g["layer"], "variance")), proj.get((g["layer"], "gradient"))
             lines.append(

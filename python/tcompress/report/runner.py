@@ -338,8 +338,14 @@ def _run(
     calib_length = min(the_budget.calib_length, arch.eval_length(lm))
     calib_bos = bool(calib_source.documents) and getattr(tokenizer, "bos_token_id", None) is not None
     calib_windows = data.calibration_windows(
-        tokenizer, the_budget.calib_windows, calib_length, seed=0, bos=calib_bos, source=calib_source
+        tokenizer, the_budget.calib_windows, calib_length, seed=0, bos=calib_bos, source=calib_source, at_most=True
     )
+    if calib_windows.shape[0] < 2:
+        raise ValueError(
+            f"report: the calibration text ({calib_source.label}) holds {calib_windows.shape[0]} window of "
+            f"{calib_length} tokens; the held-out split needs at least 2. Give a longer --calibration text or a "
+            "shorter --calib-length"
+        )
     ctx = ReportContext(lm, tokenizer, model, the_budget, eval_source, eval_windows, calib_source, calib_windows, say)
     results: dict[str, Any] = {
         "format": FORMAT,
@@ -357,6 +363,14 @@ def _run(
         **ctx.describe(),
     }
     results["model"]["source"] = source.label
+    if calib_windows.shape[0] < the_budget.calib_windows:
+        # A short text (the 10 TinyStories of the offline data) holds fewer disjoint windows than the budget asks.
+        results["data"]["calibration"]["windows_asked"] = the_budget.calib_windows
+        say(
+            f"note: {calib_source.label} holds only {calib_windows.shape[0]} non-overlapping calibration windows of "
+            f"{calib_length} tokens; the budget asked for {the_budget.calib_windows}. Every fit uses those "
+            f"{calib_windows.shape[0]} (recorded in results.json)"
+        )
     path = out_dir / RESULTS_FILE
     results["steps"] = {name: entry for name, entry in _previous_steps(path, results).items() if name not in plan}
     say(
