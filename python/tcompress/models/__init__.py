@@ -5,6 +5,7 @@
 - :func:`load`: a causal LM and its tokenizer from a hub id, a directory, a ``.gguf`` file, or the named real models
   ``"smollm2-135m"`` and ``"stories260k"``;
 - :func:`set_module`: replace a submodule by its qualified name (offload-aware);
+- :class:`PrefixReplay`: evaluate a model changed only from block l on without running blocks 0..l-1 again;
 - :mod:`tcompress.models.calling`: what decoder layers take and return across transformers releases;
 - :func:`materialized`, :func:`execution_device`, :func:`is_offloaded`: models that accelerate dispatched with
   offload (weights on ``meta`` until a hook loads them), see :mod:`tcompress.models.offload`.
@@ -23,6 +24,7 @@ from .calling import (
 )
 from .load import ModelSource, load, pretrained_dtype_kwargs, resolve_dtype, resolve_model
 from .offload import execution_device, is_offloaded, materialized
+from .prefix_replay import PrefixReplay
 from .stepping import BlockStepper, StepContext, block_outputs, block_stepper
 from .table import (
     ARCHITECTURES,
@@ -39,6 +41,7 @@ __all__ = [
     "ArchSpec",
     "BlockStepper",
     "ModelSource",
+    "PrefixReplay",
     "advance_cache_",
     "architecture",
     "block_call_cache",

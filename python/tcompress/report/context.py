@@ -70,6 +70,7 @@ class ReportContext:
     _baseline: evaluate.PerplexityResult | None = field(default=None, repr=False)
     _block_stats: Any = field(default=None, repr=False)
     _massive: Any = field(default=None, repr=False)
+    _replay: Any = field(default=None, repr=False)
     evaluations: int = 0
 
     @property
@@ -96,6 +97,22 @@ class ReportContext:
         place (a block substituted, a projection hook installed)."""
         self.evaluations += 1
         return evaluate.perplexity(model, self.eval_windows, progress=False)
+
+    def measure_from(self, model: nn.Module, first_changed: int) -> evaluate.PerplexityResult:
+        """Perplexity on the evaluation windows of this model changed only at or after block ``first_changed`` (a
+        substituted last block, a projection hooked on block l): blocks 0..first_changed-1 are replayed from their
+        outputs recorded once on these windows (:class:`tcompress.models.PrefixReplay`; the same logits to the bit,
+        at 1 − first_changed/L of the blocks' cost). One recording is kept at a time; an offloaded model, or a change
+        at block 0, is evaluated in full."""
+        if first_changed <= 0 or models.is_offloaded(model):
+            return self.measure_modified(model)
+        if self._replay is None or self._replay.layer != first_changed:
+            self._replay = None  # the previous recording goes before the next is made
+            replay = models.PrefixReplay(model, first_changed)
+            replay.record(self.eval_windows, batch_size=1)  # as measure_modified batches them
+            self._replay = replay
+        with self._replay.replaying():
+            return self.measure_modified(model)
 
     def baseline(self) -> evaluate.PerplexityResult:
         """The unmodified model's perplexity on the evaluation windows (measured once)."""

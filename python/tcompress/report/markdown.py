@@ -179,6 +179,14 @@ def _headline_positions(result: dict) -> str:
     return result.get("default_positions", "no_first")
 
 
+def _beside_null(measured: dict, null: dict | None, key: str) -> str:
+    """A geometry figure with its null beside it: random k-subspaces under the same covariance, mean ± std over the
+    null's draws (results from before the null: the figure alone)."""
+    if not null:
+        return f"{measured[key]:.3f}"
+    return f"{measured[key]:.3f} ({null[key]:.3f} ± {null[key + '_std']:.3f})"
+
+
 def _structure(results) -> list[str]:
     lines = []
     lin = _step(results, "linearity")
@@ -249,18 +257,20 @@ def _structure(results) -> list[str]:
             "",
             f"Block inputs over {_POSITION_WORDS[headline]}; the projections leave the excluded tokens unchanged.",
             "",
-            "| block input | k(90%)/d | top-1 share | overlap with gradient subspace (random) | mean canonical corr. | "
-            "CC < 0.5 | variance kept, U_k projection | ppl, U_k projection | ppl, G_k projection |",
+            "| block input | k(90%)/d | top-1 share | overlap with gradient subspace (null) | mean canonical corr. "
+            "(null) | CC < 0.5 (null) | variance kept, U_k projection | ppl, U_k projection | ppl, G_k projection |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for g in geo["geometry"]["layers"]:
             if g["positions"] != headline or not g["gradient"]:
                 continue
             gr, pv, pg = g["gradient"], proj.get((g["layer"], "variance")), proj.get((g["layer"], "gradient"))
+            null = g.get("null")
             lines.append(
                 f"| {g['layer']} | {g['k']}/{g['hidden_size']} | {g['top_direction_share']:.3f} | "
-                f"{gr['overlap']:.3f} ({gr['random_overlap']:.3f}) | {gr['mean_canonical_correlation']:.3f} | "
-                f"{gr['uncorrelated_fraction']:.3f} | {_fmt(pv and pv['retained_variance'], 3)} | "
+                f"{_beside_null(gr, null, 'overlap')} | {_beside_null(gr, null, 'mean_canonical_correlation')} | "
+                f"{_beside_null(gr, null, 'uncorrelated_fraction')} | "
+                f"{_fmt(pv and pv['retained_variance'], 3)} | "
                 f"{_fmt(pv and pv['ppl'])} | {_fmt(pg and pg['ppl'])} |"
             )
         lines += ["", f"Baseline perplexity {geo['baseline_ppl']:.4f}.", ""]

@@ -69,11 +69,12 @@ def linearity(ctx: ReportContext) -> dict[str, Any]:
 
 
 def _substitute_and_measure(ctx: ReportContext, config: SubstituteConfig) -> dict[str, Any]:
+    first_changed = min(i % ctx.num_blocks for i in config.blocks)
     row = measure_substitution(
         ctx.model,
         ctx.calib_windows,
         config,
-        ctx.measure_modified,
+        lambda model: ctx.measure_from(model, first_changed),
         ctx.baseline().ppl,
         batch_size=4,
         statistics=ctx.block_statistics() if config.fit == "clean" else None,
@@ -150,7 +151,7 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
             for basis_name in ("variance", "gradient"):
                 result = projection_perplexity(
                     ctx.model,
-                    ctx.measure_modified,
+                    lambda model, layer=layer: ctx.measure_from(model, layer),
                     layer=layer,
                     mean=layer_bases.mean,
                     basis=getattr(layer_bases, basis_name),
