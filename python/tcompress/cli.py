@@ -394,7 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model", nargs="?", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL}); as for `perplexity`"
     )
     p.add_argument("--text", help="evaluation text: wikitext2 (default), tinystories, fallback or a file")
-    p.add_argument("--calibration", help="calibration text (default: WikiText-2 validation, else the evaluation text)")
+    p.add_argument(
+        "--calibration",
+        help="calibration text (default: WikiText-2 validation; for another --text, a disjoint part of it: stories "
+        "1-5 of TinyStories, the first 20%% of a file)",
+    )
     p.add_argument("--budget", choices=BUDGET_NAMES, default="quick", help="quick (default), standard or full")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--device-map", help="auto: spread a model too large for one device (accelerate)")

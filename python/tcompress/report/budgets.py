@@ -28,7 +28,8 @@ class Budget:
     Attributes:
         name: ``"quick"``, ``"standard"`` or ``"full"``.
         eval_tokens: evaluation tokens (None = the whole text), in windows of the model's evaluation length.
-        calib_windows, calib_length: calibration windows (seeded random offsets) and their length.
+        calib_windows, calib_length: calibration windows (non-overlapping, at seeded random places) and their length;
+            a text holding fewer disjoint windows gives all it holds (recorded in results.json).
         spectral_ratios: fractions of the projections' parameters the spectral sweep keeps.
         spectral_methods: ``"plain"`` SVD and/or whitening methods (``"svd-llm"``, ``"asvd"``).
         quant_configs: names from :data:`tcompress.report.steps_compression.QUANT_CONFIGS`, each run without and

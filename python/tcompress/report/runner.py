@@ -230,7 +230,8 @@ def run_report(
         model: ``"smollm2-135m"`` (the embedded default), ``"stories260k"``, a local folder, a .gguf file or a hub id.
         text: evaluation text: ``"wikitext2"`` (default; the labelled offline fallback where absent),
             ``"tinystories"``, ``"fallback"`` or a text file.
-        calibration: calibration text (default: WikiText-2 validation for WikiText-2, else the evaluation text).
+        calibration: calibration text (default: WikiText-2 validation for WikiText-2; for another evaluation text,
+            a disjoint part of it (:func:`tcompress.data.split_source`), the rest evaluating).
         budget: ``"quick"``, ``"standard"`` or ``"full"`` (:mod:`tcompress.report.budgets`).
         device: where the model runs (``"cpu"``, ``"cuda"``); ignored with ``device_map``.
         device_map: ``"auto"`` spreads a model too large for one device (accelerate).
