@@ -400,9 +400,6 @@ def collect_block_statistics(
         handles.append(blocks[i].register_forward_pre_hook(collector.pre_hook(i), with_kwargs=True))
         handles.append(blocks[i].register_forward_hook(collector.post_hook(i), with_kwargs=True))
     # Where the ids go: the embedding's execution device (its weight sits on meta when accelerate offloads it).
-    device = models.execution_device(spec.embeddings(model))
-    kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
-    training = [(m, m.training) for m in model.modules()]
     # dL/dh needs no parameter gradient: frozen parameters give the backward pass nothing to accumulate (no second
     # copy of the model in .grad) and stop it at the first captured block's input.
     requires_grad = [
@@ -416,27 +413,25 @@ def collect_block_statistics(
         # SmolLM2's at block 29 with T = 256). Scaling the loss by 2^⌈log2(T-1)⌉ makes it a per-token sum, exactly
         # undone in float64 when each g is added.
         collector.loss_scale = float(2 ** math.ceil(math.log2(max(windows.shape[1] - 1, 1))))
-    model.eval()
     try:
         for m, n, _ in requires_grad:
             m._parameters[n].requires_grad_(False)
-        for split, indices in (("train", train), ("heldout", heldout)):
-            collector.split = split
-            for start in range(0, len(indices), batch_size):
-                collector.batch = indices[start : start + batch_size]
-                ids = windows[collector.batch].to(device)
-                if gradients:
-                    with torch.enable_grad():
-                        loss = per_window_loss(_logits(model(ids, **kwargs)), ids)
-                        (loss * collector.loss_scale if collector.loss_scale != 1.0 else loss).backward()
-                else:
-                    with torch.no_grad():
-                        model(ids, **kwargs)
+        with models.plain_forwards(model) as forward:
+            for split, indices in (("train", train), ("heldout", heldout)):
+                collector.split = split
+                for start in range(0, len(indices), batch_size):
+                    collector.batch = indices[start : start + batch_size]
+                    ids = windows[collector.batch]
+                    if gradients:
+                        with torch.enable_grad():
+                            loss = per_window_loss(_logits(forward(ids)), ids)
+                            (loss * collector.loss_scale if collector.loss_scale != 1.0 else loss).backward()
+                    else:
+                        with torch.no_grad():
+                            forward(ids)
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training:
-            m.training = flag
         for m, n, flag in requires_grad:
             # Looked up again: accelerate's offload hooks replace a module's Parameter objects at every forward.
             m._parameters[n].requires_grad_(flag)

@@ -167,19 +167,13 @@ def find_massive_tokens(
         return hook
 
     handles = [blocks[i].register_forward_hook(hook_for(i), with_kwargs=True) for i in layer_ids]
-    device = models.execution_device(spec.embeddings(model))
-    kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
+        with models.plain_forwards(model) as forward, torch.no_grad():
             for start in range(0, windows.shape[0], batch_size):
-                model(windows[start : start + batch_size].to(device), **kwargs)
+                forward(windows[start : start + batch_size])
     finally:
         for h in handles:
             h.remove()
-        for m, flag in training:
-            m.training = flag
     inputs = {i: torch.cat(v) for i, v in norms.items()}
     outputs = {i: torch.cat(v) for i, v in output_norms.items()}
     medians = {i: float(v[:, 1:].median()) for i, v in inputs.items()}

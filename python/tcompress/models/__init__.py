@@ -22,6 +22,7 @@ from .calling import (
     cache_kwargs,
     decoder_layer_output,
 )
+from .forwards import plain_forwards
 from .load import ModelSource, load, pretrained_dtype_kwargs, resolve_dtype, resolve_model
 from .offload import execution_device, is_offloaded, materialized
 from .prefix_replay import PrefixReplay
@@ -57,6 +58,7 @@ __all__ = [
     "load",
     "materialized",
     "norm_parameters",
+    "plain_forwards",
     "pretrained_dtype_kwargs",
     "projection_weight",
     "resolve_dtype",

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .calling import block_input_hidden_states, decoder_layer_output
-from .offload import execution_device, is_offloaded
+from .forwards import plain_forwards
+from .offload import is_offloaded
 from .table import architecture, set_module
 
 
@@ -119,23 +120,18 @@ class PrefixReplay:
             blocks[0].register_forward_pre_hook(first, with_kwargs=True, prepend=True),
             blocks[self.layer].register_forward_pre_hook(last, with_kwargs=True, prepend=True),
         ]
-        device = execution_device(spec.embeddings(self.model))
-        kwargs = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
-        training = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
         try:
-            with torch.no_grad():  # not inference_mode: the recorded tensors may meet autograd later
+            # no_grad, not inference_mode: the recorded tensors may meet autograd later.
+            with plain_forwards(self.model) as forward, torch.no_grad():
                 for start in range(0, windows.shape[0], batch_size):
                     try:
-                        self.model(windows[start : start + batch_size].to(device), **kwargs)
+                        forward(windows[start : start + batch_size])
                     except _Stop:
                         pass
                     self.recorded[captured["key"]] = captured["hidden"]
         finally:
             for h in handles:
                 h.remove()
-            for m, flag in training:
-                m.training = flag
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
