@@ -86,6 +86,24 @@ def test_render_rewrites_report_from_results(stories_report, tmp_path):
     assert all((copy / name).is_file() for name in results["plots"].values())
 
 
+def test_the_readme_tables_come_from_a_run(stories_report, capsys):
+    """experiments/readme_tables.py prints every table of the README from a report folder."""
+    import runpy
+    from pathlib import Path
+
+    out, results = stories_report
+    script = Path(__file__).resolve().parents[2] / "experiments" / "readme_tables.py"
+    tables = runpy.run_path(str(script))
+    tables["main"]([str(out)])
+    printed = capsys.readouterr().out
+    for section in tables["SECTIONS"]:
+        assert f"### {section} — stories260K: `test`" in printed
+    assert "step missing" not in printed
+    baseline = results["steps"]["baseline"]["result"]["ppl"]
+    assert f"| stories260K | fp32 | {baseline:.4f} |" in printed
+    assert all(f"| {f['key']} | {f['title']} |" in printed for f in results["findings"])
+
+
 def test_render_of_a_folder_without_results_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json does not exist"):
         render(tmp_path)

@@ -162,7 +162,7 @@ def geometry(ctx: ReportContext) -> dict[str, Any]:
                 )
                 projections.append(result.to_dict())
                 ctx.log(
-                    f"  block {layer} input onto the top-{result.k} {basis_name} directions: perplexity "
+                    f"  block {layer} input ({positions}) onto the top-{result.k} {basis_name} directions: perplexity "
                     f"{result.ppl:.4f} (baseline {baseline:.4f})"
                 )
     for g in report.layers:
