@@ -41,9 +41,10 @@ def linearity(ctx: ReportContext) -> dict[str, Any]:
     stats = ctx.block_statistics()
     curve = block_linearity(stats, ridge=RIDGE)
     for block in curve.blocks:
-        r2 = block.r2["no_first"]
+        r2, first = block.r2[curve.default_positions], block.r2["no_first"]
         ctx.log(
-            f"  block {block.layer}: R² output {r2['output'].pooled:.4f}, residual update {r2['residual'].pooled:.4f}"
+            f"  block {block.layer} ({curve.default_positions}): R² output {r2['output'].pooled:.4f}, residual update "
+            f"{r2['residual'].pooled:.4f} (no_first: {first['output'].pooled:.4f}, {first['residual'].pooled:.4f})"
         )
     pairs = _conditional_pairs(ctx.num_blocks, ctx.budget.conditional_pairs)
     if not pairs:  # a one-block model has no upstream block to replace
