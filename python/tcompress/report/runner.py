@@ -391,6 +391,7 @@ def _run(
             entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             say(f"  FAILED: {entry['error']}")
         entry["seconds"] = time.perf_counter() - step_start
+        ctx.release_replay()  # a later step records its own prefix, if any
         if not STEPS_USING_BLOCK_STATISTICS.intersection(plan[index + 1 :]):
             ctx.release_block_statistics()  # 32·d²·L bytes (17 GB for Mistral-7B) no later step needs
         results["steps"][name] = entry
