@@ -124,4 +124,5 @@ PYBIND11_MODULE(_C, m) {
   tcompress_bindings::bind_cpu_qlinear_a8(m);
   tcompress_bindings::bind_cpu_linear_block(m);
   tcompress_bindings::bind_cpu_exit_gate(m);
+  tcompress_bindings::bind_cpu_decode(m);
 }

@@ -11,6 +11,7 @@ void bind_cpu_qlinear(pybind11::module_& m);
 void bind_cpu_qlinear_a8(pybind11::module_& m);
 void bind_cpu_linear_block(pybind11::module_& m);
 void bind_cpu_exit_gate(pybind11::module_& m);
+void bind_cpu_decode(pybind11::module_& m);
 
 // tcompress._cuda (cuda_*.cpp)
 void bind_cuda_quant(pybind11::module_& m);

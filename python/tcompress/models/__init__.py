@@ -5,6 +5,7 @@
 - :func:`load`: a causal LM and its tokenizer from a hub id, a directory, a ``.gguf`` file, or the named real models
   ``"smollm2-135m"`` and ``"stories260k"``;
 - :func:`set_module`: replace a submodule by its qualified name (offload-aware);
+- :func:`decoder_layout`: a Llama-family decoder's parts as the native decode step reads them;
 - :class:`PrefixReplay`: evaluate a model changed only from block l on without running blocks 0..l-1 again;
 - :mod:`tcompress.models.calling`: what decoder layers take and return across transformers releases;
 - :func:`materialized`, :func:`execution_device`, :func:`is_offloaded`: models that accelerate dispatched with
@@ -22,6 +23,7 @@ from .calling import (
     cache_kwargs,
     decoder_layer_output,
 )
+from .decoder_layout import DecoderLayout, UnsupportedDecoder, cached_keys_values, decoder_layout
 from .forwards import plain_forwards
 from .load import ModelSource, load, pretrained_dtype_kwargs, resolve_dtype, resolve_model
 from .offload import execution_device, is_offloaded, materialized
@@ -41,8 +43,10 @@ __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
     "BlockStepper",
+    "DecoderLayout",
     "ModelSource",
     "PrefixReplay",
+    "UnsupportedDecoder",
     "advance_cache_",
     "architecture",
     "block_call_cache",
@@ -52,6 +56,8 @@ __all__ = [
     "block_outputs",
     "block_stepper",
     "cache_kwargs",
+    "cached_keys_values",
+    "decoder_layout",
     "decoder_layer_output",
     "execution_device",
     "is_offloaded",

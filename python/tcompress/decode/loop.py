@@ -7,9 +7,13 @@ softmax of the logits in float32 after temperature, top-k and top-p filtering in
 sampling the same tokens as ``model.generate(..., do_sample=True)`` with the same settings and the same global seed.
 An :class:`~tcompress.early_exit.EarlyExitLM` decodes through its own loop (blocks skipped per token).
 
-What it leaves out is what makes ``model.generate`` slower per token at batch 1: no logits-processor pipeline,
-stopping-criteria objects, attention-mask bookkeeping or per-step output objects. The kernels are those of the
-model's modules (``QuantLinear`` etc. on tcompress's packed kernels).
+Two runtimes run the forwards after the prompt's. ``"native"`` (:class:`~tcompress.decode.native.NativeDecoder`):
+one native call per token for a batch-1 Llama-family model whose projections are all QuantLinears (W8, W4, W4A8 ...),
+the prompt prefilled by the model's own forward. ``"modules"``: the model's own forward per token (any model: fp32,
+substituted blocks, online Hadamard, GPT-2, batches). ``"auto"`` takes the native one wherever it applies and says
+why not otherwise (:attr:`DecodeStats.runtime_note`). The modules loop leaves out what makes ``model.generate``
+slower per token at batch 1: no logits-processor pipeline, stopping-criteria objects, attention-mask bookkeeping or
+per-step output objects.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import time
 import torch
 from torch import nn
 
-from .early_exit import EarlyExitLM
-from .models.calling import cache_kwargs
+from ..early_exit import EarlyExitLM
+from ..models import UnsupportedDecoder, cache_kwargs
+from .native import NativeDecoder
+
+RUNTIMES = ("auto", "native", "modules")
 
 
 @dataclasses.dataclass
@@ -31,12 +38,16 @@ class DecodeStats:
 
     ``prefill_seconds`` covers the prompt's forward and the first new token; ``decode_seconds`` the forwards of the
     other new tokens (one each), which is what a decode speed divides by (as llama.cpp's "eval time" does).
+    ``runtime`` is the one that ran (``"native"``, ``"modules"`` or ``"early_exit"``); ``runtime_note`` why the
+    native one did not, when it did not.
     """
 
     prompt_tokens: int = 0
     new_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    runtime: str = ""
+    runtime_note: str = ""
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -48,8 +59,10 @@ class DecodeStats:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds else math.nan
 
 
-def _check(input_ids, max_new_tokens, temperature, top_k, top_p) -> None:
+def _check(input_ids, max_new_tokens, temperature, top_k, top_p, runtime) -> None:
     who = "tcompress.generate"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"{who}: runtime must be one of {', '.join(map(repr, RUNTIMES))}; got {runtime!r}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] < 1:
         what = f"shape {tuple(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"{who}: input_ids must be (batch, T) token ids with T >= 1; got {what}")
@@ -104,6 +117,7 @@ def generate(
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
     stats: DecodeStats | None = None,
+    runtime: str = "auto",
 ) -> torch.Tensor:
     """input_ids (batch, T) -> (batch, T + new) int64: the prompt followed by up to ``max_new_tokens`` tokens.
 
@@ -117,41 +131,72 @@ def generate(
         eos_token_id: stop when every row has produced it (rows that finished earlier continue with it).
         generator: the random generator of the sampling (default: torch's global one, as transformers uses).
         stats: a :class:`DecodeStats` to fill with the timings.
+        runtime: ``"auto"`` (default), ``"native"`` or ``"modules"`` (see the module).
 
     Raises:
         ValueError: input_ids not (batch, T) integer ids, max_new_tokens not a positive int, a bad sampling
-            setting.
+            setting or runtime.
+        UnsupportedDecoder: ``runtime="native"`` on a model the native step does not run (the message says why).
     """
-    _check(input_ids, max_new_tokens, temperature, top_k, top_p)
+    _check(input_ids, max_new_tokens, temperature, top_k, top_p, runtime)
+    stats = DecodeStats() if stats is None else stats
     if isinstance(model, EarlyExitLM):
         if top_p is not None:
             raise ValueError("tcompress.generate: an EarlyExitLM samples with temperature and top_k only; got top_p")
         start = time.perf_counter()
         result = model.generate(input_ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
                                 top_k=top_k, generator=generator, eos_token_id=eos_token_id)  # fmt: skip
-        if stats is not None:
-            stats.prompt_tokens, stats.new_tokens = input_ids.shape[1], result.tokens.shape[1] - input_ids.shape[1]
-            stats.decode_seconds = time.perf_counter() - start
+        stats.prompt_tokens, stats.new_tokens = input_ids.shape[1], result.tokens.shape[1] - input_ids.shape[1]
+        stats.decode_seconds = time.perf_counter() - start
+        stats.runtime, stats.runtime_note = "early_exit", "an EarlyExitLM decodes through its own loop"
         return result.tokens
     from transformers import DynamicCache
 
+    native = _native_decoder(model, input_ids, max_new_tokens, runtime, stats)
     choose = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     cache = DynamicCache(config=model.config)
     call = {**cache_kwargs(type(model).forward, cache), "use_cache": True}
     start = time.perf_counter()
     logits = model(input_ids, logits_to_keep=1, **call).logits[:, -1]
     tokens = [input_ids, next_tokens(logits, **choose)[:, None]]
+    if native is not None:
+        native.load_cache(cache, input_ids.shape[1])
+        del cache, call
     prefilled = time.perf_counter()
     finished = None if eos_token_id is None else tokens[-1][:, 0] == eos_token_id
     while len(tokens) - 1 < max_new_tokens and not (finished is not None and bool(finished.all())):
-        logits = model(tokens[-1], logits_to_keep=1, **call).logits[:, -1]
+        if native is not None:
+            logits = native.logits(int(tokens[-1]), input_ids.shape[1] + len(tokens) - 2)
+        else:
+            logits = model(tokens[-1], logits_to_keep=1, **call).logits[:, -1]
         token = next_tokens(logits, **choose)
         if finished is not None:
             token = token.masked_fill(finished, eos_token_id)
             finished |= token == eos_token_id
         tokens.append(token[:, None])
-    if stats is not None:
-        end = time.perf_counter()
-        stats.prompt_tokens, stats.new_tokens = input_ids.shape[1], len(tokens) - 1
-        stats.prefill_seconds, stats.decode_seconds = prefilled - start, end - prefilled
+    end = time.perf_counter()
+    stats.prompt_tokens, stats.new_tokens = input_ids.shape[1], len(tokens) - 1
+    stats.prefill_seconds, stats.decode_seconds = prefilled - start, end - prefilled
     return torch.cat(tokens, dim=1)
+
+
+def _native_decoder(model, input_ids, max_new_tokens, runtime, stats) -> NativeDecoder | None:
+    """The native decoder for this call, or None for the modules loop (``stats`` records which and why)."""
+    stats.runtime, stats.runtime_note = "modules", ""
+    if runtime == "modules":
+        stats.runtime_note = "asked for"
+        return None
+    try:
+        if input_ids.shape[0] != 1:
+            raise UnsupportedDecoder(f"the native step decodes one sequence; got a batch of {input_ids.shape[0]}")
+        window = getattr(model.config, "sliding_window", None) or 0
+        if window and getattr(model.config, "use_sliding_window", True) and input_ids.shape[1] >= window:
+            raise UnsupportedDecoder(f"the prompt ({input_ids.shape[1]} tokens) fills the sliding window ({window})")
+        decoder = NativeDecoder(model, input_ids.shape[1] + max_new_tokens)
+    except UnsupportedDecoder as exc:
+        if runtime == "native":
+            raise UnsupportedDecoder(f"tcompress.generate(runtime='native'): {exc}") from exc
+        stats.runtime_note = str(exc)
+        return None
+    stats.runtime = "native"
+    return decoder

@@ -1,0 +1,182 @@
+// tc_decode_step_cpu: one batch-1 decode step of a Llama-family decoder (see tcompress/decode.h). The projections
+// run on the qlinear kernels of the ISA in use; norms, rotary, attention and the SiLU gate are short loops here
+// (O(d) and O(heads * pos * head_dim) per step, against O(d * ffn) bytes of weights streamed by the projections).
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "tcompress/decode.h"
+#include "tcompress/qlinear.h"
+#include "tcompress/qlinear_a8.h"
+
+namespace {
+
+// Attention work (multiply-adds) below which one thread does all heads: a parallel region costs a few
+// microseconds, a head's scores over a short cache less.
+constexpr int64_t kParallelAttentionWork = 1 << 16;
+
+int run_linear(const tc_decode_linear& l, const float* x, float* y, int num_threads) {
+  if (l.act_bits != 0) {
+    return tc_qlinear_a8_cpu(x, TC_FLOAT32, 1, l.K, l.K, l.qweight, l.N, l.bits, l.scales, l.scale_dtype, l.zeros,
+                             l.group_size, l.act_bits, l.bias, l.bias_dtype, y, l.N, num_threads);
+  }
+  return tc_qlinear_cpu(x, TC_FLOAT32, 1, l.K, l.K, l.qweight, l.N, l.bits, l.scales, l.scale_dtype, l.zeros,
+                        l.group_size, l.bias, l.bias_dtype, y, l.N, num_threads);
+}
+
+// out = w * (x * rsqrt(mean(x^2) + eps)), accumulated in double so the mean does not depend on d's size.
+void rms_norm(const float* x, const float* w, float* out, int64_t d, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < d; ++i) sum += double(x[i]) * double(x[i]);
+  const float inv = 1.0f / std::sqrt(float(sum / double(d)) + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+// x (heads, hd) <- x * cos + rotate_half(x) * sin at one position.
+void rotary(float* x, int64_t heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * hd;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cos[i] - b * sin[i];
+      v[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+  }
+}
+
+// out (hd) = softmax(q . k[t] * scale over t in [first, last]) weighted sum of v[t]; scores: (max_len) scratch.
+void attend_one_head(const float* q, const float* keys, const float* values, int64_t first, int64_t last, int64_t hd,
+                     float scale, float* scores, float* out) {
+  float top = -INFINITY;
+  for (int64_t t = first; t <= last; ++t) {
+    const float* k = keys + t * hd;
+    float dot = 0.0f;
+    for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
+    scores[t] = dot * scale;
+    top = scores[t] > top ? scores[t] : top;
+  }
+  float total = 0.0f;
+  for (int64_t t = first; t <= last; ++t) {
+    scores[t] = std::exp(scores[t] - top);
+    total += scores[t];
+  }
+  const float inv = 1.0f / total;
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
+  for (int64_t t = first; t <= last; ++t) {
+    const float p = scores[t] * inv;
+    const float* v = values + t * hd;
+    for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
+  }
+}
+
+bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N) {
+  if (l.qweight == nullptr || l.scales == nullptr || l.K != K || l.N != N) return false;
+  if (l.bits != 4 && l.bits != 8) return false;
+  if (l.act_bits != 0 && l.act_bits != 8 && l.act_bits != 4) return false;
+  return l.group_size == 0 || (l.group_size > 0 && K % l.group_size == 0);
+}
+
+}  // namespace
+
+extern "C" int64_t tc_decode_scratch_floats(const tc_decode_model* m) {
+  const int64_t q = m->n_heads * m->head_dim, kv = m->n_kv_heads * m->head_dim;
+  // x, xn (d each); q, k, v; attention output (q); scores (n_heads, max_len); gate, up (ffn each).
+  return 2 * m->d + 2 * q + 2 * kv + m->n_heads * m->max_len + 2 * m->ffn;
+}
+
+extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
+  if (bad_layer != nullptr) *bad_layer = -1;
+  if (m == nullptr || m->layers == nullptr || m->embed == nullptr || m->rope_cos == nullptr ||
+      m->rope_sin == nullptr || m->final_norm == nullptr || m->scratch == nullptr) {
+    return TC_ERR_NULL_POINTER;
+  }
+  if (m->n_layers < 1 || m->d < 1 || m->n_heads < 1 || m->n_kv_heads < 1 || m->head_dim < 2 || m->head_dim % 2 ||
+      m->ffn < 1 || m->max_len < 1 || m->vocab < 1 || m->sliding_window < 0 || m->n_heads % m->n_kv_heads) {
+    return TC_ERR_BAD_SIZE;
+  }
+  if (!(m->eps >= 0.0f) || !std::isfinite(m->attn_scale)) return TC_ERR_BAD_ARGUMENT;
+  const int64_t d = m->d, q = m->n_heads * m->head_dim, kv = m->n_kv_heads * m->head_dim, f = m->ffn;
+  if (m->head != nullptr && !linear_ok(*m->head, d, m->vocab)) return TC_ERR_BAD_SIZE;
+  for (int64_t i = 0; i < m->n_layers; ++i) {
+    const tc_decode_layer& l = m->layers[i];
+    if (bad_layer != nullptr) *bad_layer = i;
+    if (l.attn_norm == nullptr || l.mlp_norm == nullptr || l.k_cache == nullptr || l.v_cache == nullptr) {
+      return TC_ERR_NULL_POINTER;
+    }
+    const bool qkv = m->qkv_fused ? linear_ok(l.q, d, q + 2 * kv)
+                                  : linear_ok(l.q, d, q) && linear_ok(l.k, d, kv) && linear_ok(l.v, d, kv);
+    const bool mlp = m->gate_up_fused ? linear_ok(l.gate, d, 2 * f) : linear_ok(l.gate, d, f) && linear_ok(l.up, d, f);
+    if (!qkv || !mlp || !linear_ok(l.o, q, d) || !linear_ok(l.down, f, d)) return TC_ERR_BAD_SIZE;
+  }
+  if (bad_layer != nullptr) *bad_layer = -1;
+  return TC_OK;
+}
+
+extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64_t pos, float* out,
+                                  int num_threads) {
+  if (m == nullptr || out == nullptr) return TC_ERR_NULL_POINTER;
+  if (token < 0 || token >= m->vocab || pos < 0 || pos >= m->max_len) return TC_ERR_BAD_ARGUMENT;
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int64_t d = m->d, hd = m->head_dim, heads = m->n_heads, kv_heads = m->n_kv_heads, len = m->max_len;
+  const int64_t group = heads / kv_heads, f = m->ffn;
+  float* x = m->scratch;
+  float* xn = x + d;
+  float* q = xn + d;  // q, k, v adjacent: a fused q/k/v projection writes all three at once
+  float* k = q + heads * hd;
+  float* v = k + kv_heads * hd;
+  float* att = v + kv_heads * hd;
+  float* scores = att + heads * hd;
+  float* gate = scores + heads * len;  // gate, up adjacent for the same reason
+  float* up = gate + f;
+  const float* cos = m->rope_cos + pos * hd;
+  const float* sin = m->rope_sin + pos * hd;
+  const int64_t first = m->sliding_window > 0 && pos >= m->sliding_window ? pos - m->sliding_window + 1 : 0;
+  const bool parallel = heads * (pos - first + 1) * hd * 2 >= kParallelAttentionWork && threads > 1;
+
+  std::memcpy(x, m->embed + token * d, sizeof(float) * d);
+  int st = TC_OK;
+  for (int64_t layer = 0; layer < m->n_layers && st == TC_OK; ++layer) {
+    const tc_decode_layer& l = m->layers[layer];
+    rms_norm(x, l.attn_norm, xn, d, m->eps);
+    if (m->qkv_fused) {
+      st = run_linear(l.q, xn, q, threads);
+    } else {
+      st = run_linear(l.q, xn, q, threads);
+      if (st == TC_OK) st = run_linear(l.k, xn, k, threads);
+      if (st == TC_OK) st = run_linear(l.v, xn, v, threads);
+    }
+    if (st != TC_OK) break;
+    rotary(q, heads, hd, cos, sin);
+    rotary(k, kv_heads, hd, cos, sin);
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      std::memcpy(l.k_cache + (h * len + pos) * hd, k + h * hd, sizeof(float) * hd);
+      std::memcpy(l.v_cache + (h * len + pos) * hd, v + h * hd, sizeof(float) * hd);
+    }
+#pragma omp parallel for num_threads(threads) if (parallel) schedule(static)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t c = (h / group) * len * hd;
+      attend_one_head(q + h * hd, l.k_cache + c, l.v_cache + c, first, pos, hd, m->attn_scale, scores + h * len,
+                      att + h * hd);
+    }
+    st = run_linear(l.o, att, xn, threads);
+    if (st != TC_OK) break;
+    for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
+    rms_norm(x, l.mlp_norm, xn, d, m->eps);
+    st = run_linear(l.gate, xn, gate, threads);
+    if (st == TC_OK && !m->gate_up_fused) st = run_linear(l.up, xn, up, threads);
+    if (st != TC_OK) break;
+    for (int64_t i = 0; i < f; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    st = run_linear(l.down, gate, xn, threads);
+    if (st != TC_OK) break;
+    for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
+  }
+  if (st != TC_OK) return st;
+  if (m->head == nullptr) {
+    rms_norm(x, m->final_norm, out, d, m->eps);
+    return TC_OK;
+  }
+  rms_norm(x, m->final_norm, xn, d, m->eps);
+  return run_linear(*m->head, xn, out, threads);
+}

@@ -1,0 +1,112 @@
+"""The native decode runtime: each new token of a Llama-family model whose projections are all
+:class:`~tcompress.nn.QuantLinear` runs in one native call (``csrc/cpu/decode_step.cpp``: every block, the final norm
+and, when it is packed too, the head), against a static KV cache.
+
+Why: at batch 1 a token costs ~7 projections per block, and through the modules every one of them pays Python,
+``nn.Module`` and transformers' attention bookkeeping on top of its kernel (bench/README.md: most of a SmolLM2
+decode step). One call per token leaves only the kernels and a few short loops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _native
+from ..models import UnsupportedDecoder, cached_keys_values, decoder_layout
+from ..nn import QuantLinear
+
+_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class NativeDecoder:
+    """Batch-1 decoding of one model on the native step, with a KV cache of ``max_len`` positions (fp32).
+
+    Holds every tensor whose address the native plan keeps (the model's own packed buffers are referenced, not
+    copied), so the model must not be changed while a decoder is alive. Cheap to build: pointers, the rotary
+    tables and the cache.
+
+    Raises:
+        UnsupportedDecoder: the model is not one the step computes (see :func:`tcompress.models.decoder_layout`), a
+            projection is not a plain QuantLinear (an ``nn.Linear``, an online Hadamard), the model is not fp32 on
+            the CPU, or the native module is missing. The message names the first such part.
+    """
+
+    def __init__(self, model: nn.Module, max_len: int):
+        layout = decoder_layout(model)
+        native = _native.cpu_native()
+        if native is None or not hasattr(native, "DecodePlan"):
+            raise UnsupportedDecoder("the tcompress._C module with the decode step is not available")
+        if layout.embed.device.type != "cpu" or layout.embed.dtype != torch.float32:
+            raise UnsupportedDecoder(
+                f"the native step runs fp32 models on the CPU; this one's embedding is {layout.embed.dtype} on "
+                f"{layout.embed.device}"
+            )
+        self._native, self._keep = native, []
+        dtype_codes = {torch.float32: native.FLOAT32, torch.float16: native.FLOAT16, torch.bfloat16: native.BFLOAT16}
+
+        def pointer(t: torch.Tensor) -> int:
+            t = t.detach().contiguous()
+            self._keep.append(t)
+            return t.data_ptr()
+
+        def vector(t: torch.Tensor, where: str) -> int:
+            if t.dtype != torch.float32 or t.device.type != "cpu":
+                raise UnsupportedDecoder(f"{where} is {t.dtype} on {t.device}; the native step reads fp32 on the CPU")
+            return pointer(t)
+
+        def packed(module: nn.Module, where: str) -> tuple:
+            if not isinstance(module, QuantLinear) or module.online_hadamard:
+                hadamard = isinstance(module, QuantLinear)
+                kind = "a QuantLinear with an online Hadamard" if hadamard else type(module).__name__
+                raise UnsupportedDecoder(f"{where} is {kind}; the native step runs plain packed projections only")
+            spec, bias = module.spec, module.bias
+            return (pointer(module.qweight), module.in_features, module.out_features, spec.bits,
+                    pointer(module.scales), dtype_codes[module.scales.dtype],
+                    0 if module.zeros is None else pointer(module.zeros), spec.group_size or 0,
+                    0 if bias is None else pointer(bias), dtype_codes[bias.dtype] if bias is not None else 0,
+                    module.act_bits or 0)  # fmt: skip
+
+        n_layers = len(layout.blocks)
+        cache_shape = (n_layers, layout.n_kv_heads, max_len, layout.head_dim)
+        self.keys, self.values = torch.zeros(cache_shape), torch.zeros(cache_shape)
+        layers = []
+        for i, block in enumerate(layout.blocks):
+            where = f"block {i}"
+            norms = (vector(block["attn_norm"], f"{where}'s attention norm"),
+                     vector(block["mlp_norm"], f"{where}'s MLP norm"))  # fmt: skip
+            projections = tuple(packed(block[role], f"{where}'s {role} projection") for role in _ROLES)
+            layers.append((*norms, *projections, self.keys[i].data_ptr(), self.values[i].data_ptr()))
+        head = layout.head
+        native_head = isinstance(head, QuantLinear) and not head.online_hadamard
+        cos, sin = layout.rotary_tables(max_len)
+        self._plan = native.DecodePlan(
+            layout.d, layout.n_heads, layout.n_kv_heads, layout.head_dim, layout.ffn, max_len, layout.vocab,
+            layout.sliding_window, layout.eps, layout.attn_scale, False, False, vector(layout.embed, "the embedding"),
+            pointer(cos), pointer(sin), vector(layout.final_norm, "the final norm"), layers,
+            packed(head, "the head") if native_head else None,
+        )  # fmt: skip
+        self.max_len, self.sliding_window = max_len, layout.sliding_window
+        self._head = None if native_head else head
+        self._out = torch.empty(1, self._plan.out_features)
+
+    def load_cache(self, cache, length: int) -> None:
+        """Copies the first ``length`` positions of a transformers cache of the same model (batch 1) into this
+        decoder's cache: the prompt's keys and values after a prefill through the model's own forward."""
+        if self.sliding_window and length >= self.sliding_window:
+            raise UnsupportedDecoder(
+                f"a prompt of {length} tokens fills the model's sliding window of {self.sliding_window}; the native "
+                "step takes over from a cache that still holds every position"
+            )
+        for i in range(self.keys.shape[0]):
+            keys, values = cached_keys_values(cache, i)
+            self.keys[i, :, :length] = keys[0, :, :length].to(torch.float32)
+            self.values[i, :, :length] = values[0, :, :length].to(torch.float32)
+
+    def logits(self, token: int, position: int) -> torch.Tensor:
+        """(1, vocab) fp32 logits after ``token`` at ``position`` (positions before it must be in the cache).
+
+        The tensor is overwritten by the next call when the head is native: use it before calling again.
+        """
+        self._plan.step(token, position, self._out.data_ptr(), torch.get_num_threads())
+        return self._out if self._head is None else self._head(self._out)

@@ -1,0 +1,168 @@
+"""The native decode step (csrc/cpu/decode_step.cpp through tcompress.decode.NativeDecoder): per-step logits equal to
+the model's own forward with a KV cache, the same tokens as transformers' generate, the runtime choice and why a model
+is refused, and the plan's own checks."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tcompress
+import torch
+from model_factories import tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2
+from tcompress.decode import NativeDecoder
+from tcompress.models import UnsupportedDecoder, cache_kwargs
+from tcompress.recipes import QuantizeConfig, RotateConfig, compress_
+
+W4 = QuantizeConfig(bits=4, group_size=4)  # 172, the tiny MLP width, is 4 · 43
+W8 = QuantizeConfig(bits=8, group_size=None)
+W4_ASYM = QuantizeConfig(bits=4, group_size=None, symmetric=False)
+W4A8 = QuantizeConfig(bits=4, group_size=None, act_bits=8)
+HEAD_INT8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True)
+
+
+def _compressed(factory, *configs, seed: int = 0):
+    model = factory(seed)
+    with torch.no_grad():  # peaked distributions, so that greedy ties between the two runtimes are impossible
+        model.get_output_embeddings().weight.mul_(4.0)
+    compress_(model, *configs)
+    return model
+
+
+def _module_logits(model, ids):
+    """(steps, vocab): the model's own forward, one token at a time after the first, with a DynamicCache."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    call = {**cache_kwargs(type(model).forward, cache), "use_cache": True}
+    out = [model(ids[:, :1], **call).logits[0, -1]]
+    for t in range(1, ids.shape[1]):
+        out.append(model(ids[:, t : t + 1], **call).logits[0, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "configs",
+    [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4, HEAD_INT8)],
+    ids=["w4g4", "w8", "w4-asym", "w4a8", "w4+int8-head"],
+)
+@torch.inference_mode()
+def test_each_step_gives_the_modules_logits(factory, configs):
+    model = _compressed(factory, *configs)
+    ids = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(5))
+    expected = _module_logits(model, ids)
+    decoder = NativeDecoder(model, max_len=12)
+    got = torch.stack([decoder.logits(int(t), p)[0].clone() for p, t in enumerate(ids[0])])
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 2e-5 * scale + 1e-5, float((got - expected).abs().max())
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2], ids=lambda f: f.__name__)
+def test_generate_native_equals_transformers_generate(factory):
+    model = _compressed(factory, W4, HEAD_INT8)
+    ids = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(6))
+    stats = tcompress.DecodeStats()
+    ours = tcompress.generate(model, ids, 20, stats=stats)
+    assert (stats.runtime, stats.runtime_note) == ("native", "")
+    with torch.inference_mode():
+        theirs = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(tcompress.generate(model, ids, 20, runtime="modules"), theirs)
+
+
+def test_sampling_native_equals_modules_with_the_same_seed():
+    model = _compressed(tiny_llama, W4)
+    ids = torch.randint(3, 500, (1, 4), generator=torch.Generator().manual_seed(3))
+    settings = dict(do_sample=True, temperature=0.9, top_k=40, top_p=0.95)
+    torch.manual_seed(11)
+    native = tcompress.generate(model, ids, 16, runtime="native", **settings)
+    torch.manual_seed(11)
+    assert torch.equal(native, tcompress.generate(model, ids, 16, runtime="modules", **settings))
+
+
+def test_sliding_window_attends_to_the_last_window_positions():
+    model = tiny_mistral()
+    model.config.sliding_window = 5
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(4.0)
+    compress_(model, W8)
+    ids = torch.randint(3, 500, (1, 14), generator=torch.Generator().manual_seed(8))
+    decoder = NativeDecoder(model, max_len=14)
+    assert decoder.sliding_window == 5
+    with torch.inference_mode():
+        expected = model(ids).logits[0]  # the full forward applies the window through its mask
+        got = torch.stack([decoder.logits(int(t), p)[0].clone() for p, t in enumerate(ids[0])])
+    assert (got - expected).abs().max() <= 2e-5 * expected.abs().max() + 1e-5
+    # A prompt that fills the window goes through the modules.
+    stats = tcompress.DecodeStats()
+    tcompress.generate(model, ids[:, :6], 3, stats=stats)
+    assert stats.runtime == "modules" and "fills the sliding window (5)" in stats.runtime_note
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: tiny_llama(), r"block 0's q projection is Linear; the native step runs plain packed projections"),
+        (lambda: _compressed(tiny_gpt2, W4), r"family 'gpt2': the native step runs llama, mistral, qwen2 only"),
+        (
+            lambda: _compressed(tiny_llama, RotateConfig(online_hadamard=True), W4A8),
+            r"block 0's down projection is a QuantLinear with an online Hadamard",
+        ),
+        (
+            lambda: _compressed(tiny_llama, W4).to(torch.bfloat16),
+            r"the native step runs fp32 models on the CPU; .* torch.bfloat16",
+        ),
+    ],
+    ids=["fp32", "gpt2", "online-hadamard", "bf16"],
+)
+def test_unsupported_models_decode_on_their_modules_and_say_why(make, reason):
+    model = make()
+    ids = torch.randint(3, 500, (1, 4))
+    stats = tcompress.DecodeStats()
+    out = tcompress.generate(model, ids, 3, stats=stats)
+    assert out.shape == (1, 7) and stats.runtime == "modules"
+    assert re.search(reason, stats.runtime_note), stats.runtime_note
+    with pytest.raises(UnsupportedDecoder, match=r"tcompress.generate\(runtime='native'\): " + reason):
+        tcompress.generate(model, ids, 3, runtime="native")
+
+
+def test_a_batch_decodes_on_the_modules():
+    model = _compressed(tiny_llama, W4)
+    stats = tcompress.DecodeStats()
+    tcompress.generate(model, torch.randint(3, 500, (2, 4)), 3, stats=stats)
+    assert stats.runtime == "modules" and "decodes one sequence; got a batch of 2" in stats.runtime_note
+
+
+def test_bad_runtime_is_a_clear_error():
+    with pytest.raises(ValueError, match="runtime must be one of 'auto', 'native', 'modules'; got 'fast'"):
+        tcompress.generate(tiny_llama(), torch.ones(1, 3, dtype=torch.int64), 2, runtime="fast")
+
+
+def test_step_refuses_positions_past_the_cache_and_tokens_outside_the_vocabulary():
+    decoder = NativeDecoder(_compressed(tiny_llama, W4), max_len=4)
+    with pytest.raises(ValueError, match=r"DecodePlan.step\(token=5, pos=4; vocab 512, max_len 4\): invalid argument"):
+        decoder.logits(5, 4)
+    with pytest.raises(ValueError, match=r"DecodePlan.step\(token=512, pos=0; vocab 512, max_len 4\)"):
+        decoder.logits(512, 0)
+
+
+def test_plan_checks_every_projection_shape_once():
+    from tcompress import _native
+
+    native = _native.cpu_native()
+    d, f = 8, 16
+    keep = [torch.zeros(n) for n in (64 * d, 4 * 4, 4 * 4, d, 128)]
+    embed, cos, sin, norm, cache = (t.data_ptr() for t in keep)
+    qw, scales = torch.zeros(64, 4, dtype=torch.uint8), torch.ones(64, 1)
+
+    def linear(k, n):
+        return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0)
+
+    good = (norm, norm, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
+            linear(f, d), cache, cache)  # fmt: skip
+    args = (d, 2, 1, 4, f, 4, 64, 0, 1e-6, 0.5, False, False, embed, cos, sin, norm)
+    native.DecodePlan(*args, [good, good], None)
+    bad = (*good[:6], linear(d, f + 1), *good[7:])
+    with pytest.raises(ValueError, match=r"DecodePlan\(layers=2, d=8, heads=2/1, .*\) at layer 1: unsupported size"):
+        native.DecodePlan(*args, [good, bad], None)
