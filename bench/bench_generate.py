@@ -1,6 +1,7 @@
 """Decode speed, batch 1, greedy, SmolLM2-135M, side by side in one run: ``tcompress.generate`` on the fp32 model and
-on W4 (group 32 and 64) with an int8 head, transformers' ``model.generate`` on the same models, and llama.cpp
-(``llama-cpp-python``, optional) on tcompress's own Q4_0 GGUF export of the model.
+on W4 (group 32 and 64) and W8 (per channel) with an int8 head, each on the native decode step and on the model's
+modules, transformers' ``model.generate`` on the same models, and llama.cpp (``llama-cpp-python``, optional) on
+tcompress's own Q4_0 GGUF export of the model.
 
     python -m pytest bench/bench_generate.py --benchmark-only -s
 
@@ -34,24 +35,28 @@ def smollm2():
         pytest.skip(f"SmolLM2-135M is not available: {exc}")
 
 
-def _quantized(model, group_size: int):
+def _quantized(model, bits: int, group_size: int | None):
     import copy
 
     from tcompress.recipes import QuantizeConfig, compress_
 
     q = copy.deepcopy(model)
-    compress_(q, QuantizeConfig(bits=4, group_size=group_size))
+    compress_(q, QuantizeConfig(bits=bits, group_size=group_size))
     compress_(q, QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True))
     return q
 
 
-def _tcompress_decode(model, ids):
-    """(decode tok/s, tokens) of tcompress.generate."""
+def _tcompress_decode(runtime: str):
+    """A decode function: (decode tok/s, tokens) of tcompress.generate on ``runtime``."""
     import tcompress
 
-    stats = tcompress.DecodeStats()
-    out = tcompress.generate(model, ids, NEW_TOKENS, stats=stats)
-    return stats.decode_tokens_per_second, out
+    def decode(model, ids):
+        stats = tcompress.DecodeStats()
+        out = tcompress.generate(model, ids, NEW_TOKENS, stats=stats, runtime=runtime)
+        assert runtime == "auto" or stats.runtime == runtime, stats.runtime_note
+        return stats.decode_tokens_per_second, out
+
+    return decode
 
 
 def _hf_decode(model, ids):
@@ -99,10 +104,17 @@ def _llama_cpp(model, tokenizer, tmp_path):
 def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
     model, tokenizer = smollm2
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    models = {"fp32": model, "W4 g32 + int8 head": _quantized(model, 32), "W4 g64 + int8 head": _quantized(model, 64)}
-    engines = []
+    models = {
+        "fp32": model,
+        "W4 g32 + int8 head": _quantized(model, 4, 32),
+        "W4 g64 + int8 head": _quantized(model, 4, 64),
+        "W8 + int8 head": _quantized(model, 8, None),
+    }
+    engines = [("tcompress.generate (modules), fp32", model, _tcompress_decode("modules"))]
+    for name, m in list(models.items())[1:]:
+        engines.append((f"tcompress.generate (native), {name}", m, _tcompress_decode("native")))
+        engines.append((f"tcompress.generate (modules), {name}", m, _tcompress_decode("modules")))
     for name, m in models.items():
-        engines.append((f"tcompress.generate, {name}", m, _tcompress_decode))
         engines.append((f"transformers generate, {name}", m, _hf_decode))
     llama = _llama_cpp(model, tokenizer, tmp_path)
     if llama is None:
@@ -116,8 +128,8 @@ def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
             speed, out = decode(m, ids)
             best[name] = max(best[name], speed)
             outputs[name] = out
-    benchmark.pedantic(lambda: _tcompress_decode(models["W4 g32 + int8 head"], ids), rounds=1, iterations=1)
-    reference = outputs["tcompress.generate, fp32"][0, ids.shape[1] :]
+    benchmark.pedantic(lambda: _tcompress_decode("native")(models["W4 g32 + int8 head"], ids), rounds=1, iterations=1)
+    reference = outputs["tcompress.generate (modules), fp32"][0, ids.shape[1] :]
     llama_speed = best.get("llama.cpp, tcompress Q4_0 export")
     for name, _, _ in engines:
         new = outputs[name][0, -NEW_TOKENS:]
@@ -129,4 +141,7 @@ def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
             decode_tok_per_s=best[name],
             vs_llama_cpp=best[name] / llama_speed if llama_speed else None,
             greedy_tokens_as_fp32=f"{int(differs[0, 0]) if len(differs) else NEW_TOKENS}/{NEW_TOKENS}",
+            same_tokens_as_modules=(
+                torch.equal(outputs[name], outputs[name.replace("native", "modules")]) if "(native)" in name else None
+            ),
         )

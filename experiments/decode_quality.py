@@ -1,6 +1,7 @@
 """What the decode recipe costs in perplexity: SmolLM2-135M on WikiText-2 raw test, fp32 vs W4 (group 32 and 64)
-with the head kept in fp32 or quantized to int8 per channel, and, when ``llama-cpp-python`` is importable,
-llama.cpp on tcompress's own Q4_0 GGUF export of the fp32 model, on exactly the same token windows.
+with the head kept in fp32 or quantized to int8 per channel, W8 per channel with an int8 head, and, when
+``llama-cpp-python`` is importable, llama.cpp on tcompress's own Q4_0 GGUF export of the fp32 model, on exactly the
+same token windows.
 
     TCOMPRESS_DATA_DIR=../shared python experiments/decode_quality.py            # 4,096 tokens (2 windows of 2,048)
     TCOMPRESS_DATA_DIR=../shared python experiments/decode_quality.py --tokens 16384
@@ -35,6 +36,9 @@ def _variants(model):
         yield f"W4 g{group}, fp32 head", w4
         compress_(w4, HEAD_INT8)
         yield f"W4 g{group}, int8 head", w4
+    w8 = copy.deepcopy(model)
+    compress_(w8, QuantizeConfig(bits=8, group_size=None), HEAD_INT8)
+    yield "W8 per channel, int8 head", w8
 
 
 def _llama_cpp_perplexity(model, tokenizer, windows: torch.Tensor) -> float | None:

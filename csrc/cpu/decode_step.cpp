@@ -16,13 +16,64 @@ namespace {
 // microseconds, a head's scores over a short cache less.
 constexpr int64_t kParallelAttentionWork = 1 << 16;
 
-int run_linear(const tc_decode_linear& l, const float* x, float* y, int num_threads) {
+// Below this many weights in a group of projections one thread runs them all: the fork and join of a parallel
+// region cost more than a second thread saves (the qlinear GEMV's own threshold, csrc/cpu/qlinear_gemv.h).
+constexpr int64_t kParallelMinWeights = int64_t(1) << 18;
+
+int64_t groups_of(const tc_decode_linear& l) { return l.group_size == 0 ? 1 : l.K / l.group_size; }
+
+// Rows [r0, r1) of one projection on one thread: the kernel called on that slice of the weights and the output.
+int run_rows(const tc_decode_linear& l, const float* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t g = groups_of(l), n = r1 - r0;
+  const uint8_t* qweight = l.qweight + r0 * (l.K * l.bits / 8);
+  const void* scales = static_cast<const char*>(l.scales) + r0 * g * tc_dtype_size(l.scale_dtype);
+  const uint8_t* zeros = l.zeros == nullptr ? nullptr : l.zeros + r0 * g;
+  const void* bias = l.bias == nullptr ? nullptr : static_cast<const char*>(l.bias) + r0 * tc_dtype_size(l.bias_dtype);
   if (l.act_bits != 0) {
-    return tc_qlinear_a8_cpu(x, TC_FLOAT32, 1, l.K, l.K, l.qweight, l.N, l.bits, l.scales, l.scale_dtype, l.zeros,
-                             l.group_size, l.act_bits, l.bias, l.bias_dtype, y, l.N, num_threads);
+    return tc_qlinear_a8_cpu(x, TC_FLOAT32, 1, l.K, l.K, qweight, n, l.bits, scales, l.scale_dtype, zeros,
+                             l.group_size, l.act_bits, bias, l.bias_dtype, y + r0, n, 1);
   }
-  return tc_qlinear_cpu(x, TC_FLOAT32, 1, l.K, l.K, l.qweight, l.N, l.bits, l.scales, l.scale_dtype, l.zeros,
-                        l.group_size, l.bias, l.bias_dtype, y, l.N, num_threads);
+  return tc_qlinear_cpu(x, TC_FLOAT32, 1, l.K, l.K, qweight, n, l.bits, scales, l.scale_dtype, zeros, l.group_size,
+                        bias, l.bias_dtype, y + r0, n, 1);
+}
+
+// ys[i] = x @ W_i^T (+ bias_i) for `count` projections reading the same x, in one parallel region: the rows of all
+// of them are split evenly over the threads (contiguous ranges), so small projections (k, v) share the threads
+// with the large ones and a block pays four fork/joins instead of seven. Each slice runs on the one-thread kernel.
+int run_linears(const tc_decode_linear* const* ls, float* const* ys, int count, const float* x, int num_threads) {
+  int64_t rows = 0, weights = 0;
+  for (int i = 0; i < count; ++i) {
+    rows += ls[i]->N;
+    weights += ls[i]->N * ls[i]->K;
+  }
+  int threads = weights < kParallelMinWeights ? 1 : num_threads;
+  if (threads > rows) threads = static_cast<int>(rows);
+  int status = TC_OK;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = rows * t / nt, end = rows * (t + 1) / nt;
+    int64_t offset = 0;
+    for (int i = 0; i < count; ++i) {
+      const int64_t r0 = begin > offset ? begin - offset : 0;
+      const int64_t r1 = end - offset < ls[i]->N ? end - offset : ls[i]->N;
+      if (r0 < r1) {
+        const int st = run_rows(*ls[i], x, ys[i], r0, r1);
+        if (st != TC_OK) {
+#pragma omp atomic write
+          status = st;
+        }
+      }
+      offset += ls[i]->N;
+    }
+  }
+  return status;
+}
+
+int run_linear(const tc_decode_linear& l, const float* x, float* y, int num_threads) {
+  const tc_decode_linear* ls[1] = {&l};
+  float* ys[1] = {y};
+  return run_linears(ls, ys, 1, x, num_threads);
 }
 
 // out = w * (x * rsqrt(mean(x^2) + eps)), accumulated in double so the mean does not depend on d's size.
@@ -140,12 +191,10 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
   for (int64_t layer = 0; layer < m->n_layers && st == TC_OK; ++layer) {
     const tc_decode_layer& l = m->layers[layer];
     rms_norm(x, l.attn_norm, xn, d, m->eps);
-    if (m->qkv_fused) {
-      st = run_linear(l.q, xn, q, threads);
-    } else {
-      st = run_linear(l.q, xn, q, threads);
-      if (st == TC_OK) st = run_linear(l.k, xn, k, threads);
-      if (st == TC_OK) st = run_linear(l.v, xn, v, threads);
+    {
+      const tc_decode_linear* qkv[3] = {&l.q, &l.k, &l.v};
+      float* out_qkv[3] = {q, k, v};
+      st = run_linears(qkv, out_qkv, m->qkv_fused ? 1 : 3, xn, threads);
     }
     if (st != TC_OK) break;
     rotary(q, heads, hd, cos, sin);
@@ -164,8 +213,11 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
     if (st != TC_OK) break;
     for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
     rms_norm(x, l.mlp_norm, xn, d, m->eps);
-    st = run_linear(l.gate, xn, gate, threads);
-    if (st == TC_OK && !m->gate_up_fused) st = run_linear(l.up, xn, up, threads);
+    {
+      const tc_decode_linear* gate_up[2] = {&l.gate, &l.up};
+      float* out_gate_up[2] = {gate, up};
+      st = run_linears(gate_up, out_gate_up, m->gate_up_fused ? 1 : 2, xn, threads);
+    }
     if (st != TC_OK) break;
     for (int64_t i = 0; i < f; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
     st = run_linear(l.down, gate, xn, threads);

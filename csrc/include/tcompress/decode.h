@@ -9,8 +9,9 @@
  * reads key/value head h / (n_heads / n_kv_heads)) with softmax(q k^T * attn_scale) over positions
  * max(0, pos - sliding_window + 1) .. pos (all of them when sliding_window == 0); SiLU(gate) * up.
  *
- * Projections q, k, v may be one fused linear (`qkv_fused`: rows q then k then v), gate and up likewise
- * (`gate_up_fused`: rows gate then up): one kernel call instead of three (two).
+ * Projections that read the same input (q, k, v; gate, up) run in one parallel region, their rows split evenly over
+ * the threads, each slice on the one-thread kernel: four fork/joins per block, and the small k and v share the
+ * threads. They may also be one fused linear (`qkv_fused`: rows q then k then v; `gate_up_fused`: gate then up).
  *
  * The caller owns every buffer; nothing is allocated here. Returns a tc_status. */
 #ifndef TCOMPRESS_DECODE_H
