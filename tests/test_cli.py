@@ -100,9 +100,12 @@ def test_generate_command_prints_the_text_and_the_decode_speed(stories260k_dir, 
     ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
     assert out.startswith(tokenizer.decode(tcompress.generate(model, ids, 8)[0]))
     assert re.search(r"\(as loaded, float32, \d+ threads\): prompt \d+ tokens in [0-9.]+ ms", out)
-    assert re.search(r"generated 8 tokens, decode [0-9.]+ tok/s", out)
+    assert re.search(r"generated 8 tokens, decode [0-9.]+ tok/s \(modules runtime: block 0's q projection is", out)
     assert cli.main([*argv, "--bits", "4", "--group-size", "none"]) == 0
-    assert "(W4 per-channel, int8 head, float32" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(W4 per-channel, int8 head, float32" in out and "tok/s (native runtime)" in out
+    assert cli.main([*argv, "--bits", "4", "--group-size", "none", "--runtime", "modules"]) == 0
+    assert "tok/s (modules runtime: asked for)" in capsys.readouterr().out
     folder = tmp_path / "w8"
     quantize = ["quantize", str(stories260k_dir), "--out", str(folder), "--bits", "8", "--group-size", "none"]
     assert cli.main(quantize) == 0

@@ -133,12 +133,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     stats = DecodeStats()
     out = generate(model, ids, args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, eos_token_id=None if args.ignore_eos else tokenizer.eos_token_id,
-                   stats=stats)  # fmt: skip
+                   stats=stats, runtime=args.runtime)  # fmt: skip
     print(tokenizer.decode(out[0]))
     print(
         f"\n{args.model} ({what}, {args.dtype}, {torch.get_num_threads()} threads): prompt {stats.prompt_tokens} "
         f"tokens in {stats.prefill_seconds * 1e3:.1f} ms ({stats.prefill_tokens_per_second:.1f} tok/s); "
-        f"generated {stats.new_tokens} tokens, decode {stats.decode_tokens_per_second:.1f} tok/s"
+        f"generated {stats.new_tokens} tokens, decode {stats.decode_tokens_per_second:.1f} tok/s "
+        f"({stats.runtime} runtime{': ' + stats.runtime_note if stats.runtime_note else ''})"
     )
     return 0
 
@@ -377,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int, help="seed of the sampling")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "native", "modules"),
+        default="auto",
+        help="native: one native call per token (packed Llama-family models); modules: the model's own forward; "
+        "auto (default): native where it applies",
+    )
     _add_dtype(p)
     p.set_defaults(func=_cmd_generate)
 
