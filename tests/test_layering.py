@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"_files"},
     "evaluate": {"data", "models"},
     "early_exit": {"models", "nn", "ops"},
-    "decode": {"_native", "models", "nn", "early_exit"},
+    "decode": {"_native", "hadamard", "models", "nn", "early_exit"},
     "analysis": {"models", "nn", "data", "evaluate", "early_exit"},
     "recipes": {"models", "nn", "hadamard", "analysis", "_files"},
 }

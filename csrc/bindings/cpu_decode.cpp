@@ -19,13 +19,16 @@ namespace tcompress_bindings {
 
 namespace {
 
-// (qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits); pointers as integers.
-using LinearArgs = std::tuple<uintptr_t, int64_t, int64_t, int, uintptr_t, int, uintptr_t, int64_t, uintptr_t, int, int>;
+// (qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, online_hadamard,
+// hadamard, hadamard_k, hadamard_scale); pointers as integers.
+using LinearArgs = std::tuple<uintptr_t, int64_t, int64_t, int, uintptr_t, int, uintptr_t, int64_t, uintptr_t, int, int,
+                              bool, uintptr_t, int64_t, double>;
 
 tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
   tc_decode_linear l{};
   if (!args) return l;
-  const auto& [qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits] = *args;
+  const auto& [qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, online,
+               hadamard, hadamard_k, hadamard_scale] = *args;
   l.qweight = reinterpret_cast<const uint8_t*>(qweight);
   l.K = K;
   l.N = N;
@@ -37,6 +40,10 @@ tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
   l.bias = reinterpret_cast<const void*>(bias);
   l.bias_dtype = bias_dtype;
   l.act_bits = act_bits;
+  l.online_hadamard = online ? 1 : 0;
+  l.hadamard = reinterpret_cast<const float*>(hadamard);
+  l.hadamard_k = hadamard_k;
+  l.hadamard_scale = float(hadamard_scale);
   return l;
 }
 

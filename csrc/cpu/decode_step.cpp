@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "tcompress/decode.h"
+#include "tcompress/hadamard.h"
 #include "tcompress/qlinear.h"
 #include "tcompress/qlinear_a8.h"
 
@@ -70,7 +71,15 @@ int run_linears(const tc_decode_linear* const* ls, float* const* ys, int count, 
   return status;
 }
 
-int run_linear(const tc_decode_linear& l, const float* x, float* y, int num_threads) {
+// y = x @ W^T (+ bias) for one projection; with an online Hadamard, x goes through the transform into `rotated`
+// (K floats of scratch) first.
+int run_linear(const tc_decode_linear& l, const float* x, float* y, float* rotated, int num_threads) {
+  if (l.online_hadamard) {
+    const int st = tc_hadamard_cpu(x, rotated, 1, l.K, l.K, l.K, TC_FLOAT32, l.hadamard, l.hadamard_k,
+                                   l.hadamard_scale, 1);
+    if (st != TC_OK) return st;
+    x = rotated;
+  }
   const tc_decode_linear* ls[1] = {&l};
   float* ys[1] = {y};
   return run_linears(ls, ys, 1, x, num_threads);
@@ -122,8 +131,12 @@ void attend_one_head(const float* q, const float* keys, const float* values, int
   }
 }
 
-bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N) {
+// shared_input: q/k/v and gate/up read one input together, so none of them may transform it on its own.
+bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N, bool shared_input = false) {
   if (l.qweight == nullptr || l.scales == nullptr || l.K != K || l.N != N) return false;
+  if (l.online_hadamard && (shared_input || l.hadamard_k < 1 || (l.hadamard_k > 1 && l.hadamard == nullptr))) {
+    return false;
+  }
   if (l.bits != 4 && l.bits != 8) return false;
   if (l.act_bits != 0 && l.act_bits != 8 && l.act_bits != 4) return false;
   return l.group_size == 0 || (l.group_size > 0 && K % l.group_size == 0);
@@ -133,8 +146,10 @@ bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N) {
 
 extern "C" int64_t tc_decode_scratch_floats(const tc_decode_model* m) {
   const int64_t q = m->n_heads * m->head_dim, kv = m->n_kv_heads * m->head_dim;
-  // x, xn (d each); q, k, v; attention output (q); scores (n_heads, max_len); gate, up (ffn each).
-  return 2 * m->d + 2 * q + 2 * kv + m->n_heads * m->max_len + 2 * m->ffn;
+  // x, xn (d each); q, k, v; attention output (q); scores (n_heads, max_len); gate, up (ffn each); the input of
+  // an online Hadamard (the widest projection input).
+  const int64_t widest = m->ffn > q ? (m->ffn > m->d ? m->ffn : m->d) : (q > m->d ? q : m->d);
+  return 2 * m->d + 2 * q + 2 * kv + m->n_heads * m->max_len + 2 * m->ffn + widest;
 }
 
 extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
@@ -156,9 +171,11 @@ extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
     if (l.attn_norm == nullptr || l.mlp_norm == nullptr || l.k_cache == nullptr || l.v_cache == nullptr) {
       return TC_ERR_NULL_POINTER;
     }
-    const bool qkv = m->qkv_fused ? linear_ok(l.q, d, q + 2 * kv)
-                                  : linear_ok(l.q, d, q) && linear_ok(l.k, d, kv) && linear_ok(l.v, d, kv);
-    const bool mlp = m->gate_up_fused ? linear_ok(l.gate, d, 2 * f) : linear_ok(l.gate, d, f) && linear_ok(l.up, d, f);
+    const bool qkv = m->qkv_fused ? linear_ok(l.q, d, q + 2 * kv, true)
+                                  : linear_ok(l.q, d, q, true) && linear_ok(l.k, d, kv, true) &&
+                                        linear_ok(l.v, d, kv, true);
+    const bool mlp = m->gate_up_fused ? linear_ok(l.gate, d, 2 * f, true)
+                                      : linear_ok(l.gate, d, f, true) && linear_ok(l.up, d, f, true);
     if (!qkv || !mlp || !linear_ok(l.o, q, d) || !linear_ok(l.down, f, d)) return TC_ERR_BAD_SIZE;
   }
   if (bad_layer != nullptr) *bad_layer = -1;
@@ -181,6 +198,7 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
   float* scores = att + heads * hd;
   float* gate = scores + heads * len;  // gate, up adjacent for the same reason
   float* up = gate + f;
+  float* rotated = up + f;
   const float* cos = m->rope_cos + pos * hd;
   const float* sin = m->rope_sin + pos * hd;
   const int64_t first = m->sliding_window > 0 && pos >= m->sliding_window ? pos - m->sliding_window + 1 : 0;
@@ -209,7 +227,7 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
       attend_one_head(q + h * hd, l.k_cache + c, l.v_cache + c, first, pos, hd, m->attn_scale, scores + h * len,
                       att + h * hd);
     }
-    st = run_linear(l.o, att, xn, threads);
+    st = run_linear(l.o, att, xn, rotated, threads);
     if (st != TC_OK) break;
     for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
     rms_norm(x, l.mlp_norm, xn, d, m->eps);
@@ -220,7 +238,7 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
     }
     if (st != TC_OK) break;
     for (int64_t i = 0; i < f; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    st = run_linear(l.down, gate, xn, threads);
+    st = run_linear(l.down, gate, xn, rotated, threads);
     if (st != TC_OK) break;
     for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
   }
@@ -230,5 +248,5 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
     return TC_OK;
   }
   rms_norm(x, m->final_norm, xn, d, m->eps);
-  return run_linear(*m->head, xn, out, threads);
+  return run_linear(*m->head, xn, out, rotated, threads);
 }

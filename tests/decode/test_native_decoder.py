@@ -18,6 +18,7 @@ W4 = QuantizeConfig(bits=4, group_size=4)  # 172, the tiny MLP width, is 4 · 43
 W8 = QuantizeConfig(bits=8, group_size=None)
 W4_ASYM = QuantizeConfig(bits=4, group_size=None, symmetric=False)
 W4A8 = QuantizeConfig(bits=4, group_size=None, act_bits=8)
+ROTATE_ONLINE = RotateConfig(online_hadamard=True)  # down's input transformed online (172 = 4 · 43: K = 172)
 HEAD_INT8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True)
 
 
@@ -44,8 +45,8 @@ def _module_logits(model, ids):
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2], ids=lambda f: f.__name__)
 @pytest.mark.parametrize(
     "configs",
-    [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4, HEAD_INT8)],
-    ids=["w4g4", "w8", "w4-asym", "w4a8", "w4+int8-head"],
+    [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4, HEAD_INT8), (ROTATE_ONLINE, W4)],
+    ids=["w4g4", "w8", "w4-asym", "w4a8", "w4+int8-head", "rotated-online-hadamard-w4"],
 )
 @torch.inference_mode()
 def test_each_step_gives_the_modules_logits(factory, configs):
@@ -103,18 +104,18 @@ def test_sliding_window_attends_to_the_last_window_positions():
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda: tiny_llama(), r"block 0's q projection is Linear; the native step runs plain packed projections"),
+        (tiny_llama, r"block 0's q projection is Linear; the native step runs packed projections \(QuantLinear\)"),
         (lambda: _compressed(tiny_gpt2, W4), r"family 'gpt2': the native step runs llama, mistral, qwen2 only"),
         (
-            lambda: _compressed(tiny_llama, RotateConfig(online_hadamard=True), W4A8),
-            r"block 0's down projection is a QuantLinear with an online Hadamard",
+            lambda: _with_online_hadamard_on_q(_compressed(tiny_llama, W4)),
+            r"block 1's q projection transforms an input it shares with other projections online",
         ),
         (
             lambda: _compressed(tiny_llama, W4).to(torch.bfloat16),
             r"the native step runs fp32 models on the CPU; .* torch.bfloat16",
         ),
     ],
-    ids=["fp32", "gpt2", "online-hadamard", "bf16"],
+    ids=["fp32", "gpt2", "online-hadamard-on-q", "bf16"],
 )
 def test_unsupported_models_decode_on_their_modules_and_say_why(make, reason):
     model = make()
@@ -125,6 +126,20 @@ def test_unsupported_models_decode_on_their_modules_and_say_why(make, reason):
     assert re.search(reason, stats.runtime_note), stats.runtime_note
     with pytest.raises(UnsupportedDecoder, match=r"tcompress.generate\(runtime='native'\): " + reason):
         tcompress.generate(model, ids, 3, runtime="native")
+
+
+def _with_online_hadamard_on_q(model):
+    model.model.layers[1].self_attn.q_proj.online_hadamard = True  # no recipe does this; the step must refuse it
+    return model
+
+
+def test_rotated_model_decodes_natively_with_the_modules_tokens():
+    model = _compressed(tiny_llama, ROTATE_ONLINE, W4, HEAD_INT8)
+    ids = torch.randint(3, 500, (1, 5), generator=torch.Generator().manual_seed(9))
+    stats = tcompress.DecodeStats()
+    native = tcompress.generate(model, ids, 16, stats=stats)
+    assert stats.runtime == "native"
+    assert torch.equal(native, tcompress.generate(model, ids, 16, runtime="modules"))
 
 
 def test_a_batch_decodes_on_the_modules():
@@ -157,7 +172,7 @@ def test_plan_checks_every_projection_shape_once():
     qw, scales = torch.zeros(64, 4, dtype=torch.uint8), torch.ones(64, 1)
 
     def linear(k, n):
-        return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0)
+        return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0, False, 0, 1, 1.0)
 
     good = (norm, norm, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
             linear(f, d), cache, cache)  # fmt: skip

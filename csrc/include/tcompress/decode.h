@@ -4,6 +4,8 @@
  *
  * Activations, norms, rotary tables and the KV cache are fp32; every projection is a packed int4/int8 weight in
  * the format of tcompress/qlinear.h, run by tc_qlinear_cpu (act_bits 0) or tc_qlinear_a8_cpu (act_bits 8 or 4).
+ * The projections that read their own input (o, down, the head) may transform it online first (tcompress/hadamard.h),
+ * as a rotated model's QuantLinear(online_hadamard=True) does.
  * The arithmetic follows transformers' modules: RMSNorm w * (x * rsqrt(mean(x^2) + eps)); rotary
  * x * cos + rotate_half(x) * sin with rotate_half = (-x[h/2:], x[:h/2]); grouped-query attention (query head h
  * reads key/value head h / (n_heads / n_kv_heads)) with softmax(q k^T * attn_scale) over positions
@@ -37,6 +39,10 @@ typedef struct tc_decode_linear {
   const void* bias;       /* NULL: none */
   int bias_dtype;
   int act_bits;           /* 0: fp32 activations; 8 or 4: per-token integer activations (tc_qlinear_a8_cpu) */
+  int online_hadamard;    /* 1: x goes through tc_hadamard_cpu(x, hadamard, hadamard_k, hadamard_scale) first */
+  const float* hadamard;  /* the hadamard_k x hadamard_k base matrix (NULL when hadamard_k == 1) */
+  int64_t hadamard_k;
+  float hadamard_scale;
 } tc_decode_linear;
 
 typedef struct tc_decode_layer {

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from .. import _native
+from ..hadamard import base_hadamard, factor_size
 from ..models import UnsupportedDecoder, cached_keys_values, decoder_layout
 from ..nn import QuantLinear
 
 _ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+_SHARED_INPUT = ("q", "k", "v", "gate", "up")  # read one normed input together (one parallel region)
 
 
 class NativeDecoder:
@@ -26,10 +28,13 @@ class NativeDecoder:
     copied), so the model must not be changed while a decoder is alive. Cheap to build: pointers, the rotary
     tables and the cache.
 
+    Projections may hold online Hadamard transforms (a rotated model) on the inputs of o, down and the head.
+
     Raises:
         UnsupportedDecoder: the model is not one the step computes (see :func:`tcompress.models.decoder_layout`), a
-            projection is not a plain QuantLinear (an ``nn.Linear``, an online Hadamard), the model is not fp32 on
-            the CPU, or the native module is missing. The message names the first such part.
+            block projection is not a QuantLinear (e.g. an ``nn.Linear``), an online Hadamard sits on an input that
+            q/k/v or gate/up share, the model is not fp32 on the CPU, or the native module is missing. The message
+            names the first such part.
     """
 
     def __init__(self, model: nn.Module, max_len: int):
@@ -55,17 +60,27 @@ class NativeDecoder:
                 raise UnsupportedDecoder(f"{where} is {t.dtype} on {t.device}; the native step reads fp32 on the CPU")
             return pointer(t)
 
-        def packed(module: nn.Module, where: str) -> tuple:
-            if not isinstance(module, QuantLinear) or module.online_hadamard:
-                hadamard = isinstance(module, QuantLinear)
-                kind = "a QuantLinear with an online Hadamard" if hadamard else type(module).__name__
-                raise UnsupportedDecoder(f"{where} is {kind}; the native step runs plain packed projections only")
+        def packed(module: nn.Module, where: str, shared_input: bool = False) -> tuple:
+            if not isinstance(module, QuantLinear):
+                raise UnsupportedDecoder(
+                    f"{where} is {type(module).__name__}; the native step runs packed projections (QuantLinear) only"
+                )
+            if module.online_hadamard and shared_input:
+                raise UnsupportedDecoder(
+                    f"{where} transforms an input it shares with other projections online (a Hadamard); the native "
+                    "step transforms only the inputs of o, down and the head"
+                )
             spec, bias = module.spec, module.bias
+            hadamard = (False, 0, 1, 1.0)
+            if module.online_hadamard:  # as QuantLinear.forward: ops.hadamard_transform(x), scale 1/sqrt(n)
+                k, _ = factor_size(module.in_features)
+                base = pointer(torch.from_numpy(base_hadamard(k).astype("float32"))) if k > 1 else 0
+                hadamard = (True, base, k, module.in_features**-0.5)
             return (pointer(module.qweight), module.in_features, module.out_features, spec.bits,
                     pointer(module.scales), dtype_codes[module.scales.dtype],
                     0 if module.zeros is None else pointer(module.zeros), spec.group_size or 0,
                     0 if bias is None else pointer(bias), dtype_codes[bias.dtype] if bias is not None else 0,
-                    module.act_bits or 0)  # fmt: skip
+                    module.act_bits or 0, *hadamard)  # fmt: skip
 
         n_layers = len(layout.blocks)
         cache_shape = (n_layers, layout.n_kv_heads, max_len, layout.head_dim)
@@ -75,10 +90,13 @@ class NativeDecoder:
             where = f"block {i}"
             norms = (vector(block["attn_norm"], f"{where}'s attention norm"),
                      vector(block["mlp_norm"], f"{where}'s MLP norm"))  # fmt: skip
-            projections = tuple(packed(block[role], f"{where}'s {role} projection") for role in _ROLES)
+            projections = tuple(
+                packed(block[role], f"{where}'s {role} projection", shared_input=role in _SHARED_INPUT)
+                for role in _ROLES
+            )
             layers.append((*norms, *projections, self.keys[i].data_ptr(), self.values[i].data_ptr()))
         head = layout.head
-        native_head = isinstance(head, QuantLinear) and not head.online_hadamard
+        native_head = isinstance(head, QuantLinear)
         cos, sin = layout.rotary_tables(max_len)
         self._plan = native.DecodePlan(
             layout.d, layout.n_heads, layout.n_kv_heads, layout.head_dim, layout.ffn, max_len, layout.vocab,
