@@ -181,3 +181,10 @@ def test_plan_checks_every_projection_shape_once():
     bad = (*good[:6], linear(d, f + 1), *good[7:])
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=2, d=8, heads=2/1, .*\) at layer 1: unsupported size"):
         native.DecodePlan(*args, [good, bad], None)
+
+
+def test_a_weight_off_the_cpu_is_refused_not_read():
+    model = _compressed(tiny_llama, W4)
+    model.model.layers[1].mlp.up_proj.to("meta")  # as accelerate's offload leaves a weight until a hook loads it
+    with pytest.raises(UnsupportedDecoder, match=r"a \(172, 32\) tensor of the model is on meta, not the CPU"):
+        NativeDecoder(model, max_len=4)

@@ -47,10 +47,12 @@ class NativeDecoder:
                 f"the native step runs fp32 models on the CPU; this one's embedding is {layout.embed.dtype} on "
                 f"{layout.embed.device}"
             )
-        self._native, self._keep = native, []
+        self._keep = []
         dtype_codes = {torch.float32: native.FLOAT32, torch.float16: native.FLOAT16, torch.bfloat16: native.BFLOAT16}
 
         def pointer(t: torch.Tensor) -> int:
+            if t.device.type != "cpu":  # e.g. an accelerate-offloaded weight on "meta" until a hook loads it
+                raise UnsupportedDecoder(f"a {tuple(t.shape)} tensor of the model is on {t.device}, not the CPU")
             t = t.detach().contiguous()
             self._keep.append(t)
             return t.data_ptr()
