@@ -47,8 +47,9 @@ tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
   return l;
 }
 
-// (attn_norm, mlp_norm, q, k, v, o, gate, up, down, k_cache, v_cache); k, v, up None when fused.
-using LayerArgs = std::tuple<uintptr_t, uintptr_t, std::optional<LinearArgs>, std::optional<LinearArgs>,
+// (attn_norm, mlp_norm, attn_norm_bias, mlp_norm_bias, q, k, v, o, gate, up, down, k_cache, v_cache); k, v None
+// when q/k/v are fused, up when gate/up are, gate for a GELU MLP; biases 0 for none.
+using LayerArgs = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, std::optional<LinearArgs>, std::optional<LinearArgs>,
                              std::optional<LinearArgs>, std::optional<LinearArgs>, std::optional<LinearArgs>,
                              std::optional<LinearArgs>, std::optional<LinearArgs>, uintptr_t, uintptr_t>;
 
@@ -56,21 +57,24 @@ class DecodePlan {
  public:
   DecodePlan(int64_t d, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t ffn, int64_t max_len,
              int64_t vocab, int64_t sliding_window, double eps, double attn_scale, bool qkv_fused, bool gate_up_fused,
-             uintptr_t embed, uintptr_t rope_cos, uintptr_t rope_sin, uintptr_t final_norm,
-             const std::vector<LayerArgs>& layers, const std::optional<LinearArgs>& head) {
+             int norm_type, int mlp_type, uintptr_t embed, uintptr_t pos_embed, uintptr_t rope_cos, uintptr_t rope_sin,
+             uintptr_t final_norm, uintptr_t final_norm_bias, const std::vector<LayerArgs>& layers,
+             const std::optional<LinearArgs>& head) {
     for (const auto& a : layers) {
       tc_decode_layer l{};
       l.attn_norm = reinterpret_cast<const float*>(std::get<0>(a));
       l.mlp_norm = reinterpret_cast<const float*>(std::get<1>(a));
-      l.q = to_linear(std::get<2>(a));
-      l.k = to_linear(std::get<3>(a));
-      l.v = to_linear(std::get<4>(a));
-      l.o = to_linear(std::get<5>(a));
-      l.gate = to_linear(std::get<6>(a));
-      l.up = to_linear(std::get<7>(a));
-      l.down = to_linear(std::get<8>(a));
-      l.k_cache = reinterpret_cast<float*>(std::get<9>(a));
-      l.v_cache = reinterpret_cast<float*>(std::get<10>(a));
+      l.attn_norm_bias = reinterpret_cast<const float*>(std::get<2>(a));
+      l.mlp_norm_bias = reinterpret_cast<const float*>(std::get<3>(a));
+      l.q = to_linear(std::get<4>(a));
+      l.k = to_linear(std::get<5>(a));
+      l.v = to_linear(std::get<6>(a));
+      l.o = to_linear(std::get<7>(a));
+      l.gate = to_linear(std::get<8>(a));
+      l.up = to_linear(std::get<9>(a));
+      l.down = to_linear(std::get<10>(a));
+      l.k_cache = reinterpret_cast<float*>(std::get<11>(a));
+      l.v_cache = reinterpret_cast<float*>(std::get<12>(a));
       layers_.push_back(l);
     }
     head_ = to_linear(head);
@@ -88,7 +92,11 @@ class DecodePlan {
     m_.attn_scale = float(attn_scale);
     m_.qkv_fused = qkv_fused;
     m_.gate_up_fused = gate_up_fused;
+    m_.norm_type = norm_type;
+    m_.mlp_type = mlp_type;
     m_.embed = reinterpret_cast<const float*>(embed);
+    m_.pos_embed = reinterpret_cast<const float*>(pos_embed);
+    m_.final_norm_bias = reinterpret_cast<const float*>(final_norm_bias);
     m_.rope_cos = reinterpret_cast<const float*>(rope_cos);
     m_.rope_sin = reinterpret_cast<const float*>(rope_sin);
     m_.final_norm = reinterpret_cast<const float*>(final_norm);
@@ -134,16 +142,22 @@ class DecodePlan {
 }  // namespace
 
 void bind_cpu_decode(pybind11::module_& m) {
+  m.attr("DECODE_RMSNORM") = int(TC_DECODE_RMSNORM);
+  m.attr("DECODE_LAYERNORM") = int(TC_DECODE_LAYERNORM);
+  m.attr("DECODE_MLP_SILU_GATED") = int(TC_DECODE_MLP_SILU_GATED);
+  m.attr("DECODE_MLP_GELU_TANH") = int(TC_DECODE_MLP_GELU_TANH);
+  m.attr("DECODE_MLP_GELU_ERF") = int(TC_DECODE_MLP_GELU_ERF);
   py::class_<DecodePlan>(m, "DecodePlan",
-                         "A Llama-family decoder described by pointers (see tcompress/decode.h); step() runs one "
+                         "A pre-norm decoder (Llama family, GPT-2) described by pointers (see tcompress/decode.h); step() runs one "
                          "batch-1 decode step. The caller keeps every tensor behind the pointers alive.")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, bool,
-                    bool, uintptr_t, uintptr_t, uintptr_t, uintptr_t, const std::vector<LayerArgs>&,
-                    const std::optional<LinearArgs>&>(),
+                    bool, int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
+                    const std::vector<LayerArgs>&, const std::optional<LinearArgs>&>(),
            py::arg("d"), py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("ffn"),
            py::arg("max_len"), py::arg("vocab"), py::arg("sliding_window"), py::arg("eps"), py::arg("attn_scale"),
-           py::arg("qkv_fused"), py::arg("gate_up_fused"), py::arg("embed"), py::arg("rope_cos"),
-           py::arg("rope_sin"), py::arg("final_norm"), py::arg("layers"), py::arg("head"))
+           py::arg("qkv_fused"), py::arg("gate_up_fused"), py::arg("norm_type"), py::arg("mlp_type"),
+           py::arg("embed"), py::arg("pos_embed"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("final_norm"),
+           py::arg("final_norm_bias"), py::arg("layers"), py::arg("head"))
       .def("step", &DecodePlan::step, py::arg("token"), py::arg("pos"), py::arg("out"), py::arg("num_threads"),
            "Runs position `pos` for `token`; writes logits (vocab) with a head, else the final hidden state (d). "
            "Releases the GIL.")

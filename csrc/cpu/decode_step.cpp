@@ -93,6 +93,38 @@ void rms_norm(const float* x, const float* w, float* out, int64_t d, float eps) 
   for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * inv);
 }
 
+// out = w * (x - mean) * rsqrt(var + eps) + b (biased variance; b may be NULL), in double for the moments.
+void layer_norm(const float* x, const float* w, const float* b, float* out, int64_t d, float eps) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < d; ++i) sum += x[i];
+  const double mean = sum / double(d);
+  double sq = 0.0;
+  for (int64_t i = 0; i < d; ++i) sq += (x[i] - mean) * (x[i] - mean);
+  const float inv = 1.0f / std::sqrt(float(sq / double(d)) + eps);
+  const float m = float(mean);
+  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * ((x[i] - m) * inv) + (b != nullptr ? b[i] : 0.0f);
+}
+
+void norm(const tc_decode_model* m, const float* x, const float* w, const float* b, float* out) {
+  if (m->norm_type == TC_DECODE_LAYERNORM) {
+    layer_norm(x, w, b, out, m->d, m->eps);
+  } else {
+    rms_norm(x, w, out, m->d, m->eps);
+  }
+}
+
+// h (n) <- the MLP's activation: SiLU(h) * up, or GELU(h).
+void activate(int mlp_type, float* h, const float* up, int64_t n) {
+  if (mlp_type == TC_DECODE_MLP_SILU_GATED) {
+    for (int64_t i = 0; i < n; ++i) h[i] = h[i] / (1.0f + std::exp(-h[i])) * up[i];
+  } else if (mlp_type == TC_DECODE_MLP_GELU_TANH) {
+    const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+    for (int64_t i = 0; i < n; ++i) h[i] = 0.5f * h[i] * (1.0f + std::tanh(c * (h[i] + 0.044715f * h[i] * h[i] * h[i])));
+  } else {
+    for (int64_t i = 0; i < n; ++i) h[i] = 0.5f * h[i] * (1.0f + std::erf(h[i] * 0.7071067811865476f));
+  }
+}
+
 // x (heads, hd) <- x * cos + rotate_half(x) * sin at one position.
 void rotary(float* x, int64_t heads, int64_t hd, const float* cos, const float* sin) {
   const int64_t half = hd / 2;
@@ -154,10 +186,13 @@ extern "C" int64_t tc_decode_scratch_floats(const tc_decode_model* m) {
 
 extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
   if (bad_layer != nullptr) *bad_layer = -1;
-  if (m == nullptr || m->layers == nullptr || m->embed == nullptr || m->rope_cos == nullptr ||
-      m->rope_sin == nullptr || m->final_norm == nullptr || m->scratch == nullptr) {
+  if (m == nullptr || m->layers == nullptr || m->embed == nullptr || m->final_norm == nullptr ||
+      m->scratch == nullptr || (m->rope_cos == nullptr) != (m->rope_sin == nullptr)) {
     return TC_ERR_NULL_POINTER;
   }
+  if (m->norm_type != TC_DECODE_RMSNORM && m->norm_type != TC_DECODE_LAYERNORM) return TC_ERR_BAD_ARGUMENT;
+  if (m->mlp_type < TC_DECODE_MLP_SILU_GATED || m->mlp_type > TC_DECODE_MLP_GELU_ERF) return TC_ERR_BAD_ARGUMENT;
+  const bool gated = m->mlp_type == TC_DECODE_MLP_SILU_GATED;
   if (m->n_layers < 1 || m->d < 1 || m->n_heads < 1 || m->n_kv_heads < 1 || m->head_dim < 2 || m->head_dim % 2 ||
       m->ffn < 1 || m->max_len < 1 || m->vocab < 1 || m->sliding_window < 0 || m->n_heads % m->n_kv_heads) {
     return TC_ERR_BAD_SIZE;
@@ -174,8 +209,9 @@ extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
     const bool qkv = m->qkv_fused ? linear_ok(l.q, d, q + 2 * kv, true)
                                   : linear_ok(l.q, d, q, true) && linear_ok(l.k, d, kv, true) &&
                                         linear_ok(l.v, d, kv, true);
-    const bool mlp = m->gate_up_fused ? linear_ok(l.gate, d, 2 * f, true)
-                                      : linear_ok(l.gate, d, f, true) && linear_ok(l.up, d, f, true);
+    const bool mlp = !gated                ? linear_ok(l.up, d, f)
+                     : m->gate_up_fused ? linear_ok(l.gate, d, 2 * f, true)
+                                        : linear_ok(l.gate, d, f, true) && linear_ok(l.up, d, f, true);
     if (!qkv || !mlp || !linear_ok(l.o, q, d) || !linear_ok(l.down, f, d)) return TC_ERR_BAD_SIZE;
   }
   if (bad_layer != nullptr) *bad_layer = -1;
@@ -199,24 +235,30 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
   float* gate = scores + heads * len;  // gate, up adjacent for the same reason
   float* up = gate + f;
   float* rotated = up + f;
-  const float* cos = m->rope_cos + pos * hd;
-  const float* sin = m->rope_sin + pos * hd;
+  const bool rotate = m->rope_cos != nullptr;
+  const float* cos = rotate ? m->rope_cos + pos * hd : nullptr;
+  const float* sin = rotate ? m->rope_sin + pos * hd : nullptr;
   const int64_t first = m->sliding_window > 0 && pos >= m->sliding_window ? pos - m->sliding_window + 1 : 0;
   const bool parallel = heads * (pos - first + 1) * hd * 2 >= kParallelAttentionWork && threads > 1;
 
   std::memcpy(x, m->embed + token * d, sizeof(float) * d);
+  if (m->pos_embed != nullptr) {
+    for (int64_t i = 0; i < d; ++i) x[i] += m->pos_embed[pos * d + i];
+  }
   int st = TC_OK;
   for (int64_t layer = 0; layer < m->n_layers && st == TC_OK; ++layer) {
     const tc_decode_layer& l = m->layers[layer];
-    rms_norm(x, l.attn_norm, xn, d, m->eps);
+    norm(m, x, l.attn_norm, l.attn_norm_bias, xn);
     {
       const tc_decode_linear* qkv[3] = {&l.q, &l.k, &l.v};
       float* out_qkv[3] = {q, k, v};
       st = run_linears(qkv, out_qkv, m->qkv_fused ? 1 : 3, xn, threads);
     }
     if (st != TC_OK) break;
-    rotary(q, heads, hd, cos, sin);
-    rotary(k, kv_heads, hd, cos, sin);
+    if (rotate) {
+      rotary(q, heads, hd, cos, sin);
+      rotary(k, kv_heads, hd, cos, sin);
+    }
     for (int64_t h = 0; h < kv_heads; ++h) {
       std::memcpy(l.k_cache + (h * len + pos) * hd, k + h * hd, sizeof(float) * hd);
       std::memcpy(l.v_cache + (h * len + pos) * hd, v + h * hd, sizeof(float) * hd);
@@ -230,23 +272,25 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
     st = run_linear(l.o, att, xn, rotated, threads);
     if (st != TC_OK) break;
     for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
-    rms_norm(x, l.mlp_norm, xn, d, m->eps);
-    {
+    norm(m, x, l.mlp_norm, l.mlp_norm_bias, xn);
+    if (m->mlp_type == TC_DECODE_MLP_SILU_GATED) {
       const tc_decode_linear* gate_up[2] = {&l.gate, &l.up};
       float* out_gate_up[2] = {gate, up};
       st = run_linears(gate_up, out_gate_up, m->gate_up_fused ? 1 : 2, xn, threads);
+    } else {  // a plain MLP: its one input projection writes the activation's buffer
+      st = run_linear(l.up, xn, gate, rotated, threads);
     }
     if (st != TC_OK) break;
-    for (int64_t i = 0; i < f; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    activate(m->mlp_type, gate, up, f);
     st = run_linear(l.down, gate, xn, rotated, threads);
     if (st != TC_OK) break;
     for (int64_t i = 0; i < d; ++i) x[i] += xn[i];
   }
   if (st != TC_OK) return st;
   if (m->head == nullptr) {
-    rms_norm(x, m->final_norm, out, d, m->eps);
+    norm(m, x, m->final_norm, m->final_norm_bias, out);
     return TC_OK;
   }
-  rms_norm(x, m->final_norm, xn, d, m->eps);
+  norm(m, x, m->final_norm, m->final_norm_bias, xn);
   return run_linear(*m->head, xn, out, rotated, threads);
 }

@@ -42,7 +42,7 @@ def _module_logits(model, ids):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2, tiny_gpt2], ids=lambda f: f.__name__)
 @pytest.mark.parametrize(
     "configs",
     [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4, HEAD_INT8), (ROTATE_ONLINE, W4)],
@@ -59,7 +59,7 @@ def test_each_step_gives_the_modules_logits(factory, configs):
     assert (got - expected).abs().max() <= 2e-5 * scale + 1e-5, float((got - expected).abs().max())
 
 
-@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2, tiny_gpt2], ids=lambda f: f.__name__)
 def test_generate_native_equals_transformers_generate(factory):
     model = _compressed(factory, W4, HEAD_INT8)
     ids = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(6))
@@ -105,7 +105,11 @@ def test_sliding_window_attends_to_the_last_window_positions():
     ("make", "reason"),
     [
         (tiny_llama, r"block 0's q projection is Linear; the native step runs packed projections \(QuantLinear\)"),
-        (lambda: _compressed(tiny_gpt2, W4), r"family 'gpt2': the native step runs llama, mistral, qwen2 only"),
+        (lambda: _gpt2_with(W4, activation_function="relu"), r"activation_function 'relu': the native step's GPT-2"),
+        (
+            lambda: _gpt2_with(W4, scale_attn_by_inverse_layer_idx=True),
+            r"the blocks scale attention differently \(\[0.125, 0.25\]\)",
+        ),
         (
             lambda: _with_online_hadamard_on_q(_compressed(tiny_llama, W4)),
             r"block 1's q projection transforms an input it shares with other projections online",
@@ -115,7 +119,7 @@ def test_sliding_window_attends_to_the_last_window_positions():
             r"the native step runs fp32 models on the CPU; .* torch.bfloat16",
         ),
     ],
-    ids=["fp32", "gpt2", "online-hadamard-on-q", "bf16"],
+    ids=["fp32", "gpt2-relu", "gpt2-scaled-per-layer", "online-hadamard-on-q", "bf16"],
 )
 def test_unsupported_models_decode_on_their_modules_and_say_why(make, reason):
     model = make()
@@ -126,6 +130,23 @@ def test_unsupported_models_decode_on_their_modules_and_say_why(make, reason):
     assert re.search(reason, stats.runtime_note), stats.runtime_note
     with pytest.raises(UnsupportedDecoder, match=r"tcompress.generate\(runtime='native'\): " + reason):
         tcompress.generate(model, ids, 3, runtime="native")
+
+
+def _gpt2_with(*configs, **settings):
+    from transformers import GPT2LMHeadModel
+
+    config = tiny_gpt2().config
+    for name, value in settings.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    compress_(model, *configs)
+    return model
+
+
+def test_gpt2_positions_beyond_the_learned_ones_are_refused():
+    with pytest.raises(UnsupportedDecoder, match="129 positions exceed the 128 the model's learned positions cover"):
+        NativeDecoder(_compressed(tiny_gpt2, W4), max_len=129)
 
 
 def _with_online_hadamard_on_q(model):
@@ -174,13 +195,16 @@ def test_plan_checks_every_projection_shape_once():
     def linear(k, n):
         return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0, False, 0, 1, 1.0)
 
-    good = (norm, norm, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
+    good = (norm, norm, 0, 0, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
             linear(f, d), cache, cache)  # fmt: skip
-    args = (d, 2, 1, 4, f, 4, 64, 0, 1e-6, 0.5, False, False, embed, cos, sin, norm)
+    silu = native.DECODE_MLP_SILU_GATED
+    args = (d, 2, 1, 4, f, 4, 64, 0, 1e-6, 0.5, False, False, native.DECODE_RMSNORM, silu, embed, 0, cos, sin, norm, 0)
     native.DecodePlan(*args, [good, good], None)
-    bad = (*good[:6], linear(d, f + 1), *good[7:])
+    bad = (*good[:8], linear(d, f + 1), *good[9:])
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=2, d=8, heads=2/1, .*\) at layer 1: unsupported size"):
         native.DecodePlan(*args, [good, bad], None)
+    with pytest.raises(ValueError, match=r"DecodePlan\(layers=1, .*\): invalid argument"):  # an unknown MLP kind
+        native.DecodePlan(*args[:13], 7, *args[14:], [good], None)
 
 
 def test_a_weight_off_the_cpu_is_refused_not_read():

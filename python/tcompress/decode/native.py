@@ -1,4 +1,4 @@
-"""The native decode runtime: each new token of a Llama-family model whose projections are all
+"""The native decode runtime: each new token of a Llama-family or GPT-2 model whose block projections are all
 :class:`~tcompress.nn.QuantLinear` runs in one native call (``csrc/cpu/decode_step.cpp``: every block, the final norm
 and, when it is packed too, the head), against a static KV cache.
 
@@ -17,8 +17,9 @@ from ..hadamard import base_hadamard, factor_size
 from ..models import UnsupportedDecoder, cached_keys_values, decoder_layout
 from ..nn import QuantLinear
 
-_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
-_SHARED_INPUT = ("q", "k", "v", "gate", "up")  # read one normed input together (one parallel region)
+# The step's projection slots; a slot a family does not have is None (GPT-2: q holds the fused qkv, no gate).
+_SLOTS = ("q", "k", "v", "o", "gate", "up", "down")
+_SHARED_INPUT = ("q", "k", "v", "qkv", "gate", "up")  # read one normed input together (one parallel region)
 
 
 class NativeDecoder:
@@ -84,6 +85,23 @@ class NativeDecoder:
                     0 if bias is None else pointer(bias), dtype_codes[bias.dtype] if bias is not None else 0,
                     module.act_bits or 0, *hadamard)  # fmt: skip
 
+        if layout.max_positions is not None and layout.positions is not None and max_len > layout.max_positions:
+            raise UnsupportedDecoder(
+                f"{max_len} positions exceed the {layout.max_positions} the model's learned positions cover"
+            )
+        fused_qkv = "qkv" in layout.blocks[0]
+        gated = layout.mlp == "silu_gated"
+        shared = {"up": gated}  # a plain MLP's up reads its norm's output alone
+
+        def slot(block: dict, role: str, where: str):
+            source = "qkv" if role == "q" and fused_qkv else role
+            if source not in block or (role == "gate" and not gated):
+                return None
+            return packed(block[source], f"{where}'s {source} projection", shared.get(source, source in _SHARED_INPUT))
+
+        def optional(t: torch.Tensor | None, where: str) -> int:
+            return 0 if t is None else vector(t, where)
+
         n_layers = len(layout.blocks)
         cache_shape = (n_layers, layout.n_kv_heads, max_len, layout.head_dim)
         self.keys, self.values = torch.zeros(cache_shape), torch.zeros(cache_shape)
@@ -91,20 +109,24 @@ class NativeDecoder:
         for i, block in enumerate(layout.blocks):
             where = f"block {i}"
             norms = (vector(block["attn_norm"], f"{where}'s attention norm"),
-                     vector(block["mlp_norm"], f"{where}'s MLP norm"))  # fmt: skip
-            projections = tuple(
-                packed(block[role], f"{where}'s {role} projection", shared_input=role in _SHARED_INPUT)
-                for role in _ROLES
-            )
+                     vector(block["mlp_norm"], f"{where}'s MLP norm"),
+                     optional(block["attn_norm_bias"], f"{where}'s attention norm bias"),
+                     optional(block["mlp_norm_bias"], f"{where}'s MLP norm bias"))  # fmt: skip
+            projections = tuple(slot(block, role, where) for role in _SLOTS)
             layers.append((*norms, *projections, self.keys[i].data_ptr(), self.values[i].data_ptr()))
         head = layout.head
         native_head = isinstance(head, QuantLinear)
-        cos, sin = layout.rotary_tables(max_len)
+        tables = layout.rotary_tables(max_len)
+        cos, sin = (0, 0) if tables is None else (pointer(tables[0]), pointer(tables[1]))
+        norm_type = native.DECODE_LAYERNORM if layout.norm == "layernorm" else native.DECODE_RMSNORM
+        mlp_type = {"silu_gated": native.DECODE_MLP_SILU_GATED, "gelu_tanh": native.DECODE_MLP_GELU_TANH,
+                    "gelu_erf": native.DECODE_MLP_GELU_ERF}[layout.mlp]  # fmt: skip
         self._plan = native.DecodePlan(
             layout.d, layout.n_heads, layout.n_kv_heads, layout.head_dim, layout.ffn, max_len, layout.vocab,
-            layout.sliding_window, layout.eps, layout.attn_scale, False, False, vector(layout.embed, "the embedding"),
-            pointer(cos), pointer(sin), vector(layout.final_norm, "the final norm"), layers,
-            packed(head, "the head") if native_head else None,
+            layout.sliding_window, layout.eps, layout.attn_scale, fused_qkv, False, norm_type, mlp_type,
+            vector(layout.embed, "the embedding"), optional(layout.positions, "the position embedding"), cos, sin,
+            vector(layout.final_norm, "the final norm"), optional(layout.final_norm_bias, "the final norm bias"),
+            layers, packed(head, "the head") if native_head else None,
         )  # fmt: skip
         self.max_len, self.sliding_window = max_len, layout.sliding_window
         self._head = None if native_head else head

@@ -1,8 +1,9 @@
-"""What a native batch-1 decode step reads from a Llama-family model: its geometry, its modules by role, its rotary
+"""What a native batch-1 decode step reads from a model: its geometry, its modules by role, its norms, its rotary
 tables and its KV cache, or why it cannot have one.
 
-The step (``csrc/cpu/decode_step.cpp``) reimplements transformers' Llama decoder layer (RMSNorm, q/k/v, rotary,
-grouped-query attention with an optional sliding window, o, RMSNorm, SiLU-gated MLP); :func:`decoder_layout` accepts
+The step (``csrc/cpu/decode_step.cpp``) reimplements transformers' pre-norm decoder layers: Llama / Mistral / Qwen2
+(RMSNorm, q/k/v, rotary, grouped-query attention with an optional sliding window, o, SiLU-gated MLP) and GPT-2
+(LayerNorm with bias, learned positions, fused q/k/v, multi-head attention, GELU MLP). :func:`decoder_layout` accepts
 a model only where that is what its modules compute, and names the first thing that differs otherwise.
 """
 
@@ -13,9 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .table import architecture, norm_parameters
+from .table import architecture, context_length, norm_parameters
 
-_STEP_FAMILIES = ("llama", "mistral", "qwen2")
+_STEP_FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+
+# transformers' activation names -> the step's MLP kinds (gelu_new, gelu_fast and the pytorch tanh GELU are the same
+# tanh approximation).
+_GELU = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf"}
 
 
 class UnsupportedDecoder(ValueError):
@@ -24,15 +29,19 @@ class UnsupportedDecoder(ValueError):
 
 @dataclass
 class DecoderLayout:
-    """A Llama-family decoder's parts (the model's own modules and tensors, not copies) and geometry.
+    """A decoder's parts (the model's own modules and tensors, not copies) and geometry.
 
     Attributes:
         d, n_heads, n_kv_heads, head_dim, ffn, vocab: sizes; ``n_heads % n_kv_heads == 0``.
-        eps: the RMSNorms' epsilon. attn_scale: the factor of q k^T. sliding_window: 0 for full attention.
-        embed: (vocab, d) token embedding weight. final_norm: (d,) scale of the norm after the last block.
-        blocks: per block, ``{"attn_norm": (d,), "mlp_norm": (d,), "q" ... "down": the projection modules}``.
+        eps: the norms' epsilon. attn_scale: the factor of q k^T. sliding_window: 0 for full attention.
+        norm: ``"rmsnorm"`` or ``"layernorm"``. mlp: ``"silu_gated"``, ``"gelu_tanh"`` or ``"gelu_erf"``.
+        embed: (vocab, d) token embedding weight. positions: (n_positions, d) learned positions, or None.
+        final_norm, final_norm_bias: (d,) scale and bias (None) of the norm after the last block.
+        blocks: per block, ``{"attn_norm", "mlp_norm": (d,), "attn_norm_bias", "mlp_norm_bias": (d,) or None,
+            and the projection modules by role}``: ``q k v o gate up down``, or ``qkv o up down`` for GPT-2.
         head: the output projection module.
-        rotary: the model's rotary embedding module (see :meth:`rotary_tables`).
+        rotary: the model's rotary embedding module (see :meth:`rotary_tables`), or None (learned positions).
+        max_positions: the longest sequence the positions cover, or None when the config does not say.
     """
 
     d: int
@@ -44,15 +53,23 @@ class DecoderLayout:
     eps: float
     attn_scale: float
     sliding_window: int
+    norm: str
+    mlp: str
     embed: torch.Tensor
+    positions: torch.Tensor | None
     final_norm: torch.Tensor
+    final_norm_bias: torch.Tensor | None
     blocks: list[dict]
     head: nn.Module
-    rotary: nn.Module
+    rotary: nn.Module | None
+    max_positions: int | None
 
-    def rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(cos, sin), each (length, head_dim) fp32 contiguous: the values the model's attention multiplies by at
-        positions 0 .. length - 1 (scaling variants included, as its rotary module computes them)."""
+        positions 0 .. length - 1 (scaling variants included, as its rotary module computes them); None without
+        rotary positions."""
+        if self.rotary is None:
+            return None
         positions = torch.arange(length, device=self.embed.device)[None]
         probe = torch.zeros(1, dtype=torch.float32, device=self.embed.device)
         cos, sin = self.rotary(probe, positions)
@@ -65,85 +82,110 @@ class DecoderLayout:
         return cos, sin
 
 
-def _scale(norm: nn.Module, d: int, where: str, eps: set) -> torch.Tensor:
-    """(d,) the RMSNorm's scale (ones for a scale-free norm); adds its epsilon to ``eps``."""
+def _norm(norm: nn.Module, d: int, where: str, kinds: set, eps: set) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((d,) scale, (d,) bias or None) of a norm (ones for a scale-free RMSNorm); adds its kind (``"layernorm"``
+    or ``"rmsnorm"``: a rotated GPT-2 keeps scale-free RMSNorms in place of its LayerNorms) to ``kinds`` and its
+    epsilon to ``eps``."""
     try:
         weight, bias, epsilon = norm_parameters(norm)
     except TypeError as exc:
-        raise UnsupportedDecoder(f"{where} is a {type(norm).__name__}, not an RMSNorm") from exc
-    if bias is not None:
+        raise UnsupportedDecoder(f"{where} is a {type(norm).__name__}, not a norm the native step runs") from exc
+    kind = "layernorm" if isinstance(norm, nn.LayerNorm) else "rmsnorm"
+    if kind == "rmsnorm" and bias is not None:
         raise UnsupportedDecoder(f"{where} has a bias; the native step's RMSNorm has none")
+    kinds.add(kind)
     eps.add(epsilon)
-    return torch.ones(d, device=_norm_device(norm)) if weight is None else weight.detach()
+    if weight is None:
+        held = next(iter(norm.buffers()), None)
+        weight = torch.ones(d, device=held.device if held is not None else "cpu")
+    return weight.detach(), None if bias is None else bias.detach()
 
 
-def _norm_device(norm: nn.Module) -> torch.device:
-    held = next(iter(norm.buffers()), None) or next(iter(norm.parameters()), None)
-    return torch.device("cpu") if held is None else held.device
+def _mlp_kind(config) -> str:
+    if hasattr(config, "activation_function"):  # GPT-2
+        kind = _GELU.get(config.activation_function)
+        if kind is None:
+            raise UnsupportedDecoder(
+                f"activation_function {config.activation_function!r}: the native step's GPT-2 MLP runs "
+                f"{', '.join(_GELU)}"
+            )
+        return kind
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise UnsupportedDecoder(f"hidden_act {config.hidden_act!r}: the native step's Llama MLP is SiLU-gated")
+    return "silu_gated"
 
 
 def decoder_layout(model: nn.Module) -> DecoderLayout:
-    """The :class:`DecoderLayout` of a Llama/Mistral/Qwen2 causal LM.
+    """The :class:`DecoderLayout` of a Llama/Mistral/Qwen2 or GPT-2 causal LM.
 
     Raises:
-        UnsupportedDecoder: another family, an activation other than SiLU, per-head q/k norms, a block whose
-            attention or MLP was replaced (a substituted block), or a norm that is no RMSNorm.
+        UnsupportedDecoder: an activation the step does not run, per-head q/k norms, attention scaled per layer
+            (GPT-2's ``scale_attn_by_inverse_layer_idx``), a block whose attention or MLP was replaced (a substituted
+            block), a norm of another kind, or norms with different epsilons.
         ValueError: the model is of no supported family at all (from :func:`architecture`).
     """
     spec = architecture(model)
     if spec.family not in _STEP_FAMILIES:
         raise UnsupportedDecoder(f"family {spec.family!r}: the native step runs {', '.join(_STEP_FAMILIES)} only")
     config = model.config
-    if getattr(config, "hidden_act", "silu") != "silu":
-        raise UnsupportedDecoder(f"hidden_act {config.hidden_act!r}: the native step's MLP is SiLU-gated")
+    mlp = _mlp_kind(config)
+    attn_path = "attn" if spec.family == "gpt2" else "self_attn"
     embed = spec.embeddings(model).weight.detach()
     vocab, d = embed.shape
-    blocks, eps = [], set()
+    blocks, kinds, eps, scales = [], set(), set(), set()
     for i, block in enumerate(spec.blocks(model)):
         where = f"block {i}"
         try:
-            attn = block.get_submodule("self_attn")
+            attn = block.get_submodule(attn_path)
             projections = spec.projections(block)
             norms = spec.block_norms(block)
         except AttributeError as exc:
             raise UnsupportedDecoder(f"{where} is a {type(block).__name__} without the decoder layer's parts") from exc
         if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
             raise UnsupportedDecoder(f"{where} normalizes q and k per head; the native step does not")
-        blocks.append(
-            {
-                "attn_norm": _scale(norms["attn"], d, f"{where}'s attention norm", eps),
-                "mlp_norm": _scale(norms["mlp"], d, f"{where}'s MLP norm", eps),
-                **projections,
-            }
-        )
-    first_attn = spec.blocks(model)[0].get_submodule("self_attn")
-    head_dim = int(getattr(first_attn, "head_dim", d // config.num_attention_heads))
+        scales.add(float(getattr(attn, "scaling", attn.head_dim**-0.5)))
+        attn_norm, attn_bias = _norm(norms["attn"], d, f"{where}'s attention norm", kinds, eps)
+        mlp_norm, mlp_bias = _norm(norms["mlp"], d, f"{where}'s MLP norm", kinds, eps)
+        blocks.append(dict(attn_norm=attn_norm, attn_norm_bias=attn_bias, mlp_norm=mlp_norm, mlp_norm_bias=mlp_bias,
+                           **projections))  # fmt: skip
+    if len(scales) != 1:
+        raise UnsupportedDecoder(f"the blocks scale attention differently ({sorted(scales)}); the native step uses one")
+    final_norm, final_bias = _norm(spec.final_norm(model), d, "the final norm", kinds, eps)
+    if len(kinds) != 1:
+        raise UnsupportedDecoder(f"the model mixes norm kinds ({', '.join(sorted(kinds))}); the native step runs one")
+    if len(eps) != 1:
+        raise UnsupportedDecoder(f"the norms use different epsilons {sorted(eps)}; the native step takes one")
+    first_attn = spec.blocks(model)[0].get_submodule(attn_path)
     n_heads = int(config.num_attention_heads)
-    n_kv_heads = int(getattr(config, "num_key_value_heads", None) or n_heads)
+    head_dim = int(getattr(first_attn, "head_dim", d // n_heads))
     window = getattr(config, "sliding_window", None) or 0
     if not getattr(config, "use_sliding_window", True):  # Qwen2 carries a window it does not use
         window = 0
-    final_norm = _scale(spec.final_norm(model), d, "the final norm", eps)
-    if len(eps) != 1:
-        raise UnsupportedDecoder(f"the RMSNorms use different epsilons {sorted(eps)}; the native step takes one")
+    positions = spec.position_embeddings(model)
     rotary = model.get_submodule(spec.rotary_path) if spec.rotary_path else None
-    if rotary is None:
-        raise UnsupportedDecoder("the model has no shared rotary embedding module")
+    if rotary is None and positions is None:
+        raise UnsupportedDecoder("the model has neither a shared rotary embedding nor learned positions")
+    ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
     return DecoderLayout(
         d=d,
         n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
+        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
         head_dim=head_dim,
-        ffn=int(config.intermediate_size),
+        ffn=int(ffn),
         vocab=vocab,
         eps=eps.pop(),
-        attn_scale=float(getattr(first_attn, "scaling", head_dim**-0.5)),
+        attn_scale=scales.pop(),
         sliding_window=int(window),
+        norm=kinds.pop(),
+        mlp=mlp,
         embed=embed,
+        positions=None if positions is None else positions.weight.detach(),
         final_norm=final_norm,
+        final_norm_bias=final_bias,
         blocks=blocks,
         head=spec.head(model),
         rotary=rotary,
+        max_positions=context_length(model),
     )
 
 
