@@ -145,3 +145,77 @@ def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
                 torch.equal(outputs[name], outputs[name.replace("native", "modules")]) if "(native)" in name else None
             ),
         )
+
+
+# The paper's widths with random weights (no real GPT-2 or Mistral weights here): GPT-2 124M whole, Mistral-7B's
+# d 4096 / MLP 14336 / 32 heads / 8 KV heads / vocab 32000 at 2 blocks.
+PAPER_WIDTHS = {
+    "GPT-2 124M (12 blocks, d 768)": (
+        "GPT2Config",
+        dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
+    ),
+    "Mistral-7B widths, 2 blocks (d 4096, MLP 14336)": (
+        "MistralConfig",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=2,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+        ),
+    ),  # fmt: skip
+}
+SCALE_NEW_TOKENS = 32
+
+
+@pytest.mark.parametrize("name", list(PAPER_WIDTHS))
+def test_decode_at_the_papers_widths(benchmark, record, name):
+    """W4 g128 + int8 head, native step vs the modules loop vs transformers' generate, alternating, best of 3."""
+    import tcompress
+    import transformers
+
+    config_class, settings = PAPER_WIDTHS[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**settings)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = _quantized(model, 4, 128)
+    ids = torch.randint(3, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+
+    def ours(runtime):
+        def decode():
+            stats = tcompress.DecodeStats()
+            out = tcompress.generate(model, ids, SCALE_NEW_TOKENS, stats=stats, runtime=runtime)
+            return stats.decode_tokens_per_second, out
+
+        return decode
+
+    def theirs():
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model(ids)
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=SCALE_NEW_TOKENS, min_new_tokens=SCALE_NEW_TOKENS,
+                                 do_sample=False, pad_token_id=0)  # fmt: skip
+        return (SCALE_NEW_TOKENS - 1) / max(time.perf_counter() - t0 - prefill, 1e-9), out
+
+    engines = {"native": ours("native"), "modules": ours("modules"), "transformers generate": theirs}
+    best, outputs = dict.fromkeys(engines, 0.0), {}
+    for _ in range(3):
+        for engine, decode in engines.items():
+            speed, outputs[engine] = decode()
+            best[engine] = max(best[engine], speed)
+    benchmark.pedantic(engines["native"], rounds=1, iterations=1)
+    record(
+        benchmark,
+        model=name,
+        quantized="W4 g128 + int8 head",
+        threads=torch.get_num_threads(),
+        native_tok_per_s=best["native"],
+        modules_tok_per_s=best["modules"],
+        transformers_tok_per_s=best["transformers generate"],
+        native_vs_modules=best["native"] / best["modules"],
+        same_tokens=torch.equal(outputs["native"], outputs["modules"]),
+    )
