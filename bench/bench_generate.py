@@ -219,3 +219,57 @@ def test_decode_at_the_papers_widths(benchmark, record, name):
         native_vs_modules=best["native"] / best["modules"],
         same_tokens=torch.equal(outputs["native"], outputs["modules"]),
     )
+
+
+@pytest.mark.parametrize("group_size", [64, 32])
+def test_native_step_against_its_kernels(benchmark, record, smollm2, group_size):
+    """SmolLM2-135M W4 + int8 head: one native decode step against the same 211 ``_C.qlinear`` calls on the model's
+    own buffers made one after another (the in-model GEMV bandwidth against the kernels alone), and the head alone
+    against one block (what an early-exit check through the head costs)."""
+    from tcompress import _native
+    from tcompress.decode import NativeDecoder
+    from tcompress.nn import QuantLinear
+
+    native = _native.cpu_native()
+    model = _quantized(smollm2[0], 4, group_size)
+    threads = torch.get_num_threads()
+    calls, buffers, nbytes = [], [], []
+    for mod in (m for m in model.modules() if isinstance(m, QuantLinear)):
+        x, y = torch.randn(1, mod.in_features), torch.empty(1, mod.out_features)
+        buffers += [x, y]
+        calls.append((x.data_ptr(), native.FLOAT32, 1, mod.in_features, mod.in_features, mod.qweight.data_ptr(),
+                      mod.out_features, mod.spec.bits, mod.scales.data_ptr(), native.FLOAT32, 0,
+                      mod.spec.group_size or 0, 0, 0, y.data_ptr(), mod.out_features, threads))  # fmt: skip
+        nbytes.append(mod.qweight.numel() + mod.scales.numel() * mod.scales.element_size())
+    decoder = NativeDecoder(model, 64)
+    blocks = len(model.model.layers)
+
+    def kernels():
+        for args in calls:
+            native.qlinear(*args)
+
+    def steps():
+        for position in range(16):
+            decoder.logits(100 + position, position)
+
+    best = {"kernels": float("inf"), "head": float("inf"), "step": float("inf")}
+    for _ in range(7):  # alternating
+        for name, fn, per in (("kernels", kernels, 1), ("head", lambda: native.qlinear(*calls[-1]), 1),
+                              ("step", steps, 16)):  # fmt: skip
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / per)
+    benchmark.pedantic(steps, rounds=1, iterations=1)
+    block = (best["step"] - best["head"]) / blocks
+    record(
+        benchmark,
+        model=f"SmolLM2-135M W4 g{group_size} + int8 head",
+        mb_per_token=sum(nbytes) / 1e6,
+        step_ms=best["step"] * 1e3,
+        kernels_alone_ms=best["kernels"] * 1e3,
+        step_over_kernels=best["step"] / best["kernels"],
+        in_model_gb_per_s=sum(nbytes) / best["step"] / 1e9,
+        head_ms=best["head"] * 1e3,
+        block_ms=block * 1e3,
+        head_over_block=best["head"] / block,
+    )
