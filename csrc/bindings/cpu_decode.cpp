@@ -116,6 +116,10 @@ class DecodePlan {
     }
   }
 
+  // The plan points into its own vectors: a copy would point into the original's.
+  DecodePlan(const DecodePlan&) = delete;
+  DecodePlan& operator=(const DecodePlan&) = delete;
+
   void step(int64_t token, int64_t pos, uintptr_t out, int num_threads) {
     int status;
     {
@@ -149,7 +153,8 @@ void bind_cpu_decode(pybind11::module_& m) {
   m.attr("DECODE_MLP_GELU_ERF") = int(TC_DECODE_MLP_GELU_ERF);
   py::class_<DecodePlan>(m, "DecodePlan",
                          "A pre-norm decoder (Llama family, GPT-2) described by pointers (see tcompress/decode.h); step() runs one "
-                         "batch-1 decode step. The caller keeps every tensor behind the pointers alive.")
+                         "batch-1 decode step. The caller keeps every tensor behind the pointers alive; one thread at a "
+                         "time per plan (its scratch and the caches are shared by its steps).")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, bool,
                     bool, int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
                     const std::vector<LayerArgs>&, const std::optional<LinearArgs>&>(),

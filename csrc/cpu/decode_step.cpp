@@ -163,15 +163,34 @@ void attend_one_head(const float* q, const float* keys, const float* values, int
   }
 }
 
-// shared_input: q/k/v and gate/up read one input together, so none of them may transform it on its own.
+bool dtype_ok(int dtype) { return dtype == TC_FLOAT32 || dtype == TC_FLOAT16 || dtype == TC_BFLOAT16; }
+
+// n = k * 2^m with k <= TC_HADAMARD_MAX_K (the transform's sizes; which k have a construction, tc_hadamard_cpu
+// checks when it runs, and the Python side takes k from the same table).
+bool hadamard_size_ok(int64_t n, int64_t k) {
+  if (k < 1 || k > TC_HADAMARD_MAX_K || n % k) return false;
+  const int64_t p = n / k;
+  return (p & (p - 1)) == 0;
+}
+
+// Everything the kernels would refuse at the first step, refused once here. shared_input: q/k/v and gate/up read
+// one input together, so none of them may transform it on its own.
 bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N, bool shared_input = false) {
   if (l.qweight == nullptr || l.scales == nullptr || l.K != K || l.N != N) return false;
-  if (l.online_hadamard && (shared_input || l.hadamard_k < 1 || (l.hadamard_k > 1 && l.hadamard == nullptr))) {
-    return false;
-  }
   if (l.bits != 4 && l.bits != 8) return false;
-  if (l.act_bits != 0 && l.act_bits != 8 && l.act_bits != 4) return false;
-  return l.group_size == 0 || (l.group_size > 0 && K % l.group_size == 0);
+  if (l.bits == 4 && K % 2) return false;
+  if (!dtype_ok(l.scale_dtype) || (l.bias != nullptr && !dtype_ok(l.bias_dtype))) return false;
+  if (!(l.group_size == 0 || (l.group_size > 0 && K % l.group_size == 0))) return false;
+  if (l.act_bits != 0) {
+    if (l.act_bits != 8 && l.act_bits != 4) return false;
+    if ((l.group_size == 0 ? K : l.group_size) > TC_QLINEAR_A8_MAX_GROUP) return false;
+  }
+  if (l.online_hadamard) {
+    if (shared_input || !hadamard_size_ok(K, l.hadamard_k) || (l.hadamard_k > 1 && l.hadamard == nullptr)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace

@@ -205,6 +205,9 @@ def test_plan_checks_every_projection_shape_once():
         native.DecodePlan(*args, [good, bad], None)
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=1, .*\): invalid argument"):  # an unknown MLP kind
         native.DecodePlan(*args[:13], 7, *args[14:], [good], None)
+    rotated_o = (*linear(8, d)[:11], True, 0, 3, 1.0)  # an online Hadamard of size 8 with k = 3: no such transform
+    with pytest.raises(ValueError, match=r"at layer 0: unsupported size"):
+        native.DecodePlan(*args, [(*good[:7], rotated_o, *good[8:])], None)
 
 
 def test_a_weight_off_the_cpu_is_refused_not_read():
@@ -212,3 +215,76 @@ def test_a_weight_off_the_cpu_is_refused_not_read():
     model.model.layers[1].mlp.up_proj.to("meta")  # as accelerate's offload leaves a weight until a hook loads it
     with pytest.raises(UnsupportedDecoder, match=r"a \(172, 32\) tensor of the model is on meta, not the CPU"):
         NativeDecoder(model, max_len=4)
+
+
+def test_parallel_regions_give_the_modules_logits():
+    """Widths at which the projections split their rows over two threads (q/k/v, gate/up and the head each above the
+    one-thread threshold of 2^18 weights) and the attention runs its heads in parallel (from position 63 on)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    compress_(model, QuantizeConfig(bits=4, group_size=32), HEAD_INT8)
+    ids = torch.randint(3, 500, (1, 76), generator=torch.Generator().manual_seed(10))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            expected = _module_logits(model, ids)
+            decoder = NativeDecoder(model, max_len=76)
+            got = torch.stack([decoder.logits(int(t), p)[0].clone() for p, t in enumerate(ids[0])])
+    finally:
+        torch.set_num_threads(threads)
+    assert (got - expected).abs().max() <= 2e-5 * expected.abs().max() + 1e-5
+
+
+def test_decoding_past_a_sliding_window_after_a_prefill_equals_transformers():
+    model = tiny_mistral()
+    model.config.sliding_window = 5
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(4.0)
+    compress_(model, W4)
+    ids = torch.randint(3, 500, (1, 4), generator=torch.Generator().manual_seed(12))
+    stats = tcompress.DecodeStats()
+    ours = tcompress.generate(model, ids, 12, stats=stats)
+    assert stats.runtime == "native"
+    with torch.inference_mode():
+        theirs = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def _qwen2_sliding(max_window_layers: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    settings = tiny_qwen2().config.to_dict() | dict(use_sliding_window=True, sliding_window=5,
+                                                    max_window_layers=max_window_layers, layer_types=None)  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**settings)).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(4.0)
+    compress_(model, W4)
+    return model
+
+
+def test_qwen2_slides_only_the_blocks_its_layer_types_say():
+    full = _qwen2_sliding(max_window_layers=2)  # blocks >= 2 slide: none of the 2
+    assert NativeDecoder(full, max_len=16).sliding_window == 0
+    ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(13))  # longer than the window
+    stats = tcompress.DecodeStats()
+    ours = tcompress.generate(full, ids, 8, stats=stats)
+    assert stats.runtime == "native" and torch.equal(ours, tcompress.generate(full, ids, 8, runtime="modules"))
+    with pytest.raises(UnsupportedDecoder, match="1 of 2 blocks use a sliding window and the others full attention"):
+        NativeDecoder(_qwen2_sliding(max_window_layers=1), max_len=16)
+
+
+def test_length_dependent_rope_and_invalid_buffers_are_refused():
+    model = _compressed(tiny_llama, W4)
+    model.model.rotary_emb.rope_type = "dynamic"
+    with pytest.raises(UnsupportedDecoder, match="rope_type 'dynamic' recomputes its frequencies per length"):
+        NativeDecoder(model, max_len=8)
+    model = _compressed(tiny_llama, W4)
+    model.model.layers[0].self_attn.k_proj.qweight = torch.zeros(3, 3, dtype=torch.uint8)
+    with pytest.raises(UnsupportedDecoder, match="block 0's k projection's buffers are not a valid packed weight"):
+        NativeDecoder(model, max_len=8)

@@ -189,10 +189,10 @@ def _native_decoder(model, input_ids, max_new_tokens, runtime, stats) -> NativeD
     try:
         if input_ids.shape[0] != 1:
             raise UnsupportedDecoder(f"the native step decodes one sequence; got a batch of {input_ids.shape[0]}")
-        window = getattr(model.config, "sliding_window", None) or 0
-        if window and getattr(model.config, "use_sliding_window", True) and input_ids.shape[1] >= window:
-            raise UnsupportedDecoder(f"the prompt ({input_ids.shape[1]} tokens) fills the sliding window ({window})")
         decoder = NativeDecoder(model, input_ids.shape[1] + max_new_tokens)
+        window = decoder.sliding_window
+        if window and input_ids.shape[1] >= window:  # transformers' cache no longer holds every prompt position
+            raise UnsupportedDecoder(f"the prompt ({input_ids.shape[1]} tokens) fills the sliding window ({window})")
     except UnsupportedDecoder as exc:
         if runtime == "native":
             raise UnsupportedDecoder(f"tcompress.generate(runtime='native'): {exc}") from exc

@@ -27,7 +27,7 @@ class NativeDecoder:
 
     Holds every tensor whose address the native plan keeps (the model's own packed buffers are referenced, not
     copied), so the model must not be changed while a decoder is alive. Cheap to build: pointers, the rotary
-    tables and the cache.
+    tables and the cache. One decoder serves one thread at a time (its cache and scratch are shared by its calls).
 
     Projections may hold online Hadamard transforms (a rotated model) on the inputs of o, down and the head.
 
@@ -68,6 +68,10 @@ class NativeDecoder:
                 raise UnsupportedDecoder(
                     f"{where} is {type(module).__name__}; the native step runs packed projections (QuantLinear) only"
                 )
+            try:
+                module.prepared()  # the op's own checks of every buffer's dtype and shape (cached by the module)
+            except (TypeError, ValueError) as exc:
+                raise UnsupportedDecoder(f"{where}'s buffers are not a valid packed weight: {exc}") from exc
             if module.online_hadamard and shared_input:
                 raise UnsupportedDecoder(
                     f"{where} transforms an input it shares with other projections online (a Hadamard); the native "
@@ -85,9 +89,9 @@ class NativeDecoder:
                     0 if bias is None else pointer(bias), dtype_codes[bias.dtype] if bias is not None else 0,
                     module.act_bits or 0, *hadamard)  # fmt: skip
 
-        if layout.max_positions is not None and layout.positions is not None and max_len > layout.max_positions:
+        if layout.positions is not None and max_len > layout.positions.shape[0]:
             raise UnsupportedDecoder(
-                f"{max_len} positions exceed the {layout.max_positions} the model's learned positions cover"
+                f"{max_len} positions exceed the {layout.positions.shape[0]} the model's learned positions cover"
             )
         fused_qkv = "qkv" in layout.blocks[0]
         gated = layout.mlp == "silu_gated"
@@ -104,7 +108,7 @@ class NativeDecoder:
 
         n_layers = len(layout.blocks)
         cache_shape = (n_layers, layout.n_kv_heads, max_len, layout.head_dim)
-        self.keys, self.values = torch.zeros(cache_shape), torch.zeros(cache_shape)
+        self._keys, self._values = torch.zeros(cache_shape), torch.zeros(cache_shape)
         layers = []
         for i, block in enumerate(layout.blocks):
             where = f"block {i}"
@@ -113,7 +117,7 @@ class NativeDecoder:
                      optional(block["attn_norm_bias"], f"{where}'s attention norm bias"),
                      optional(block["mlp_norm_bias"], f"{where}'s MLP norm bias"))  # fmt: skip
             projections = tuple(slot(block, role, where) for role in _SLOTS)
-            layers.append((*norms, *projections, self.keys[i].data_ptr(), self.values[i].data_ptr()))
+            layers.append((*norms, *projections, self._keys[i].data_ptr(), self._values[i].data_ptr()))
         head = layout.head
         native_head = isinstance(head, QuantLinear)
         tables = layout.rotary_tables(max_len)
@@ -121,13 +125,17 @@ class NativeDecoder:
         norm_type = native.DECODE_LAYERNORM if layout.norm == "layernorm" else native.DECODE_RMSNORM
         mlp_type = {"silu_gated": native.DECODE_MLP_SILU_GATED, "gelu_tanh": native.DECODE_MLP_GELU_TANH,
                     "gelu_erf": native.DECODE_MLP_GELU_ERF}[layout.mlp]  # fmt: skip
-        self._plan = native.DecodePlan(
+        plan_args = (
             layout.d, layout.n_heads, layout.n_kv_heads, layout.head_dim, layout.ffn, max_len, layout.vocab,
             layout.sliding_window, layout.eps, layout.attn_scale, fused_qkv, False, norm_type, mlp_type,
             vector(layout.embed, "the embedding"), optional(layout.positions, "the position embedding"), cos, sin,
             vector(layout.final_norm, "the final norm"), optional(layout.final_norm_bias, "the final norm bias"),
             layers, packed(head, "the head") if native_head else None,
         )  # fmt: skip
+        try:
+            self._plan = native.DecodePlan(*plan_args)
+        except ValueError as exc:  # tc_decode_check: a shape or kind the step does not run, named with its layer
+            raise UnsupportedDecoder(f"the native step refused the model: {exc}") from exc
         self.max_len, self.sliding_window = max_len, layout.sliding_window
         self._head = None if native_head else head
         self._out = torch.empty(1, self._plan.out_features)
@@ -140,10 +148,15 @@ class NativeDecoder:
                 f"a prompt of {length} tokens fills the model's sliding window of {self.sliding_window}; the native "
                 "step takes over from a cache that still holds every position"
             )
-        for i in range(self.keys.shape[0]):
+        if length > self.max_len:
+            raise ValueError(f"NativeDecoder.load_cache: {length} positions do not fit a cache of {self.max_len}")
+        for i in range(self._keys.shape[0]):
             keys, values = cached_keys_values(cache, i)
-            self.keys[i, :, :length] = keys[0, :, :length].to(torch.float32)
-            self.values[i, :, :length] = values[0, :, :length].to(torch.float32)
+            if keys.shape[2] < length:
+                raise ValueError(f"NativeDecoder.load_cache: layer {i} of the cache holds {keys.shape[2]} positions, "
+                                 f"not {length}")  # fmt: skip
+            self._keys[i, :, :length] = keys[0, :, :length].to(torch.float32)
+            self._values[i, :, :length] = values[0, :, :length].to(torch.float32)
 
     def logits(self, token: int, position: int) -> torch.Tensor:
         """(1, vocab) fp32 logits after ``token`` at ``position`` (positions before it must be in the cache).

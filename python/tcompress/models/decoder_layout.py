@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .table import architecture, context_length, norm_parameters
+from .table import architecture, norm_parameters
 
 _STEP_FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
 
@@ -41,7 +41,6 @@ class DecoderLayout:
             and the projection modules by role}``: ``q k v o gate up down``, or ``qkv o up down`` for GPT-2.
         head: the output projection module.
         rotary: the model's rotary embedding module (see :meth:`rotary_tables`), or None (learned positions).
-        max_positions: the longest sequence the positions cover, or None when the config does not say.
     """
 
     d: int
@@ -62,7 +61,6 @@ class DecoderLayout:
     blocks: list[dict]
     head: nn.Module
     rotary: nn.Module | None
-    max_positions: int | None
 
     def rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(cos, sin), each (length, head_dim) fp32 contiguous: the values the model's attention multiplies by at
@@ -99,6 +97,27 @@ def _norm(norm: nn.Module, d: int, where: str, kinds: set, eps: set) -> tuple[to
         held = next(iter(norm.buffers()), None)
         weight = torch.ones(d, device=held.device if held is not None else "cpu")
     return weight.detach(), None if bias is None else bias.detach()
+
+
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _sliding_window(config, n_blocks: int) -> int:
+    """The attention window every block uses (0: full attention), from ``config.layer_types`` where the config has
+    them (Qwen2 slides only blocks >= max_window_layers), else from ``sliding_window``."""
+    window = getattr(config, "sliding_window", None) or 0
+    if not getattr(config, "use_sliding_window", True):  # Qwen2 without use_sliding_window carries an unused window
+        window = 0
+    kinds = set(getattr(config, "layer_types", None) or [])
+    if kinds == {"full_attention"}:
+        return 0
+    if len(kinds) > 1:
+        slid = sum(kind == "sliding_attention" for kind in config.layer_types)
+        raise UnsupportedDecoder(
+            f"{slid} of {n_blocks} blocks use a sliding window and the others full attention; the native step "
+            "applies one window to every block"
+        )
+    return int(window)
 
 
 def _mlp_kind(config) -> str:
@@ -158,13 +177,16 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
     first_attn = spec.blocks(model)[0].get_submodule(attn_path)
     n_heads = int(config.num_attention_heads)
     head_dim = int(getattr(first_attn, "head_dim", d // n_heads))
-    window = getattr(config, "sliding_window", None) or 0
-    if not getattr(config, "use_sliding_window", True):  # Qwen2 carries a window it does not use
-        window = 0
+    window = _sliding_window(config, len(blocks))
     positions = spec.position_embeddings(model)
     rotary = model.get_submodule(spec.rotary_path) if spec.rotary_path else None
     if rotary is None and positions is None:
         raise UnsupportedDecoder("the model has neither a shared rotary embedding nor learned positions")
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type in _LENGTH_DEPENDENT_ROPE:
+        # Their frequencies depend on the current sequence length; one table for all positions would be wrong.
+        raise UnsupportedDecoder(f"rope_type {rope_type!r} recomputes its frequencies per length; the native step "
+                                 "uses one table")  # fmt: skip
     ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d
     return DecoderLayout(
         d=d,
@@ -175,7 +197,7 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         vocab=vocab,
         eps=eps.pop(),
         attn_scale=scales.pop(),
-        sliding_window=int(window),
+        sliding_window=window,
         norm=kinds.pop(),
         mlp=mlp,
         embed=embed,
@@ -185,7 +207,6 @@ def decoder_layout(model: nn.Module) -> DecoderLayout:
         blocks=blocks,
         head=spec.head(model),
         rotary=rotary,
-        max_positions=context_length(model),
     )
 
 
