@@ -48,7 +48,7 @@ tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
 }
 
 // (attn_norm, mlp_norm, attn_norm_bias, mlp_norm_bias, q, k, v, o, gate, up, down, k_cache, v_cache); k, v None
-// when q/k/v are fused, up when gate/up are, gate for a GELU MLP; biases 0 for none.
+// when q/k/v are fused, gate for a GELU MLP; biases 0 for none.
 using LayerArgs = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, std::optional<LinearArgs>, std::optional<LinearArgs>,
                              std::optional<LinearArgs>, std::optional<LinearArgs>, std::optional<LinearArgs>,
                              std::optional<LinearArgs>, std::optional<LinearArgs>, uintptr_t, uintptr_t>;
@@ -56,8 +56,8 @@ using LayerArgs = std::tuple<uintptr_t, uintptr_t, uintptr_t, uintptr_t, std::op
 class DecodePlan {
  public:
   DecodePlan(int64_t d, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t ffn, int64_t max_len,
-             int64_t vocab, int64_t sliding_window, double eps, double attn_scale, bool qkv_fused, bool gate_up_fused,
-             int norm_type, int mlp_type, uintptr_t embed, uintptr_t pos_embed, uintptr_t rope_cos, uintptr_t rope_sin,
+             int64_t vocab, int64_t sliding_window, double eps, double attn_scale, bool qkv_fused, int norm_type,
+             int mlp_type, uintptr_t embed, uintptr_t pos_embed, uintptr_t rope_cos, uintptr_t rope_sin,
              uintptr_t final_norm, uintptr_t final_norm_bias, const std::vector<LayerArgs>& layers,
              const std::optional<LinearArgs>& head) {
     for (const auto& a : layers) {
@@ -91,7 +91,6 @@ class DecodePlan {
     m_.eps = float(eps);
     m_.attn_scale = float(attn_scale);
     m_.qkv_fused = qkv_fused;
-    m_.gate_up_fused = gate_up_fused;
     m_.norm_type = norm_type;
     m_.mlp_type = mlp_type;
     m_.embed = reinterpret_cast<const float*>(embed);
@@ -156,11 +155,11 @@ void bind_cpu_decode(pybind11::module_& m) {
                          "batch-1 decode step. The caller keeps every tensor behind the pointers alive; one thread at a "
                          "time per plan (its scratch and the caches are shared by its steps).")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, bool,
-                    bool, int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
+                    int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
                     const std::vector<LayerArgs>&, const std::optional<LinearArgs>&>(),
            py::arg("d"), py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("ffn"),
            py::arg("max_len"), py::arg("vocab"), py::arg("sliding_window"), py::arg("eps"), py::arg("attn_scale"),
-           py::arg("qkv_fused"), py::arg("gate_up_fused"), py::arg("norm_type"), py::arg("mlp_type"),
+           py::arg("qkv_fused"), py::arg("norm_type"), py::arg("mlp_type"),
            py::arg("embed"), py::arg("pos_embed"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("final_norm"),
            py::arg("final_norm_bias"), py::arg("layers"), py::arg("head"))
       .def("step", &DecodePlan::step, py::arg("token"), py::arg("pos"), py::arg("out"), py::arg("num_threads"),

@@ -1,11 +1,13 @@
-// tc_decode_step_cpu: one batch-1 decode step of a Llama-family decoder (see tcompress/decode.h). The projections
-// run on the qlinear kernels of the ISA in use; norms, rotary, attention and the SiLU gate are short loops here
+// tc_decode_step_cpu: one batch-1 decode step of a pre-norm decoder, Llama family or GPT-2 (see tcompress/decode.h).
+// The projections run on the qlinear kernels of the ISA in use; norms, rotary, attention and the MLP's activation
+// are short loops here
 // (O(d) and O(heads * pos * head_dim) per step, against O(d * ffn) bytes of weights streamed by the projections).
 #include <omp.h>
 
 #include <cmath>
 #include <cstring>
 
+#include "qlinear_args.h"
 #include "tcompress/decode.h"
 #include "tcompress/hadamard.h"
 #include "tcompress/qlinear.h"
@@ -16,10 +18,6 @@ namespace {
 // Attention work (multiply-adds) below which one thread does all heads: a parallel region costs a few
 // microseconds, a head's scores over a short cache less.
 constexpr int64_t kParallelAttentionWork = 1 << 16;
-
-// Below this many weights in a group of projections one thread runs them all: the fork and join of a parallel
-// region cost more than a second thread saves (the qlinear GEMV's own threshold, csrc/cpu/qlinear_gemv.h).
-constexpr int64_t kParallelMinWeights = int64_t(1) << 18;
 
 int64_t groups_of(const tc_decode_linear& l) { return l.group_size == 0 ? 1 : l.K / l.group_size; }
 
@@ -47,7 +45,8 @@ int run_linears(const tc_decode_linear* const* ls, float* const* ys, int count, 
     rows += ls[i]->N;
     weights += ls[i]->N * ls[i]->K;
   }
-  int threads = weights < kParallelMinWeights ? 1 : num_threads;
+  // A group too small for the GEMV's own threads is too small for them here as well.
+  int threads = weights < tcompress::kQLinearParallelMinWeights ? 1 : num_threads;
   if (threads > rows) threads = static_cast<int>(rows);
   int status = TC_OK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -228,9 +227,7 @@ extern "C" int tc_decode_check(const tc_decode_model* m, int64_t* bad_layer) {
     const bool qkv = m->qkv_fused ? linear_ok(l.q, d, q + 2 * kv, true)
                                   : linear_ok(l.q, d, q, true) && linear_ok(l.k, d, kv, true) &&
                                         linear_ok(l.v, d, kv, true);
-    const bool mlp = !gated                ? linear_ok(l.up, d, f)
-                     : m->gate_up_fused ? linear_ok(l.gate, d, 2 * f, true)
-                                        : linear_ok(l.gate, d, f, true) && linear_ok(l.up, d, f, true);
+    const bool mlp = gated ? linear_ok(l.gate, d, f, true) && linear_ok(l.up, d, f, true) : linear_ok(l.up, d, f);
     if (!qkv || !mlp || !linear_ok(l.o, q, d) || !linear_ok(l.down, f, d)) return TC_ERR_BAD_SIZE;
   }
   if (bad_layer != nullptr) *bad_layer = -1;
@@ -251,7 +248,7 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
   float* v = k + kv_heads * hd;
   float* att = v + kv_heads * hd;
   float* scores = att + heads * hd;
-  float* gate = scores + heads * len;  // gate, up adjacent for the same reason
+  float* gate = scores + heads * len;
   float* up = gate + f;
   float* rotated = up + f;
   const bool rotate = m->rope_cos != nullptr;
@@ -295,7 +292,7 @@ extern "C" int tc_decode_step_cpu(const tc_decode_model* m, int64_t token, int64
     if (m->mlp_type == TC_DECODE_MLP_SILU_GATED) {
       const tc_decode_linear* gate_up[2] = {&l.gate, &l.up};
       float* out_gate_up[2] = {gate, up};
-      st = run_linears(gate_up, out_gate_up, m->gate_up_fused ? 1 : 2, xn, threads);
+      st = run_linears(gate_up, out_gate_up, 2, xn, threads);
     } else {  // a plain MLP: its one input projection writes the activation's buffer
       st = run_linear(l.up, xn, gate, rotated, threads);
     }

@@ -25,6 +25,11 @@ struct QLinearArgs {
   int num_threads;       // resolved (>= 1)
 };
 
+// GEMV work (N * K weights) below which one thread runs it all: at 576x192 (110K weights, ~4.5 us) the OpenMP fork
+// and join cost more than the second thread saved (2 threads 5.7-6.2 us); at 576x576 (332K) 2 threads win, 9 vs 11 us.
+// The GEMV (qlinear_gemv.h) and the decode step's groups of projections (decode_step.cpp) both split at it.
+constexpr int64_t kQLinearParallelMinWeights = int64_t(1) << 18;
+
 // What the bf16-x GEMM (KernelTable::qlinear_gemm_bf16) returns for arguments it does not take; then the plain
 // qlinear kernel runs.
 constexpr int kQLinearNotHandled = -1;

@@ -13,10 +13,6 @@ namespace tcompress {
 namespace TC_ISA_NS {
 namespace {
 
-// GEMV calls below this many weights run on one thread: at 576x192 (110K weights, ~4.5 us) the OpenMP fork and
-// join cost more than the second thread saved (2 threads 5.7-6.2 us); at 576x576 (332K) 2 threads win, 9 vs 11 us.
-constexpr int64_t kParallelMinWeights = int64_t(1) << 18;
-
 // acc[m][k % NACC] += w_k . x[m] over one block, with w_k = u - z (zero vector zv = 2^23 + z) or, with the table
 // decoder, w_k = table[u] = (u - z) * s.
 template <class V, int BITS, int M, int NACC, bool TABLE>
@@ -180,7 +176,7 @@ void gemv_rows(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp
 template <class V, int BITS, int M>
 int gemv(const QLinearArgs& a, const Layout<V, BITS>& lay, const float* xp) {
   int threads = a.num_threads;
-  if (a.N * a.K < kParallelMinWeights) threads = 1;
+  if (a.N * a.K < kQLinearParallelMinWeights) threads = 1;
   if (threads > a.N) threads = static_cast<int>(a.N);
   int status = TC_OK;
 #pragma omp parallel num_threads(threads) if (threads > 1)

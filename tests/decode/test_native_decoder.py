@@ -22,12 +22,22 @@ ROTATE_ONLINE = RotateConfig(online_hadamard=True)  # down's input transformed o
 HEAD_INT8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True)
 
 
-def _compressed(factory, *configs, seed: int = 0):
-    model = factory(seed)
+def _peaked_and_compressed(model, *configs):
     with torch.no_grad():  # peaked distributions, so that greedy ties between the two runtimes are impossible
         model.get_output_embeddings().weight.mul_(4.0)
     compress_(model, *configs)
     return model
+
+
+def _compressed(factory, *configs, seed: int = 0):
+    return _peaked_and_compressed(factory(seed), *configs)
+
+
+def _windowed_mistral(*configs):
+    """The tiny Mistral with a sliding window of 5 positions, peaked and compressed."""
+    model = tiny_mistral()
+    model.config.sliding_window = 5
+    return _peaked_and_compressed(model, *configs)
 
 
 def _module_logits(model, ids):
@@ -83,11 +93,7 @@ def test_sampling_native_equals_modules_with_the_same_seed():
 
 
 def test_sliding_window_attends_to_the_last_window_positions():
-    model = tiny_mistral()
-    model.config.sliding_window = 5
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(4.0)
-    compress_(model, W8)
+    model = _windowed_mistral(W8)
     ids = torch.randint(3, 500, (1, 14), generator=torch.Generator().manual_seed(8))
     decoder = NativeDecoder(model, max_len=14)
     assert decoder.sliding_window == 5
@@ -198,13 +204,13 @@ def test_plan_checks_every_projection_shape_once():
     good = (norm, norm, 0, 0, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
             linear(f, d), cache, cache)  # fmt: skip
     silu = native.DECODE_MLP_SILU_GATED
-    args = (d, 2, 1, 4, f, 4, 64, 0, 1e-6, 0.5, False, False, native.DECODE_RMSNORM, silu, embed, 0, cos, sin, norm, 0)
+    args = (d, 2, 1, 4, f, 4, 64, 0, 1e-6, 0.5, False, native.DECODE_RMSNORM, silu, embed, 0, cos, sin, norm, 0)
     native.DecodePlan(*args, [good, good], None)
     bad = (*good[:8], linear(d, f + 1), *good[9:])
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=2, d=8, heads=2/1, .*\) at layer 1: unsupported size"):
         native.DecodePlan(*args, [good, bad], None)
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=1, .*\): invalid argument"):  # an unknown MLP kind
-        native.DecodePlan(*args[:13], 7, *args[14:], [good], None)
+        native.DecodePlan(*args[:12], 7, *args[13:], [good], None)
     rotated_o = (*linear(8, d)[:11], True, 0, 3, 1.0)  # an online Hadamard of size 8 with k = 3: no such transform
     with pytest.raises(ValueError, match=r"at layer 0: unsupported size"):
         native.DecodePlan(*args, [(*good[:7], rotated_o, *good[8:])], None)
@@ -241,11 +247,7 @@ def test_parallel_regions_give_the_modules_logits():
 
 
 def test_decoding_past_a_sliding_window_after_a_prefill_equals_transformers():
-    model = tiny_mistral()
-    model.config.sliding_window = 5
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(4.0)
-    compress_(model, W4)
+    model = _windowed_mistral(W4)
     ids = torch.randint(3, 500, (1, 4), generator=torch.Generator().manual_seed(12))
     stats = tcompress.DecodeStats()
     ours = tcompress.generate(model, ids, 12, stats=stats)
@@ -261,11 +263,7 @@ def _qwen2_sliding(max_window_layers: int):
     settings = tiny_qwen2().config.to_dict() | dict(use_sliding_window=True, sliding_window=5,
                                                     max_window_layers=max_window_layers, layer_types=None)  # fmt: skip
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**settings)).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(4.0)
-    compress_(model, W4)
-    return model
+    return _peaked_and_compressed(Qwen2ForCausalLM(Qwen2Config(**settings)).eval(), W4)
 
 
 def test_qwen2_slides_only_the_blocks_its_layer_types_say():

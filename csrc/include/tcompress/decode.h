@@ -17,7 +17,7 @@
  *
  * Projections that read the same input (q, k, v; gate, up) run in one parallel region, their rows split evenly over
  * the threads, each slice on the one-thread kernel: four fork/joins per block, and the small k and v share the
- * threads. They may also be one fused linear (`qkv_fused`: rows q then k then v; `gate_up_fused`: gate then up).
+ * threads. q, k, v may also be one fused linear (`qkv_fused`: rows q then k then v, GPT-2's c_attn).
  *
  * The caller owns every buffer; nothing is allocated here. Returns a tc_status. */
 #ifndef TCOMPRESS_DECODE_H
@@ -57,8 +57,7 @@ typedef struct tc_decode_layer {
   const float* mlp_norm;   /* (d) */
   const float* attn_norm_bias;  /* (d) LayerNorm bias, or NULL */
   const float* mlp_norm_bias;
-  tc_decode_linear q, k, v, o, gate, up, down;  /* q alone when qkv_fused, gate alone when gate_up_fused; no gate
-                                                   for a GELU MLP */
+  tc_decode_linear q, k, v, o, gate, up, down;  /* q alone when qkv_fused; no gate for a GELU MLP */
   float* k_cache;          /* (n_kv_heads, max_len, head_dim), rotary applied */
   float* v_cache;          /* (n_kv_heads, max_len, head_dim) */
 } tc_decode_layer;
@@ -67,7 +66,7 @@ typedef struct tc_decode_model {
   int64_t n_layers, d, n_heads, n_kv_heads, head_dim, ffn, max_len, vocab;
   int64_t sliding_window;  /* 0: none */
   float eps, attn_scale;
-  int qkv_fused, gate_up_fused;
+  int qkv_fused;
   int norm_type;           /* tc_decode_norm */
   int mlp_type;            /* tc_decode_mlp */
   const float* embed;      /* (vocab, d) */

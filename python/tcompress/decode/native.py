@@ -127,7 +127,7 @@ class NativeDecoder:
                     "gelu_erf": native.DECODE_MLP_GELU_ERF}[layout.mlp]  # fmt: skip
         plan_args = (
             layout.d, layout.n_heads, layout.n_kv_heads, layout.head_dim, layout.ffn, max_len, layout.vocab,
-            layout.sliding_window, layout.eps, layout.attn_scale, fused_qkv, False, norm_type, mlp_type,
+            layout.sliding_window, layout.eps, layout.attn_scale, fused_qkv, norm_type, mlp_type,
             vector(layout.embed, "the embedding"), optional(layout.positions, "the position embedding"), cos, sin,
             vector(layout.final_norm, "the final norm"), optional(layout.final_norm_bias, "the final norm bias"),
             layers, packed(head, "the head") if native_head else None,
@@ -140,16 +140,22 @@ class NativeDecoder:
         self._head = None if native_head else head
         self._out = torch.empty(1, self._plan.out_features)
 
+    def check_prompt(self, length: int) -> None:
+        """Raises unless a prompt of ``length`` tokens, prefilled by the model's own forward, can be taken over:
+        UnsupportedDecoder when it fills the sliding window (transformers' cache then no longer holds every prompt
+        position), ValueError when it does not fit this decoder's cache."""
+        if self.sliding_window and length >= self.sliding_window:
+            raise UnsupportedDecoder(
+                f"the prompt ({length} tokens) fills the sliding window ({self.sliding_window}); the native step "
+                "takes over from a cache that still holds every position"
+            )
+        if length > self.max_len:
+            raise ValueError(f"NativeDecoder: a prompt of {length} positions does not fit a cache of {self.max_len}")
+
     def load_cache(self, cache, length: int) -> None:
         """Copies the first ``length`` positions of a transformers cache of the same model (batch 1) into this
         decoder's cache: the prompt's keys and values after a prefill through the model's own forward."""
-        if self.sliding_window and length >= self.sliding_window:
-            raise UnsupportedDecoder(
-                f"a prompt of {length} tokens fills the model's sliding window of {self.sliding_window}; the native "
-                "step takes over from a cache that still holds every position"
-            )
-        if length > self.max_len:
-            raise ValueError(f"NativeDecoder.load_cache: {length} positions do not fit a cache of {self.max_len}")
+        self.check_prompt(length)
         for i in range(self._keys.shape[0]):
             keys, values = cached_keys_values(cache, i)
             if keys.shape[2] < length:
