@@ -46,29 +46,46 @@ def _quantized(model, bits: int, group_size: int | None):
     return q
 
 
-def _tcompress_decode(runtime: str):
+def _tcompress_decode(runtime: str, new_tokens: int = NEW_TOKENS):
     """A decode function: (decode tok/s, tokens) of tcompress.generate on ``runtime``."""
     import tcompress
 
     def decode(model, ids):
         stats = tcompress.DecodeStats()
-        out = tcompress.generate(model, ids, NEW_TOKENS, stats=stats, runtime=runtime)
+        out = tcompress.generate(model, ids, new_tokens, stats=stats, runtime=runtime)
         assert runtime == "auto" or stats.runtime == runtime, stats.runtime_note
         return stats.decode_tokens_per_second, out
 
     return decode
 
 
-def _hf_decode(model, ids):
-    """(decode tok/s, tokens) of model.generate: its time for all tokens minus a separately timed prefill."""
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model(ids)
-        prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
-        total = time.perf_counter() - t0
-    return (NEW_TOKENS - 1) / max(total - prefill, 1e-9), out
+def _hf_decode(new_tokens: int = NEW_TOKENS):
+    """A decode function: (decode tok/s, tokens) of model.generate, its time for all tokens minus a separately timed
+    prefill."""
+
+    def decode(model, ids):
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model(ids)
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=0)  # fmt: skip
+            total = time.perf_counter() - t0
+        return (new_tokens - 1) / max(total - prefill, 1e-9), out
+
+    return decode
+
+
+def _alternating_best(engines, ids, rounds: int) -> tuple[dict, dict]:
+    """engines: (name, model, decode function). Runs every engine once per round, alternating, so that a slow moment
+    of the machine hits every engine; returns ({name: best tok/s}, {name: the last tokens})."""
+    best, outputs = {name: 0.0 for name, _, _ in engines}, {}
+    for _ in range(rounds):
+        for name, model, decode in engines:
+            speed, outputs[name] = decode(model, ids)
+            best[name] = max(best[name], speed)
+    return best, outputs
 
 
 def _llama_cpp(model, tokenizer, tmp_path):
@@ -115,19 +132,13 @@ def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
         engines.append((f"tcompress.generate (native), {name}", m, _tcompress_decode("native")))
         engines.append((f"tcompress.generate (modules), {name}", m, _tcompress_decode("modules")))
     for name, m in models.items():
-        engines.append((f"transformers generate, {name}", m, _hf_decode))
+        engines.append((f"transformers generate, {name}", m, _hf_decode()))
     llama = _llama_cpp(model, tokenizer, tmp_path)
     if llama is None:
         print("\nllama.cpp row skipped: llama_cpp is not importable (pip install llama-cpp-python)")
     else:
         engines.append(("llama.cpp, tcompress Q4_0 export", None, llama))
-    best = {name: 0.0 for name, _, _ in engines}
-    outputs = {}
-    for _ in range(ROUNDS):  # alternate, so a slow moment of the machine hits every engine
-        for name, m, decode in engines:
-            speed, out = decode(m, ids)
-            best[name] = max(best[name], speed)
-            outputs[name] = out
+    best, outputs = _alternating_best(engines, ids, ROUNDS)
     benchmark.pedantic(lambda: _tcompress_decode("native")(models["W4 g32 + int8 head"], ids), rounds=1, iterations=1)
     reference = outputs["tcompress.generate (modules), fp32"][0, ids.shape[1] :]
     llama_speed = best.get("llama.cpp, tcompress Q4_0 export")
@@ -173,7 +184,6 @@ SCALE_NEW_TOKENS = 32
 @pytest.mark.parametrize("name", list(PAPER_WIDTHS))
 def test_decode_at_the_papers_widths(benchmark, record, name):
     """W4 g128 + int8 head, native step vs the modules loop vs transformers' generate, alternating, best of 3."""
-    import tcompress
     import transformers
 
     config_class, settings = PAPER_WIDTHS[name]
@@ -183,31 +193,13 @@ def test_decode_at_the_papers_widths(benchmark, record, name):
     model = _quantized(model, 4, 128)
     ids = torch.randint(3, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
 
-    def ours(runtime):
-        def decode():
-            stats = tcompress.DecodeStats()
-            out = tcompress.generate(model, ids, SCALE_NEW_TOKENS, stats=stats, runtime=runtime)
-            return stats.decode_tokens_per_second, out
-
-        return decode
-
-    def theirs():
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            model(ids)
-            prefill = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=SCALE_NEW_TOKENS, min_new_tokens=SCALE_NEW_TOKENS,
-                                 do_sample=False, pad_token_id=0)  # fmt: skip
-        return (SCALE_NEW_TOKENS - 1) / max(time.perf_counter() - t0 - prefill, 1e-9), out
-
-    engines = {"native": ours("native"), "modules": ours("modules"), "transformers generate": theirs}
-    best, outputs = dict.fromkeys(engines, 0.0), {}
-    for _ in range(3):
-        for engine, decode in engines.items():
-            speed, outputs[engine] = decode()
-            best[engine] = max(best[engine], speed)
-    benchmark.pedantic(engines["native"], rounds=1, iterations=1)
+    engines = [
+        ("native", model, _tcompress_decode("native", SCALE_NEW_TOKENS)),
+        ("modules", model, _tcompress_decode("modules", SCALE_NEW_TOKENS)),
+        ("transformers generate", model, _hf_decode(SCALE_NEW_TOKENS)),
+    ]
+    best, outputs = _alternating_best(engines, ids, 3)
+    benchmark.pedantic(lambda: engines[0][2](model, ids), rounds=1, iterations=1)
     record(
         benchmark,
         model=name,

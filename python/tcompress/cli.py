@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=("auto", "native", "modules"),
         default="auto",
-        help="native: one native call per token (packed Llama-family models); modules: the model's own forward; "
+        help="native: one native call per token (packed Llama-family and GPT-2 models); modules: the model's own "
+        "forward; "
         "auto (default): native where it applies",
     )
     _add_dtype(p)

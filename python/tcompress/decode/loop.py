@@ -8,12 +8,12 @@ sampling the same tokens as ``model.generate(..., do_sample=True)`` with the sam
 An :class:`~tcompress.early_exit.EarlyExitLM` decodes through its own loop (blocks skipped per token).
 
 Two runtimes run the forwards after the prompt's. ``"native"`` (:class:`~tcompress.decode.native.NativeDecoder`):
-one native call per token for a batch-1 Llama-family model whose projections are all QuantLinears (W8, W4, W4A8 ...),
-the prompt prefilled by the model's own forward. ``"modules"``: the model's own forward per token (any model: fp32,
-substituted blocks, online Hadamard, GPT-2, batches). ``"auto"`` takes the native one wherever it applies and says
-why not otherwise (:attr:`DecodeStats.runtime_note`). The modules loop leaves out what makes ``model.generate``
-slower per token at batch 1: no logits-processor pipeline, stopping-criteria objects, attention-mask bookkeeping or
-per-step output objects.
+one native call per token for a batch-1 Llama-family or GPT-2 model whose block projections are all QuantLinears (W8,
+W4, W4A8, online Hadamard on o/down ...), the prompt prefilled by the model's own forward. ``"modules"``: the model's
+own forward per token (any model: fp32, substituted blocks, batches). ``"auto"`` takes the native one wherever it
+applies and says why not otherwise (:attr:`DecodeStats.runtime_note`). The modules loop leaves out what makes
+``model.generate`` slower per token at batch 1: no logits-processor pipeline, stopping-criteria objects,
+attention-mask bookkeeping or per-step output objects.
 """
 
 from __future__ import annotations
@@ -190,9 +190,7 @@ def _native_decoder(model, input_ids, max_new_tokens, runtime, stats) -> NativeD
         if input_ids.shape[0] != 1:
             raise UnsupportedDecoder(f"the native step decodes one sequence; got a batch of {input_ids.shape[0]}")
         decoder = NativeDecoder(model, input_ids.shape[1] + max_new_tokens)
-        window = decoder.sliding_window
-        if window and input_ids.shape[1] >= window:  # transformers' cache no longer holds every prompt position
-            raise UnsupportedDecoder(f"the prompt ({input_ids.shape[1]} tokens) fills the sliding window ({window})")
+        decoder.check_prompt(input_ids.shape[1])  # before the prefill, so that "auto" can still fall back
     except UnsupportedDecoder as exc:
         if runtime == "native":
             raise UnsupportedDecoder(f"tcompress.generate(runtime='native'): {exc}") from exc
