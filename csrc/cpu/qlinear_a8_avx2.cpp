@@ -9,11 +9,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "qlinear_a8_row_avx2.h"
+
 namespace tcompress {
 namespace TC_ISA_NS {
 namespace {
 
-struct A8Tile {
+struct A8Tile : A8RowAvx2 {
   static constexpr const char* kName = "avx2";
   static constexpr int MR = 4, NR = 16;  // 2 ymm of 8 int32 columns; 8 accumulators
 

@@ -9,11 +9,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "qlinear_a8_row_avx2.h"
+
 namespace tcompress {
 namespace TC_ISA_NS {
 namespace {
 
-struct A8Tile {
+struct A8Tile : A8RowAvx2 {
   static constexpr const char* kName = "avx512_vnni";
   static constexpr int MR = 6, NR = 64;
 

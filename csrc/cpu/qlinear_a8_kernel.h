@@ -18,6 +18,13 @@
 //                                                int64_t t0, int64_t t1, int32_t* acc);
 //     acc[r * NR + j] = sum over k4 blocks t in [t0, t1) and b < 4 of panel[(t * NR + j) * 4 + b] *
 //                       a[r * a_stride + 4 * t + b], for r < R (R <= MR); INT4: every weight code is <= 15.
+//   template <int M, bool INT4> static void gemv_row(const uint8_t* w, const int8_t* act, int64_t act_stride,
+//                                                    int64_t K, int64_t group_size, const float* s,
+//                                                    const int32_t* corr, int64_t corr_stride, float* out);
+//     the decode path (row_gemv below): out[m] = sum_g s[g] * (sum_{k in g} (u_k - off) * act[m, k] -
+//     corr[m * corr_stride + g]) for m < M <= 4, off = 0 for int4 and 128 for int8; activations in the row layout
+//     (int4: per 64 columns the 32 even then the 32 odd codes; int8: plain); int4: K % 64 == 0 and group_size 32
+//     or a multiple of 64; int8: K and group_size multiples of 32.
 #pragma once
 #ifndef TC_ISA_NS
 #error "define TC_ISA_NS before including qlinear_a8_kernel.h"
@@ -33,6 +40,7 @@
 #include <atomic>
 
 #include "kernel_table.h"
+#include "qlinear_args.h"
 #include "simd_scalar.h"
 #include "tcompress/status.h"
 
@@ -274,7 +282,105 @@ void run_panel(const QLinearA8Args& a, const Geometry& geo, int64_t p, const int
   }
 }
 
-// Decode (M <= kGemvMaxM rows): every weight row is read once from its stored layout. Packing panels, which the
+// Decode on the row kernel (M <= kGemvMaxM rows, the shapes A8Tile::gemv_row takes, float output): activations
+// quantized once into the row layout, with per (row, group) corrections (z - off) * sum(codes), exact in int32;
+// then every weight row is streamed once, threads splitting the rows in contiguous ranges (the split of the fp32
+// GEMV, at the same size threshold). Measured at M = 1 on AVX2 against the per-group loops below: bench/README.md.
+constexpr int64_t kRowGemvMaxM = 4;
+
+bool row_gemv_applies(const QLinearA8Args& a) {
+  if (a.M > kRowGemvMaxM || a.y == nullptr || a.acc != nullptr) return false;
+  if (a.bits == 4) return a.K % 64 == 0 && (a.group_size == 32 || a.group_size % 64 == 0);
+  return a.K % 32 == 0 && a.group_size % 32 == 0;
+}
+
+template <int M>
+int row_gemv(const QLinearA8Args& a) {
+  const int64_t K = a.K, groups = a.groups, gs = a.group_size;
+  const bool int4 = a.bits == 4;
+  const int32_t off = int4 ? 0 : 128, implicit_zero = 1 << (a.bits - 1);
+  const int qmax = (1 << (a.act_bits - 1)) - 1;
+  const int esize = tc_dtype_size(a.x_dtype);
+  Scratch row_f32(static_cast<size_t>(K) * 4), codes(static_cast<size_t>(K)), act(static_cast<size_t>(M * K)),
+      sums(static_cast<size_t>(M * groups) * 4), sym_corr(static_cast<size_t>(M * groups) * 4);
+  if (!row_f32.ok() || !codes.ok() || !act.ok() || !sums.ok() || !sym_corr.ok()) return TC_ERR_OUT_OF_MEMORY;
+  float sx[M];
+  for (int m = 0; m < M; ++m) {
+    const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
+    int8_t* c = codes.as<int8_t>();
+    if (!quantize_row_any(a.x_dtype, xr, K, qmax, row_f32.as<float>(), c, sx + m)) return TC_ERR_NOT_FINITE;
+    int8_t* am = act.as<int8_t>() + m * K;
+    if (int4) {
+      for (int64_t b = 0; b < K; b += 64) {
+        for (int i = 0; i < 32; ++i) {
+          am[b + i] = c[b + 2 * i];
+          am[b + 32 + i] = c[b + 2 * i + 1];
+        }
+      }
+    } else {
+      memcpy(am, c, static_cast<size_t>(K));
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t sum = 0;
+      for (int64_t k = g * gs; k < (g + 1) * gs; ++k) sum += c[k];
+      sums.as<int32_t>()[m * groups + g] = sum;
+      sym_corr.as<int32_t>()[m * groups + g] = (implicit_zero - off) * sum;
+    }
+  }
+  const int64_t row_bytes = int4 ? K / 2 : K;
+  const bool fp32_scales = a.scale_dtype == TC_FLOAT32;
+  int threads = a.N * K < kQLinearParallelMinWeights ? 1 : a.num_threads;
+  if (threads > a.N) threads = static_cast<int>(a.N);
+  std::atomic<int> status{TC_OK};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t n0 = a.N * t / nt, n1 = a.N * (t + 1) / nt;
+    // Per thread: the row's scales as fp32 (other scale dtypes) and its corrections (asymmetric codes).
+    Scratch sbuf(fp32_scales ? 4 : static_cast<size_t>(groups) * 4),
+        cbuf(a.zeros == nullptr ? 4 : static_cast<size_t>(M * groups) * 4);
+    if (!sbuf.ok() || !cbuf.ok()) {
+      status = TC_ERR_OUT_OF_MEMORY;
+    } else {
+      const int32_t* corr = a.zeros == nullptr ? sym_corr.as<int32_t>() : cbuf.as<int32_t>();
+      for (int64_t n = n0; n < n1; ++n) {
+        const float* s = fp32_scales ? static_cast<const float*>(a.scales) + n * groups : sbuf.as<float>();
+        if (!fp32_scales) {
+          for (int64_t g = 0; g < groups; ++g) sbuf.as<float>()[g] = load_float(a.scales, a.scale_dtype, n * groups + g);
+        }
+        if (a.zeros != nullptr) {
+          for (int m = 0; m < M; ++m) {
+            for (int64_t g = 0; g < groups; ++g) {
+              cbuf.as<int32_t>()[m * groups + g] = (a.zeros[n * groups + g] - off) * sums.as<int32_t>()[m * groups + g];
+            }
+          }
+        }
+        float out[M];
+        if (int4) {
+          A8Tile::template gemv_row<M, true>(a.qweight + n * row_bytes, act.as<int8_t>(), K, K, gs, s, corr, groups, out);
+        } else {
+          A8Tile::template gemv_row<M, false>(a.qweight + n * row_bytes, act.as<int8_t>(), K, K, gs, s, corr, groups, out);
+        }
+        const float bias = a.bias != nullptr ? load_float(a.bias, a.bias_dtype, n) : 0.0f;
+        for (int m = 0; m < M; ++m) {
+          store_float(static_cast<char*>(a.y) + m * a.y_row_stride * esize, a.x_dtype, n, out[m] * sx[m] + bias);
+        }
+      }
+    }
+  }
+  return status.load();
+}
+
+int row_gemv_any(const QLinearA8Args& a) {
+  switch (a.M) {
+    case 1: return row_gemv<1>(a);
+    case 2: return row_gemv<2>(a);
+    case 3: return row_gemv<3>(a);
+    default: return row_gemv<4>(a);
+  }
+}
+
+// Decode on the other shapes (M <= kGemvMaxM rows): every weight row is read once from its stored layout. Packing panels, which the
 // prefill path amortizes over 512 rows, costs more than the dot products themselves at batch 1 (measured: 6.6 ms
 // against fbgemm's 1.2 ms at 4096 -> 14336). The activation codes are split into even and odd columns so that both
 // nibbles of an int4 byte meet their activations at unit stride; the plain loops below vectorize per TU (u8 x s8
@@ -380,6 +486,7 @@ int quantize_activations(const QLinearA8Args& a, int8_t* codes, float* act_scale
 }
 
 int qlinear_a8(const QLinearA8Args& a) {
+  if (row_gemv_applies(a)) return row_gemv_any(a);
   if (gemv_applies(a)) return qlinear_a8_gemv(a);
   constexpr int MR = A8Tile::MR, NR = A8Tile::NR;
   const Geometry geo = geometry_of(a);

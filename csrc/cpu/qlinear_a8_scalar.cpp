@@ -28,6 +28,32 @@ struct A8Tile {
       for (int j = 0; j < NR; ++j) acc[r * NR + j] = c[r][j];
     }
   }
+
+  template <int M, bool INT4>
+  static void gemv_row(const uint8_t* w, const int8_t* act, int64_t act_stride, int64_t K, int64_t group_size,
+                       const float* s, const int32_t* corr, int64_t corr_stride, float* out) {
+    const int32_t off = INT4 ? 0 : 128;
+    for (int m = 0; m < M; ++m) {
+      const int8_t* am = act + m * act_stride;
+      float f = 0.0f;
+      for (int64_t g = 0; g < K / group_size; ++g) {
+        int32_t d = 0;
+        for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) {
+          if constexpr (INT4) {
+            // [32 even | 32 odd] activation codes per 64 columns (qlinear_a8_kernel.h, gemv layout).
+            const int64_t r = k % 64;
+            const uint8_t byte = w[k / 2];
+            const int32_t u = (k & 1) ? (byte >> 4) : (byte & 0x0F);
+            d += u * am[k - r + (r & 1) * 32 + r / 2];
+          } else {
+            d += (static_cast<int32_t>(w[k]) - off) * am[k];
+          }
+        }
+        f += static_cast<float>(d - corr[m * corr_stride + g]) * s[g];
+      }
+      out[m] = f;
+    }
+  }
 };
 
 }  // namespace

@@ -137,6 +137,26 @@ def test_output_is_the_exact_formula_up_to_fp32_rounding(isa, bits, group_size, 
         assert rel_error(got, want) <= 2e-6, m
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize(("bits", "group_size"), [(4, 32), (4, 64), (4, 128), (4, None), (8, 32), (8, 96), (8, None)])
+def test_decode_rows_at_the_extremes(isa, bits, group_size, symmetric):
+    # The decode row kernel (M <= 4): codes at 0 and 2^bits - 1 (int8: u - 128 = -128, whose magnitude only fits
+    # vpmaddubsw's unsigned operand), activation codes at +-127, zero points anywhere: the exact formula.
+    k, n = 384, 67
+    groups = 1 if group_size is None else k // group_size
+    top = (1 << bits) - 1
+    gen = torch.Generator().manual_seed(bits + k)
+    codes = (torch.randint(0, 2, (n, k), generator=gen) * top).to(torch.uint8)
+    qweight = pack_int4_reference(codes) if bits == 4 else codes
+    zeros = None if symmetric else torch.randint(0, top + 1, (n, groups), generator=gen).to(torch.uint8)
+    scales = torch.rand(n, groups, generator=gen) + 0.5
+    for m in (1, 2, 3, 4):
+        x = torch.where(torch.rand(m, k, generator=gen) < 0.5, -1.0, 1.0)
+        got = qlinear_a8(x, qweight, scales, zeros, bits, group_size)
+        want = exact_order_reference(x, qweight, scales, zeros, bits, group_size, 8)
+        assert rel_error(got, want) <= 2e-6, m
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Against the fake-quant reference: formats, dtypes, shapes, layouts.
 # ------------------------------------------------------------------------------------------------------------
@@ -175,17 +195,19 @@ def test_leading_dimensions_empty_and_strided(isa):
 
 
 def test_thread_count_does_not_change_the_result(isa):
-    qweight, scales, zeros = weight(300, 256, 8, 64, False)
+    # 300 x 256 runs on one thread at batch 1; 1024 x 512 is past the GEMV's split size.
     threads = torch.get_num_threads()
-    for m in (1, 5, 40):
-        x = randn(m, 256, seed=m)
-        want = qlinear_a8(x, qweight, scales, zeros, 8, 64)
-        try:
-            torch.set_num_threads(1)
-            got = qlinear_a8(x, qweight, scales, zeros, 8, 64)
-        finally:
-            torch.set_num_threads(threads)
-        assert torch.equal(got, want)
+    for n, k, bits in ((300, 256, 8), (1024, 512, 4), (1024, 512, 8)):
+        qweight, scales, zeros = weight(n, k, bits, 64, False)
+        for m in (1, 3, 5, 40):
+            x = randn(m, k, seed=m)
+            want = qlinear_a8(x, qweight, scales, zeros, bits, 64)
+            try:
+                torch.set_num_threads(1)
+                got = qlinear_a8(x, qweight, scales, zeros, bits, 64)
+            finally:
+                torch.set_num_threads(threads)
+            assert torch.equal(got, want), (n, k, bits, m)
 
 
 def test_every_isa_gives_the_same_integers_and_the_expected_kernel():
