@@ -1,5 +1,6 @@
 """What the decode recipe costs in perplexity: SmolLM2-135M on WikiText-2 raw test, fp32 vs W4 (group 32 and 64)
-with the head kept in fp32 or quantized to int8 per channel, W8 per channel with an int8 head, and, when
+with the head kept in fp32 or quantized to int8 per channel, W8 per channel with an int8 head, the same with int8
+activations per token (W4A8 g32/g64 with a weight-only or a W8A8 head, W8A8 with a W8A8 head), and, when
 ``llama-cpp-python`` is importable, llama.cpp on tcompress's own Q4_0 GGUF export of the fp32 model, on exactly the
 same token windows.
 
@@ -26,6 +27,7 @@ from tcompress import data, evaluate
 from tcompress.recipes import QuantizeConfig, compress_
 
 HEAD_INT8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True)
+HEAD_INT8_A8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True, act_bits=8)
 
 
 def _variants(model):
@@ -39,6 +41,15 @@ def _variants(model):
     w8 = copy.deepcopy(model)
     compress_(w8, QuantizeConfig(bits=8, group_size=None), HEAD_INT8)
     yield "W8 per channel, int8 head", w8
+    # The integer decode path: int8 activations per token into every quantized projection (and the head).
+    for group in (32, 64):
+        for head_name, head in (("int8 head", HEAD_INT8), ("W8A8 head", HEAD_INT8_A8)):
+            w4a8 = copy.deepcopy(model)
+            compress_(w4a8, QuantizeConfig(bits=4, group_size=group, act_bits=8), head)
+            yield f"W4A8 g{group}, {head_name}", w4a8
+    w8a8 = copy.deepcopy(model)
+    compress_(w8a8, QuantizeConfig(bits=8, group_size=None, act_bits=8), HEAD_INT8_A8)
+    yield "W8A8 per channel, W8A8 head", w8a8
 
 
 def _llama_cpp_perplexity(model, tokenizer, windows: torch.Tensor) -> float | None:

@@ -137,15 +137,24 @@ void rotary(float* x, int64_t heads, int64_t hd, const float* cos, const float* 
   }
 }
 
+// q . k over n: 8 partial sums, so that the adds do not wait on one another (one running sum is bound by the add's
+// latency: 4 cycles per element, which made attention ~15% of a SmolLM2 step at 100 positions) and vectorize.
+float dot(const float* q, const float* k, int64_t n) {
+  float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) part[j] += q[i + j] * k[i + j];
+  }
+  for (; i < n; ++i) part[0] += q[i] * k[i];
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+}
+
 // out (hd) = softmax(q . k[t] * scale over t in [first, last]) weighted sum of v[t]; scores: (max_len) scratch.
 void attend_one_head(const float* q, const float* keys, const float* values, int64_t first, int64_t last, int64_t hd,
                      float scale, float* scores, float* out) {
   float top = -INFINITY;
   for (int64_t t = first; t <= last; ++t) {
-    const float* k = keys + t * hd;
-    float dot = 0.0f;
-    for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
-    scores[t] = dot * scale;
+    scores[t] = dot(q, keys + t * hd, hd) * scale;
     top = scores[t] > top ? scores[t] : top;
   }
   float total = 0.0f;
