@@ -19,16 +19,16 @@ namespace tcompress_bindings {
 
 namespace {
 
-// (qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, online_hadamard,
-// hadamard, hadamard_k, hadamard_scale); pointers as integers.
+// (qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, act_per_group,
+// online_hadamard, hadamard, hadamard_k, hadamard_scale); pointers as integers.
 using LinearArgs = std::tuple<uintptr_t, int64_t, int64_t, int, uintptr_t, int, uintptr_t, int64_t, uintptr_t, int, int,
-                              bool, uintptr_t, int64_t, double>;
+                              bool, bool, uintptr_t, int64_t, double>;
 
 tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
   tc_decode_linear l{};
   if (!args) return l;
-  const auto& [qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, online,
-               hadamard, hadamard_k, hadamard_scale] = *args;
+  const auto& [qweight, K, N, bits, scales, scale_dtype, zeros, group_size, bias, bias_dtype, act_bits, per_group,
+               online, hadamard, hadamard_k, hadamard_scale] = *args;
   l.qweight = reinterpret_cast<const uint8_t*>(qweight);
   l.K = K;
   l.N = N;
@@ -40,6 +40,7 @@ tc_decode_linear to_linear(const std::optional<LinearArgs>& args) {
   l.bias = reinterpret_cast<const void*>(bias);
   l.bias_dtype = bias_dtype;
   l.act_bits = act_bits;
+  l.act_per_group = per_group ? 1 : 0;
   l.online_hadamard = online ? 1 : 0;
   l.hadamard = reinterpret_cast<const float*>(hadamard);
   l.hadamard_k = hadamard_k;

@@ -30,7 +30,7 @@ int run_rows(const tc_decode_linear& l, const float* x, float* y, int64_t r0, in
   const void* bias = l.bias == nullptr ? nullptr : static_cast<const char*>(l.bias) + r0 * tc_dtype_size(l.bias_dtype);
   if (l.act_bits != 0) {
     return tc_qlinear_a8_cpu(x, TC_FLOAT32, 1, l.K, l.K, qweight, n, l.bits, scales, l.scale_dtype, zeros,
-                             l.group_size, l.act_bits, bias, l.bias_dtype, y + r0, n, 1);
+                             l.group_size, l.act_bits, l.act_per_group, bias, l.bias_dtype, y + r0, n, 1);
   }
   return tc_qlinear_cpu(x, TC_FLOAT32, 1, l.K, l.K, qweight, n, l.bits, scales, l.scale_dtype, zeros, l.group_size,
                         bias, l.bias_dtype, y + r0, n, 1);
@@ -190,7 +190,7 @@ bool linear_ok(const tc_decode_linear& l, int64_t K, int64_t N, bool shared_inpu
   if (!dtype_ok(l.scale_dtype) || (l.bias != nullptr && !dtype_ok(l.bias_dtype))) return false;
   if (!(l.group_size == 0 || (l.group_size > 0 && K % l.group_size == 0))) return false;
   if (l.act_bits != 0) {
-    if (l.act_bits != 8 && l.act_bits != 4) return false;
+    if ((l.act_bits != 8 && l.act_bits != 4) || (l.act_per_group != 0 && l.act_per_group != 1)) return false;
     if ((l.group_size == 0 ? K : l.group_size) > TC_QLINEAR_A8_MAX_GROUP) return false;
   }
   if (l.online_hadamard) {

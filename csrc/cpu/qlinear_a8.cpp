@@ -21,12 +21,13 @@ bool group_too_large(int64_t K, int64_t group_size) {
 
 extern "C" int tc_qlinear_a8_cpu(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride,
                                  const uint8_t* qweight, int64_t N, int bits, const void* scales, int scale_dtype,
-                                 const uint8_t* zeros, int64_t group_size, int act_bits, const void* bias,
+                                 const uint8_t* zeros, int64_t group_size, int act_bits, int act_per_group,
+                                 const void* bias,
                                  int bias_dtype, void* y, int64_t y_row_stride, int num_threads) {
   const int status = tcompress::check_qlinear_args(x, x_dtype, M, K, x_row_stride, qweight, N, bits, scales,
                                                    scale_dtype, zeros, group_size, bias, bias_dtype, y, y_row_stride);
   if (status != TC_OK) return status;
-  if (act_bits != 4 && act_bits != 8) return TC_ERR_BAD_ARGUMENT;
+  if ((act_bits != 4 && act_bits != 8) || (act_per_group != 0 && act_per_group != 1)) return TC_ERR_BAD_ARGUMENT;
   if (tcompress::group_too_large(K, group_size)) return TC_ERR_BAD_SIZE;
   if (M == 0) return TC_OK;
   tcompress::QLinearA8Args a{};
@@ -34,6 +35,7 @@ extern "C" int tc_qlinear_a8_cpu(const void* x, int x_dtype, int64_t M, int64_t 
   a.x_dtype = x_dtype;
   a.x_row_stride = M > 1 ? x_row_stride : K;
   a.act_bits = act_bits;
+  a.act_per_group = act_per_group != 0;
   a.M = M;
   a.K = K;
   a.N = N;

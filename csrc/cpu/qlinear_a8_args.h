@@ -13,6 +13,7 @@ struct QLinearA8Args {
   int64_t x_row_stride;  // elements
   const int8_t* codes;   // (M, K) contiguous, or null
   int act_bits;
+  bool act_per_group;    // one activation scale per (row, weight group) instead of per row
   int64_t M, K, N;
   const uint8_t* qweight;
   int bits;

@@ -2,14 +2,16 @@
 // micro-kernel `A8Tile` before including this header, which defines tcompress::<isa>::qlinear_a8,
 // quantize_activations and qlinear_a8_name; see kernel_table.h):
 //
-//   1. activations: each row quantized to int8 codes (per-token scale sx), stored with every group padded to a
+//   1. activations: each row quantized to int8 codes (per-token scale sx, or one per weight group when
+//      a.act_per_group: sx[m * groups + g]), stored with every group padded to a
 //      multiple of 4 columns, plus the sum of the codes of each (row, group) for the zero-point correction;
 //   2. weights: per panel of A8Tile::NR output columns, the codes are unpacked and re-laid out so that the 4
 //      codes of one column for 4 consecutive k are adjacent ("k4 blocks": panel[t][column][4]), which is the
 //      operand layout of vpdpbusd (and of vpmaddubsw + vpmaddwd); a panel stays in L2 while every row tile runs;
 //   3. A8Tile::tile multiplies A8Tile::MR rows of codes (4 bytes broadcast per k4 block) by the panel into int32
 //      accumulators per group; the driver subtracts z * sum(codes) (exact), converts to fp32, multiplies by the
-//      group scale and adds into an fp32 tile; at the end y = c * sx + bias.
+//      group scale (times the group's activation scale, per group) and adds into an fp32 tile; at the end
+//      y = c * sx + bias (per token) or c + bias (per group).
 //
 // A8Tile interface:
 //   static constexpr const char* kName;                  the kernel's name (tc_qlinear_a8_kernel_name())
@@ -18,11 +20,12 @@
 //                                                int64_t t0, int64_t t1, int32_t* acc);
 //     acc[r * NR + j] = sum over k4 blocks t in [t0, t1) and b < 4 of panel[(t * NR + j) * 4 + b] *
 //                       a[r * a_stride + 4 * t + b], for r < R (R <= MR); INT4: every weight code is <= 15.
-//   template <int M, bool INT4> static void gemv_row(const uint8_t* w, const int8_t* act, int64_t act_stride,
-//                                                    int64_t K, int64_t group_size, const float* s,
-//                                                    const int32_t* corr, int64_t corr_stride, float* out);
-//     the decode path (row_gemv below): out[m] = sum_g s[g] * (sum_{k in g} (u_k - off) * act[m, k] -
-//     corr[m * corr_stride + g]) for m < M <= 4, off = 0 for int4 and 128 for int8; activations in the row layout
+//   template <int M, bool INT4, bool PG> static void gemv_row(const uint8_t* w, const int8_t* act,
+//       int64_t act_stride, int64_t K, int64_t group_size, const float* s, const int32_t* corr,
+//       int64_t corr_stride, const float* xs, float* out);
+//     the decode path (row_gemv below): out[m] = sum_g s[g] * xs_mg * (sum_{k in g} (u_k - off) * act[m, k] -
+//     corr[m * corr_stride + g]) for m < M <= 4, off = 0 for int4 and 128 for int8, xs_mg = xs[m * corr_stride + g]
+//     with PG (per-group activation scales), 1 without (xs unused); activations in the row layout
 //     (int4: per 64 columns the 32 even then the 32 odd codes; int8: plain); int4: K % 64 == 0 and group_size 32
 //     or a multiple of 64; int8: K and group_size multiples of 32.
 #pragma once
@@ -113,6 +116,22 @@ bool quantize_row_any(int dtype, const void* x, int64_t K, int qmax, float* row_
   }
 }
 
+// Activation scales per row: 1 (per token) or one per weight group.
+inline int64_t act_scales_per_row(const QLinearA8Args& a) { return a.act_per_group ? a.groups : 1; }
+
+// Row m of x -> its K codes and its act_scales_per_row(a) scales (row_f32: K floats of scratch).
+bool quantize_activation_row(const QLinearA8Args& a, int64_t m, float* row_f32, int8_t* codes, float* sx) {
+  const int qmax = (1 << (a.act_bits - 1)) - 1;
+  const int esize = tc_dtype_size(a.x_dtype);
+  const char* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
+  if (!a.act_per_group) return quantize_row_any(a.x_dtype, xr, a.K, qmax, row_f32, codes, sx);
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t k0 = g * a.group_size;
+    if (!quantize_row_any(a.x_dtype, xr + k0 * esize, a.group_size, qmax, row_f32, codes + k0, sx + g)) return false;
+  }
+  return true;
+}
+
 // Geometry shared by the packing and the tiles: groups padded to gp (a multiple of 4) columns.
 struct Geometry {
   int64_t gs, groups, gp, kp, k4_per_group;
@@ -129,10 +148,8 @@ Geometry geometry_of(const QLinearA8Args& a) {
 }
 
 // Activations in the padded layout (M rows of kp codes) with per-(row, group) code sums; rows quantized from x,
-// or copied from the given codes. Scales go to sx (quantized rows only).
+// or copied from the given codes. Scales go to sx, act_scales_per_row(a) per row (quantized rows only).
 int prepare_activations(const QLinearA8Args& a, const Geometry& geo, int8_t* padded, int32_t* sums, float* sx) {
-  const int qmax = a.act_bits > 0 ? (1 << (a.act_bits - 1)) - 1 : 127;
-  const int esize = a.x != nullptr ? tc_dtype_size(a.x_dtype) : 0;
   std::atomic<int> status{TC_OK};
   const int threads = static_cast<int>(std::min<int64_t>(a.num_threads, a.M));
 #pragma omp parallel num_threads(threads)
@@ -143,12 +160,10 @@ int prepare_activations(const QLinearA8Args& a, const Geometry& geo, int8_t* pad
     for (int64_t m = 0; m < a.M; ++m) {
       if (!row_f32.ok() || !row_codes.ok()) continue;
       const int8_t* codes = a.codes != nullptr ? a.codes + m * a.K : row_codes.as<int8_t>();
-      if (a.codes == nullptr) {
-        const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
-        if (!quantize_row_any(a.x_dtype, xr, a.K, qmax, row_f32.as<float>(), row_codes.as<int8_t>(), sx + m)) {
-          status = TC_ERR_NOT_FINITE;
-          continue;
-        }
+      if (a.codes == nullptr &&
+          !quantize_activation_row(a, m, row_f32.as<float>(), row_codes.as<int8_t>(), sx + m * act_scales_per_row(a))) {
+        status = TC_ERR_NOT_FINITE;
+        continue;
       }
       int8_t* dst = padded + m * geo.kp;
       for (int64_t g = 0; g < geo.groups; ++g) {
@@ -262,6 +277,10 @@ void run_panel(const QLinearA8Args& a, const Geometry& geo, int64_t p, const int
         for (int j = 0; j < NR; ++j) ar[j] -= z[j] * sum;
         if (a.acc != nullptr) {
           for (int j = 0; j < cols; ++j) a.acc[((m0 + r) * a.N + n0 + j) * geo.groups + g] = ar[j];
+        } else if (a.act_per_group) {
+          float* cr = c + r * NR;
+          const float sxg = sx[(m0 + r) * geo.groups + g];
+          for (int j = 0; j < NR; ++j) cr[j] += static_cast<float>(ar[j]) * (s[j] * sxg);
         } else {
           float* cr = c + r * NR;
           for (int j = 0; j < NR; ++j) cr[j] += static_cast<float>(ar[j]) * s[j];
@@ -272,7 +291,7 @@ void run_panel(const QLinearA8Args& a, const Geometry& geo, int64_t p, const int
     for (int r = 0; r < rows; ++r) {
       void* yr = static_cast<char*>(a.y) + (m0 + r) * a.y_row_stride * esize;
       const float* cr = c + r * NR;
-      const float scale = sx[m0 + r];
+      const float scale = a.act_per_group ? 1.0f : sx[m0 + r];
       for (int j = 0; j < cols; ++j) {
         float v = cr[j] * scale;
         if (a.bias != nullptr) v += load_float(a.bias, a.bias_dtype, n0 + j);
@@ -294,21 +313,34 @@ bool row_gemv_applies(const QLinearA8Args& a) {
   return a.K % 32 == 0 && a.group_size % 32 == 0;
 }
 
+// One weight row on the row kernel: per-token or per-group activation scales.
+template <int M, bool INT4>
+inline void gemv_row_any(bool per_group, const uint8_t* w, const int8_t* act, int64_t K, int64_t gs, const float* s,
+                         const int32_t* corr, int64_t groups, const float* xs, float* out) {
+  if (per_group) {
+    A8Tile::template gemv_row<M, INT4, true>(w, act, K, K, gs, s, corr, groups, xs, out);
+  } else {
+    A8Tile::template gemv_row<M, INT4, false>(w, act, K, K, gs, s, corr, groups, nullptr, out);
+  }
+}
+
 template <int M>
 int row_gemv(const QLinearA8Args& a) {
-  const int64_t K = a.K, groups = a.groups, gs = a.group_size;
+  const int64_t K = a.K, groups = a.groups, gs = a.group_size, per_row = act_scales_per_row(a);
   const bool int4 = a.bits == 4;
   const int32_t off = int4 ? 0 : 128, implicit_zero = 1 << (a.bits - 1);
-  const int qmax = (1 << (a.act_bits - 1)) - 1;
   const int esize = tc_dtype_size(a.x_dtype);
   Scratch row_f32(static_cast<size_t>(K) * 4), codes(static_cast<size_t>(K)), act(static_cast<size_t>(M * K)),
-      sums(static_cast<size_t>(M * groups) * 4), sym_corr(static_cast<size_t>(M * groups) * 4);
-  if (!row_f32.ok() || !codes.ok() || !act.ok() || !sums.ok() || !sym_corr.ok()) return TC_ERR_OUT_OF_MEMORY;
-  float sx[M];
+      sums(static_cast<size_t>(M * groups) * 4), sym_corr(static_cast<size_t>(M * groups) * 4),
+      sx(static_cast<size_t>(M * per_row) * 4);
+  if (!row_f32.ok() || !codes.ok() || !act.ok() || !sums.ok() || !sym_corr.ok() || !sx.ok()) {
+    return TC_ERR_OUT_OF_MEMORY;
+  }
   for (int m = 0; m < M; ++m) {
-    const void* xr = static_cast<const char*>(a.x) + m * a.x_row_stride * esize;
     int8_t* c = codes.as<int8_t>();
-    if (!quantize_row_any(a.x_dtype, xr, K, qmax, row_f32.as<float>(), c, sx + m)) return TC_ERR_NOT_FINITE;
+    if (!quantize_activation_row(a, m, row_f32.as<float>(), c, sx.as<float>() + m * per_row)) {
+      return TC_ERR_NOT_FINITE;
+    }
     int8_t* am = act.as<int8_t>() + m * K;
     if (int4) {
       for (int64_t b = 0; b < K; b += 64) {
@@ -356,14 +388,16 @@ int row_gemv(const QLinearA8Args& a) {
           }
         }
         float out[M];
+        const uint8_t* w = a.qweight + n * row_bytes;
         if (int4) {
-          A8Tile::template gemv_row<M, true>(a.qweight + n * row_bytes, act.as<int8_t>(), K, K, gs, s, corr, groups, out);
+          gemv_row_any<M, true>(a.act_per_group, w, act.as<int8_t>(), K, gs, s, corr, groups, sx.as<float>(), out);
         } else {
-          A8Tile::template gemv_row<M, false>(a.qweight + n * row_bytes, act.as<int8_t>(), K, K, gs, s, corr, groups, out);
+          gemv_row_any<M, false>(a.act_per_group, w, act.as<int8_t>(), K, gs, s, corr, groups, sx.as<float>(), out);
         }
         const float bias = a.bias != nullptr ? load_float(a.bias, a.bias_dtype, n) : 0.0f;
         for (int m = 0; m < M; ++m) {
-          store_float(static_cast<char*>(a.y) + m * a.y_row_stride * esize, a.x_dtype, n, out[m] * sx[m] + bias);
+          const float scale = a.act_per_group ? 1.0f : sx.as<float>()[m];
+          store_float(static_cast<char*>(a.y) + m * a.y_row_stride * esize, a.x_dtype, n, out[m] * scale + bias);
         }
       }
     }
@@ -412,7 +446,7 @@ int qlinear_a8_gemv(const QLinearA8Args& a) {
   // codes as K/2 even columns followed by K/2 odd ones.
   const Geometry geo = geometry_of(a);
   Scratch padded(static_cast<size_t>(a.M * geo.kp)), sums(static_cast<size_t>(a.M * groups) * 4),
-      sx(static_cast<size_t>(a.M) * 4), split(a.bits == 4 ? static_cast<size_t>(a.M * K) : 1);
+      sx(static_cast<size_t>(a.M * act_scales_per_row(a)) * 4), split(a.bits == 4 ? static_cast<size_t>(a.M * K) : 1);
   if (!padded.ok() || !sums.ok() || !sx.ok() || !split.ok()) return TC_ERR_OUT_OF_MEMORY;
   const int status = prepare_activations(a, geo, padded.as<int8_t>(), sums.as<int32_t>(), sx.as<float>());
   if (status != TC_OK) return status;
@@ -447,11 +481,12 @@ int qlinear_a8_gemv(const QLinearA8Args& a) {
         if (a.acc != nullptr) {
           a.acc[(m * a.N + n) * groups + g] = v;
         } else {
-          c += static_cast<float>(v) * load_float(a.scales, a.scale_dtype, n * groups + g);
+          const float s = load_float(a.scales, a.scale_dtype, n * groups + g);
+          c += static_cast<float>(v) * (a.act_per_group ? s * all_sx[m * groups + g] : s);
         }
       }
       if (a.y == nullptr) continue;
-      float out = c * all_sx[m];
+      float out = a.act_per_group ? c : c * all_sx[m];
       if (a.bias != nullptr) out += load_float(a.bias, a.bias_dtype, n);
       store_float(static_cast<char*>(a.y) + m * a.y_row_stride * esize, a.x_dtype, n, out);
     }
@@ -491,7 +526,7 @@ int qlinear_a8(const QLinearA8Args& a) {
   constexpr int MR = A8Tile::MR, NR = A8Tile::NR;
   const Geometry geo = geometry_of(a);
   Scratch act(static_cast<size_t>(a.M * geo.kp)), sums(static_cast<size_t>(a.M * geo.groups) * 4),
-      sx(static_cast<size_t>(a.M) * 4);
+      sx(static_cast<size_t>(a.M * act_scales_per_row(a)) * 4);
   if (!act.ok() || !sums.ok() || !sx.ok()) return TC_ERR_OUT_OF_MEMORY;
   int status = prepare_activations(a, geo, act.as<int8_t>(), sums.as<int32_t>(), sx.as<float>());
   if (status != TC_OK) return status;

@@ -19,11 +19,12 @@ namespace TC_ISA_NS {
 namespace {
 
 struct A8RowAvx2 {
-  // out[m] = sum over groups g of s[g] * (sum_k (u_k - off) * act_m,k - corr[m * corr_stride + g]), off = 0 (int4)
-  // or 128 (int8); act in the GEMV layout (int4: [even | odd] per 64 columns; int8: plain), rows act_stride apart.
-  template <int M, bool INT4>
+  // out[m] = sum over groups g of s[g] * xs[m, g] * (sum_k (u_k - off) * act_m,k - corr[m * corr_stride + g]),
+  // off = 0 (int4) or 128 (int8), xs[m, g] = xs[m * corr_stride + g] with PG and 1 without; act in the GEMV layout
+  // (int4: [even | odd] per 64 columns; int8: plain), rows act_stride apart.
+  template <int M, bool INT4, bool PG>
   static void gemv_row(const uint8_t* w, const int8_t* act, int64_t act_stride, int64_t K, int64_t group_size,
-                       const float* s, const int32_t* corr, int64_t corr_stride, float* out) {
+                       const float* s, const int32_t* corr, int64_t corr_stride, const float* xs, float* out) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 f[M];
     for (int m = 0; m < M; ++m) f[m] = _mm256_setzero_ps();
@@ -37,10 +38,7 @@ struct A8RowAvx2 {
         for (int64_t b = 0; b < blocks; ++b) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * b));
           const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-          const __m256 sv = two ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(
-                                                                reinterpret_cast<const double*>(s + 2 * b)))),
-                                                            halves)
-                                : _mm256_broadcast_ss(s + b);
+          const __m256 sv = two ? pair(s + 2 * b, halves) : _mm256_broadcast_ss(s + b);
           for (int m = 0; m < M; ++m) {
             const int8_t* am = act + m * act_stride + 64 * b;
             const __m256i p = _mm256_add_epi16(
@@ -49,7 +47,12 @@ struct A8RowAvx2 {
             const int32_t* c = corr + m * corr_stride + (two ? 2 * b : b);
             const __m256i cv = two ? _mm256_setr_epi32(c[0], 0, 0, 0, c[1], 0, 0, 0) : _mm256_setr_epi32(c[0], 0, 0, 0, 0, 0, 0, 0);
             const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(p, ones), cv);
-            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, f[m]);
+            __m256 svm = sv;
+            if constexpr (PG) {
+              const float* x = xs + m * corr_stride + (two ? 2 * b : b);
+              svm = _mm256_mul_ps(sv, two ? pair(x, halves) : _mm256_broadcast_ss(x));
+            }
+            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), svm, f[m]);
           }
         }
       } else {
@@ -69,7 +72,7 @@ struct A8RowAvx2 {
               acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
             }
           }
-          finish_group<M>(acc, g, s, corr, corr_stride, f);
+          finish_group<M, PG>(acc, g, s, corr, corr_stride, xs, f);
         }
       }
     } else {
@@ -86,7 +89,7 @@ struct A8RowAvx2 {
             acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, v)), ones));
           }
         }
-        finish_group<M>(acc, g, s, corr, corr_stride, f);
+        finish_group<M, PG>(acc, g, s, corr, corr_stride, xs, f);
       }
     }
     for (int m = 0; m < M; ++m) {
@@ -97,12 +100,18 @@ struct A8RowAvx2 {
   }
 
  private:
-  // f[m] += s[g] * (acc[m] - corr) with the correction on lane 0 (exact in int32 before the conversion).
-  template <int M>
+  // [p[0] x 4, p[1] x 4]: the scales of two groups of 32 columns, lanes 0-3 and 4-7 of a block.
+  static __m256 pair(const float* p, __m256i halves) {
+    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), halves);
+  }
+
+  // f[m] += s[g] (* xs[m, g]) * (acc[m] - corr) with the correction on lane 0 (exact in int32 before the conversion).
+  template <int M, bool PG>
   static void finish_group(const __m256i (&acc)[M], int64_t g, const float* s, const int32_t* corr,
-                           int64_t corr_stride, __m256 (&f)[M]) {
-    const __m256 sv = _mm256_set1_ps(s[g]);
+                           int64_t corr_stride, const float* xs, __m256 (&f)[M]) {
     for (int m = 0; m < M; ++m) {
+      const __m256 sv = _mm256_set1_ps(PG ? s[g] * xs[m * corr_stride + g] : s[g]);
       const __m256i d = _mm256_sub_epi32(acc[m], _mm256_setr_epi32(corr[m * corr_stride + g], 0, 0, 0, 0, 0, 0, 0));
       f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, f[m]);
     }

@@ -29,9 +29,9 @@ struct A8Tile {
     }
   }
 
-  template <int M, bool INT4>
+  template <int M, bool INT4, bool PG>
   static void gemv_row(const uint8_t* w, const int8_t* act, int64_t act_stride, int64_t K, int64_t group_size,
-                       const float* s, const int32_t* corr, int64_t corr_stride, float* out) {
+                       const float* s, const int32_t* corr, int64_t corr_stride, const float* xs, float* out) {
     const int32_t off = INT4 ? 0 : 128;
     for (int m = 0; m < M; ++m) {
       const int8_t* am = act + m * act_stride;
@@ -49,7 +49,7 @@ struct A8Tile {
             d += (static_cast<int32_t>(w[k]) - off) * am[k];
           }
         }
-        f += static_cast<float>(d - corr[m * corr_stride + g]) * s[g];
+        f += static_cast<float>(d - corr[m * corr_stride + g]) * (PG ? s[g] * xs[m * corr_stride + g] : s[g]);
       }
       out[m] = f;
     }

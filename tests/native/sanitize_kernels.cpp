@@ -170,9 +170,12 @@ void qlinear(int threads) {
                                    scale_dtype, z, group, b, TC_FLOAT32, y.data, y_stride, threads),
                     what);
               for (int act_bits : {8, 4}) {
-                check(tc_qlinear_a8_cpu(x.data, x_dtype, M, K, x_stride, qweight.as<uint8_t>(), N, bits, scales.data,
-                                        scale_dtype, z, group, act_bits, b, TC_FLOAT32, y.data, y_stride, threads),
-                      what);
+                for (int per_group : {0, 1}) {
+                  check(tc_qlinear_a8_cpu(x.data, x_dtype, M, K, x_stride, qweight.as<uint8_t>(), N, bits,
+                                          scales.data, scale_dtype, z, group, act_bits, per_group, b, TC_FLOAT32,
+                                          y.data, y_stride, threads),
+                        what);
+                }
               }
               Buffer codes(M * K, 4, 0), act_scales(M * 4, 4, 0);
               check(tc_quantize_activations_cpu(x.data, x_dtype, M, K, x_stride, 8, codes.as<int8_t>(),

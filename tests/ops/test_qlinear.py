@@ -232,11 +232,11 @@ def test_opcheck():
     for bits, group_size, symmetric in ((4, 32, True), (8, 0, False), (4, -1, False)):
         gs = None if group_size <= 0 else group_size
         qweight, scales, zeros = weight(24, 64, bits, gs, symmetric)
-        torch.library.opcheck(op, (randn(3, 64, seed=1), qweight, scales, zeros, bits, group_size, None, 0))
+        torch.library.opcheck(op, (randn(3, 64, seed=1), qweight, scales, zeros, bits, group_size, None, 0, False))
         x = randn(2, 3, 64, seed=2).requires_grad_()
-        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, randn(24, seed=3), 0))
+        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, randn(24, seed=3), 0, False))
         x = randn(11, 64, dtype=torch.bfloat16)
-        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, None, 0))
+        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, None, 0, False))
 
 
 def test_torch_compile_fullgraph():
@@ -313,7 +313,7 @@ def test_wrong_device_of_x():
 def test_schema_op_checks_too():
     a = _args()
     with pytest.raises(ValueError, match="tcompress::qlinear: x has inner size 63"):
-        torch.ops.tcompress.qlinear(randn(2, 63), a["qweight"], a["scales"], a["zeros"], 4, 32, None, 0)
+        torch.ops.tcompress.qlinear(randn(2, 63), a["qweight"], a["scales"], a["zeros"], 4, 32, None, 0, False)
 
 
 @pytest.mark.skipif(_native._C is None, reason="tcompress._C is not built")

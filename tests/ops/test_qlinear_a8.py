@@ -11,7 +11,14 @@ import warnings
 import pytest
 import torch
 from tcompress import _native
-from tcompress.ops import qlinear_a8, qlinear_a8_reference, qlinear_reference, quantize_activations_reference
+from tcompress.ops import (
+    PreparedQLinear,
+    qlinear,
+    qlinear_a8,
+    qlinear_a8_reference,
+    qlinear_reference,
+    quantize_activations_reference,
+)
 from tcompress.ops.int8_activations import (
     qlinear_a8_accumulators,
     qlinear_a8_accumulators_reference,
@@ -48,17 +55,21 @@ def random_weight_codes(n: int, k: int, bits: int, groups: int, symmetric: bool,
     return (pack_int4_reference(codes) if bits == 4 else codes), zeros
 
 
-def exact_order_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias=None) -> torch.Tensor:
-    """float64 of the kernel's own formula: exact accumulators, sum_g acc * s, times the token scale, + bias."""
-    codes, sx = quantize_activations_reference(x, act_bits)
+def exact_order_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias=None, per_group=False):
+    """float64 of the kernel's own formula: exact accumulators, sum_g acc * s, times the token scale (or
+    sum_g acc * s * s_x[g] per group), + bias."""
+    codes, sx = quantize_activations_reference(x, act_bits, (group_size or x.shape[-1]) if per_group else None)
     acc = qlinear_a8_accumulators_reference(codes, qweight, zeros, bits, group_size).double()
-    y = (acc * scales.double()).sum(-1) * sx.double()
+    if per_group:
+        y = (acc * scales.double() * sx.double()[..., None, :]).sum(-1)
+    else:
+        y = (acc * scales.double()).sum(-1) * sx.double()
     return y if bias is None else y + bias.double()
 
 
-def check(x, qweight, scales, zeros, bits, group_size, act_bits=8, bias=None):
-    got = qlinear_a8(x, qweight, scales, zeros, bits, group_size, act_bits, bias)
-    want = qlinear_a8_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias)
+def check(x, qweight, scales, zeros, bits, group_size, act_bits=8, bias=None, granularity="per_token"):
+    got = qlinear_a8(x, qweight, scales, zeros, bits, group_size, act_bits, bias, granularity)
+    want = qlinear_a8_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias, granularity)
     assert got.dtype == x.dtype and got.shape == want.shape
     if got.numel():
         err = rel_error(got, want)
@@ -126,20 +137,23 @@ def test_integer_accumulators_at_the_extremes(isa):
 @pytest.mark.parametrize("act_bits", [8, 4])
 @pytest.mark.parametrize(("bits", "group_size", "symmetric"), [(8, None, True), (8, 32, False), (4, 64, True),
                                                               (4, 6, False)])  # fmt: skip
-def test_output_is_the_exact_formula_up_to_fp32_rounding(isa, bits, group_size, symmetric, act_bits):
+@pytest.mark.parametrize("granularity", ["per_token", "per_group"])
+def test_output_is_the_exact_formula_up_to_fp32_rounding(isa, bits, group_size, symmetric, act_bits, granularity):
     k = 384
     qweight, scales, zeros = weight(70, k, bits, group_size, symmetric)
     bias = randn(70, seed=5)
     for m in ROW_COUNTS:
         x = randn(m, k, seed=m)
-        got = qlinear_a8(x, qweight, scales, zeros, bits, group_size, act_bits, bias)
-        want = exact_order_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias)
+        got = qlinear_a8(x, qweight, scales, zeros, bits, group_size, act_bits, bias, granularity)
+        per_group = granularity == "per_group"
+        want = exact_order_reference(x, qweight, scales, zeros, bits, group_size, act_bits, bias, per_group)
         assert rel_error(got, want) <= 2e-6, m
 
 
+@pytest.mark.parametrize("granularity", ["per_token", "per_group"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize(("bits", "group_size"), [(4, 32), (4, 64), (4, 128), (4, None), (8, 32), (8, 96), (8, None)])
-def test_decode_rows_at_the_extremes(isa, bits, group_size, symmetric):
+def test_decode_rows_at_the_extremes(isa, bits, group_size, symmetric, granularity):
     # The decode row kernel (M <= 4): codes at 0 and 2^bits - 1 (int8: u - 128 = -128, whose magnitude only fits
     # vpmaddubsw's unsigned operand), activation codes at +-127, zero points anywhere: the exact formula.
     k, n = 384, 67
@@ -151,9 +165,10 @@ def test_decode_rows_at_the_extremes(isa, bits, group_size, symmetric):
     zeros = None if symmetric else torch.randint(0, top + 1, (n, groups), generator=gen).to(torch.uint8)
     scales = torch.rand(n, groups, generator=gen) + 0.5
     for m in (1, 2, 3, 4):
-        x = torch.where(torch.rand(m, k, generator=gen) < 0.5, -1.0, 1.0)
-        got = qlinear_a8(x, qweight, scales, zeros, bits, group_size)
-        want = exact_order_reference(x, qweight, scales, zeros, bits, group_size, 8)
+        # +-1, with a larger magnitude in some groups (different per-group scales).
+        x = torch.where(torch.rand(m, k, generator=gen) < 0.5, -1.0, 1.0) * (1 + 3 * (torch.arange(k) // 32 % 3))
+        got = qlinear_a8(x, qweight, scales, zeros, bits, group_size, act_granularity=granularity)
+        want = exact_order_reference(x, qweight, scales, zeros, bits, group_size, 8, None, granularity == "per_group")
         assert rel_error(got, want) <= 2e-6, m
 
 
@@ -162,17 +177,32 @@ def test_decode_rows_at_the_extremes(isa, bits, group_size, symmetric):
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("granularity", ["per_token", "per_group"])
 @pytest.mark.parametrize("group_size", [None, 32, 128])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_every_format_dtype_and_row_count(isa, bits, symmetric, group_size):
+def test_every_format_dtype_and_row_count(isa, bits, symmetric, group_size, granularity):
     n, k = 37, 384
     for i, m in enumerate(ROW_COUNTS):
         x_dtype = X_DTYPES[i % 3]
         scale_dtype = X_DTYPES[(i // 3 + i) % 3]
         qweight, scales, zeros = weight(n, k, bits, group_size, symmetric, scale_dtype)
         bias = randn(n, dtype=X_DTYPES[(i + 1) % 3], seed=i) if i % 2 else None
-        check(randn(m, k, dtype=x_dtype, seed=m), qweight, scales, zeros, bits, group_size, 8 - 4 * (i % 2), bias)
+        x = randn(m, k, dtype=x_dtype, seed=m)
+        check(x, qweight, scales, zeros, bits, group_size, 8 - 4 * (i % 2), bias, granularity)
+
+
+def test_per_group_scales_follow_the_weight_groups():
+    # Per group is per token when the weights have one group (per channel); with groups of 32 a row whose groups
+    # differ by orders of magnitude keeps the small groups' values (per token they round to zero).
+    qweight, scales, zeros = weight(16, 128, 4, None, True)
+    x = randn(3, 128, seed=1)
+    per_group = qlinear_a8(x, qweight, scales, zeros, 4, None, act_granularity="per_group")
+    assert rel_error(per_group, qlinear_a8(x, qweight, scales, zeros, 4, None)) <= 1e-6  # fp32 order of the scales
+    codes, sx = quantize_activations_reference(torch.cat([torch.full((32,), 1e-3), torch.full((32,), 10.0)]), 8, 32)
+    assert sx.shape == (2,) and torch.equal(codes, torch.full((64,), 127, dtype=torch.int8))
+    assert torch.count_nonzero(quantize_activations_reference(torch.cat([torch.full((32,), 1e-3),
+                                                                         torch.full((32,), 10.0)]), 8)[0]) == 32  # fmt: skip
 
 
 @pytest.mark.parametrize(("k", "n", "bits", "group_size"), [(576, 1536, 8, None), (768, 3072, 4, 128)])
@@ -260,12 +290,14 @@ def test_gradient_is_straight_through():
 
 def test_opcheck():
     op = torch.ops.tcompress.qlinear.default
-    for bits, group_size, symmetric, act_bits in ((4, 32, True, 8), (8, 0, False, 4), (8, -1, True, 8)):
+    cases = ((4, 32, True, 8, False), (8, 0, False, 4, False), (8, -1, True, 8, False), (4, 32, False, 8, True))
+    for bits, group_size, symmetric, act_bits, per_group in cases:
         gs = None if group_size <= 0 else group_size
         qweight, scales, zeros = weight(24, 64, bits, gs, symmetric)
-        torch.library.opcheck(op, (randn(3, 64, seed=1), qweight, scales, zeros, bits, group_size, None, act_bits))
+        args = (qweight, scales, zeros, bits, group_size)
+        torch.library.opcheck(op, (randn(3, 64, seed=1), *args, None, act_bits, per_group))
         x = randn(2, 3, 64, seed=2).requires_grad_()
-        torch.library.opcheck(op, (x, qweight, scales, zeros, bits, group_size, randn(24, seed=3), act_bits))
+        torch.library.opcheck(op, (x, *args, randn(24, seed=3), act_bits, per_group))
 
 
 def test_torch_compile_fullgraph():
@@ -303,6 +335,7 @@ def _args():
     [
         (dict(act_bits=3), ValueError, "act_bits must be 8 or 4 .*; got 3"),
         (dict(act_bits=True), ValueError, "act_bits must be 8 or 4"),
+        (dict(act_granularity="per_row"), ValueError, "act_granularity must be 'per_token' .* or 'per_group'"),
         (dict(bits=5), ValueError, "bits must be 4 or 8; got 5"),
         (dict(x=randn(3, 63)), ValueError, "x has inner size 63 but the weight expects in_features 64"),
         (dict(x=torch.ones(3, 64, dtype=torch.int32)), TypeError, "x must have dtype float32"),
@@ -317,6 +350,14 @@ def test_bad_input_is_a_clear_error(change, error, match):
     args.update(change)
     with pytest.raises(error, match="tcompress.ops.qlinear_a8: .*" + match):
         qlinear_a8(**args)
+
+
+def test_per_group_scales_need_integer_activations():
+    a = _args()
+    with pytest.raises(ValueError, match="act_granularity 'per_group' needs integer activations .*; got act_bits None"):
+        qlinear(**a, act_granularity="per_group")
+    with pytest.raises(ValueError, match="act_granularity 'per_group' needs integer activations"):
+        PreparedQLinear(a["qweight"], a["scales"], a["zeros"], 4, 32, act_granularity="per_group")
 
 
 def test_a_group_too_large_for_int32_is_a_clear_error():
@@ -343,7 +384,9 @@ def test_non_finite_activations_are_a_clear_error(isa):
 def test_schema_op_checks_too():
     a = _args()
     with pytest.raises(ValueError, match="tcompress::qlinear: act_bits must be 8 or 4"):
-        torch.ops.tcompress.qlinear(a["x"], a["qweight"], a["scales"], a["zeros"], 4, 32, None, 2)
+        torch.ops.tcompress.qlinear(a["x"], a["qweight"], a["scales"], a["zeros"], 4, 32, None, 2, False)
+    with pytest.raises(ValueError, match="tcompress::qlinear: per-group activation scales need integer activations"):
+        torch.ops.tcompress.qlinear(a["x"], a["qweight"], a["scales"], a["zeros"], 4, 32, None, 0, True)
 
 
 def test_helpers_reject_bad_input():
@@ -367,12 +410,13 @@ def test_native_code_rechecks_its_arguments():
     qweight, scales, zeros = weight(24, 64, 8, 32, False)
     x, y = randn(3, 64), torch.empty(3, 24)
     good = dict(x=x.data_ptr(), x_dtype=0, M=3, K=64, x_row_stride=64, qweight=qweight.data_ptr(), N=24, bits=8,
-                scales=scales.data_ptr(), scale_dtype=0, zeros=zeros.data_ptr(), group_size=32, act_bits=8, bias=0,
-                bias_dtype=0, y=y.data_ptr(), y_row_stride=24, num_threads=1)  # fmt: skip
+                scales=scales.data_ptr(), scale_dtype=0, zeros=zeros.data_ptr(), group_size=32, act_bits=8,
+                act_per_group=0, bias=0, bias_dtype=0, y=y.data_ptr(), y_row_stride=24, num_threads=1)  # fmt: skip
     C.qlinear_a8(**good)
     assert rel_error(y, qlinear_a8_reference(x, qweight, scales, zeros, 8, 32)) <= TOL[torch.float32]
     bad = [
         (dict(act_bits=2), "invalid argument"),
+        (dict(act_per_group=2), "invalid argument"),
         (dict(bits=3), "invalid argument"),
         (dict(x_dtype=5), "unknown dtype code"),
         (dict(group_size=24), "unsupported size"),
@@ -410,3 +454,13 @@ def test_cuda_matches_reference(cuda_device, bits, group_size, symmetric, dtype)
                 warnings.simplefilter("error")  # no fallback to the reference
                 got = qlinear_a8(x.to(cuda_device), *dev, bits, group_size, act_bits, bias.to(cuda_device))
             assert got.device == cuda_device and rel_error(got.cpu(), want) <= TOL[dtype]
+
+
+def test_cuda_per_group_scales_run_the_reference(cuda_device):
+    # No CUDA kernel quantizes activations per group: the op computes the reference on the device.
+    qweight, scales, zeros = weight(40, 256, 4, 32, True)
+    x = randn(3, 256, seed=1)
+    want = qlinear_a8_reference(x, qweight, scales, zeros, 4, 32, 8, None, "per_group")
+    dev = [t.to(cuda_device) for t in (qweight, scales)]
+    got = qlinear_a8(x.to(cuda_device), *dev, None, 4, 32, act_granularity="per_group")
+    assert got.device == cuda_device and rel_error(got.cpu(), want) <= TOL[torch.float32]

@@ -42,7 +42,8 @@ typedef struct tc_decode_linear {
   int64_t group_size;     /* 0: per output channel */
   const void* bias;       /* NULL: none */
   int bias_dtype;
-  int act_bits;           /* 0: fp32 activations; 8 or 4: per-token integer activations (tc_qlinear_a8_cpu) */
+  int act_bits;           /* 0: fp32 activations; 8 or 4: integer activations (tc_qlinear_a8_cpu) */
+  int act_per_group;      /* with act_bits: 1 = one activation scale per weight group, 0 = per token */
   int online_hadamard;    /* 1: x goes through tc_hadamard_cpu(x, hadamard, hadamard_k, hadamard_scale) first */
   const float* hadamard;  /* the hadamard_k x hadamard_k base matrix (NULL when hadamard_k == 1) */
   int64_t hadamard_k;

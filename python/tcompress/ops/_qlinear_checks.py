@@ -30,6 +30,19 @@ def check_x(op: str, x: torch.Tensor, k: int, device: torch.device) -> None:
         raise ValueError(f"{op}: x has inner size {x.shape[-1]} but the weight expects in_features {k}")
 
 
+ACT_GRANULARITIES = ("per_token", "per_group")
+
+
+def check_act_granularity(op: str, act_granularity: str) -> None:
+    """Raises unless ``act_granularity`` is "per_token" (one activation scale per row) or "per_group" (one per row
+    and weight group)."""
+    if not isinstance(act_granularity, str) or act_granularity not in ACT_GRANULARITIES:
+        raise ValueError(
+            f"{op}: act_granularity must be 'per_token' (one activation scale per row) or 'per_group' (one per row "
+            f"and weight group); got {act_granularity!r}"
+        )
+
+
 def check_act_bits(op: str, act_bits: int, k: int, group_size: int | None) -> None:
     """Raises unless ``act_bits`` is 8 or 4 and a group's columns keep the int32 accumulators exact."""
     if isinstance(act_bits, bool) or act_bits not in ACT_BITS:

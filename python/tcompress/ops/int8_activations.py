@@ -1,8 +1,10 @@
-"""Per-token integer activations, the first step of the integer qlinear kernels (``act_bits`` 8 or 4 in
+"""Integer activations, the first step of the integer qlinear kernels (``act_bits`` 8 or 4 in
 :func:`tcompress.ops.qlinear`), and the exact int32 group accumulators of the second, exposed for testing.
 
 Activations are quantized per token (row), symmetric, to ``act_bits`` bits: ``s_x = max|x_row| / (2^(b-1) - 1)``,
-codes ``clamp(round(x / s_x), -(2^(b-1) - 1), 2^(b-1) - 1)`` as int8 (a row of zeros gets scale 1 and codes 0).
+codes ``clamp(round(x / s_x), -(2^(b-1) - 1), 2^(b-1) - 1)`` as int8 (a row of zeros gets scale 1 and codes 0);
+or per group (``act_granularity="per_group"``): the same within each group of ``group_size`` columns of a row, one
+scale per (row, group) (llama.cpp's Q8_0 activations with groups of 32).
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from ._qlinear_checks import check_act_bits, check_weights
 from .quantize import implicit_zero, unpack_int4_reference
 
 
-def quantize_activations_reference(x: torch.Tensor, act_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (..., K) float -> (codes (..., K) int8, scales (..., 1) float32): per-token symmetric quantization."""
+def quantize_activations_reference(
+    x: torch.Tensor, act_bits: int, group_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., K) float -> (codes (..., K) int8, scales (..., G) float32): symmetric quantization per token (G = 1,
+    ``group_size`` None) or per group of ``group_size`` columns (G = K / group_size)."""
     qmax = 2 ** (act_bits - 1) - 1
     xf = x.to(torch.float32)
-    amax = xf.abs().amax(dim=-1, keepdim=True)
+    k = xf.shape[-1]
+    xg = xf.reshape(*xf.shape[:-1], k // (group_size or k), group_size or k)
+    amax = xg.abs().amax(dim=-1, keepdim=True)
     scales = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    codes = torch.clamp(torch.round(xf / scales), -qmax, qmax).to(torch.int8)
-    return codes, scales
+    codes = torch.clamp(torch.round(xg / scales), -qmax, qmax).to(torch.int8)
+    return codes.reshape(xf.shape), scales.squeeze(-1)
 
 
 def qlinear_a8_accumulators_reference(
