@@ -199,10 +199,10 @@ def test_per_group_scales_follow_the_weight_groups():
     x = randn(3, 128, seed=1)
     per_group = qlinear_a8(x, qweight, scales, zeros, 4, None, act_granularity="per_group")
     assert rel_error(per_group, qlinear_a8(x, qweight, scales, zeros, 4, None)) <= 1e-6  # fp32 order of the scales
-    codes, sx = quantize_activations_reference(torch.cat([torch.full((32,), 1e-3), torch.full((32,), 10.0)]), 8, 32)
+    row = torch.cat([torch.full((32,), 1e-3), torch.full((32,), 10.0)])
+    codes, sx = quantize_activations_reference(row, 8, 32)
     assert sx.shape == (2,) and torch.equal(codes, torch.full((64,), 127, dtype=torch.int8))
-    assert torch.count_nonzero(quantize_activations_reference(torch.cat([torch.full((32,), 1e-3),
-                                                                         torch.full((32,), 10.0)]), 8)[0]) == 32  # fmt: skip
+    assert torch.count_nonzero(quantize_activations_reference(row, 8)[0]) == 32
 
 
 @pytest.mark.parametrize(("k", "n", "bits", "group_size"), [(576, 1536, 8, None), (768, 3072, 4, 128)])
