@@ -4,6 +4,7 @@ is refused, and the plan's own checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -18,6 +19,7 @@ W4 = QuantizeConfig(bits=4, group_size=4)  # 172, the tiny MLP width, is 4 · 43
 W8 = QuantizeConfig(bits=8, group_size=None)
 W4_ASYM = QuantizeConfig(bits=4, group_size=None, symmetric=False)
 W4A8 = QuantizeConfig(bits=4, group_size=None, act_bits=8)
+W4A8_GROUPS = QuantizeConfig(bits=4, group_size=4, act_bits=8, act_granularity="per_group")
 ROTATE_ONLINE = RotateConfig(online_hadamard=True)  # down's input transformed online (172 = 4 · 43: K = 172)
 HEAD_INT8 = QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True)
 
@@ -55,8 +57,8 @@ def _module_logits(model, ids):
 @pytest.mark.parametrize("factory", [tiny_llama, tiny_mistral, tiny_qwen2, tiny_gpt2], ids=lambda f: f.__name__)
 @pytest.mark.parametrize(
     "configs",
-    [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4, HEAD_INT8), (ROTATE_ONLINE, W4)],
-    ids=["w4g4", "w8", "w4-asym", "w4a8", "w4+int8-head", "rotated-online-hadamard-w4"],
+    [(W4,), (W8,), (W4_ASYM,), (W4A8,), (W4A8_GROUPS,), (W4, HEAD_INT8), (ROTATE_ONLINE, W4)],
+    ids=["w4g4", "w8", "w4-asym", "w4a8", "w4a8-per-group", "w4+int8-head", "rotated-online-hadamard-w4"],
 )
 @torch.inference_mode()
 def test_each_step_gives_the_modules_logits(factory, configs):
@@ -199,7 +201,7 @@ def test_plan_checks_every_projection_shape_once():
     qw, scales = torch.zeros(64, 4, dtype=torch.uint8), torch.ones(64, 1)
 
     def linear(k, n):
-        return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0, False, 0, 1, 1.0)
+        return (qw.data_ptr(), k, n, 4, scales.data_ptr(), native.FLOAT32, 0, 0, 0, 0, 0, False, False, 0, 1, 1.0)
 
     good = (norm, norm, 0, 0, linear(d, 8), linear(d, 4), linear(d, 4), linear(8, d), linear(d, f), linear(d, f),
             linear(f, d), cache, cache)  # fmt: skip
@@ -211,7 +213,7 @@ def test_plan_checks_every_projection_shape_once():
         native.DecodePlan(*args, [good, bad], None)
     with pytest.raises(ValueError, match=r"DecodePlan\(layers=1, .*\): invalid argument"):  # an unknown MLP kind
         native.DecodePlan(*args[:12], 7, *args[13:], [good], None)
-    rotated_o = (*linear(8, d)[:11], True, 0, 3, 1.0)  # an online Hadamard of size 8 with k = 3: no such transform
+    rotated_o = (*linear(8, d)[:12], True, 0, 3, 1.0)  # an online Hadamard of size 8 with k = 3: no such transform
     with pytest.raises(ValueError, match=r"at layer 0: unsupported size"):
         native.DecodePlan(*args, [(*good[:7], rotated_o, *good[8:])], None)
 
@@ -223,7 +225,17 @@ def test_a_weight_off_the_cpu_is_refused_not_read():
         NativeDecoder(model, max_len=4)
 
 
-def test_parallel_regions_give_the_modules_logits():
+@pytest.mark.parametrize(
+    "configs",
+    [
+        (QuantizeConfig(bits=4, group_size=32), HEAD_INT8),
+        # The integer decode path at the widths of its row kernel (K multiples of 64, groups of 32).
+        (QuantizeConfig(bits=4, group_size=32, act_bits=8, act_granularity="per_group"),
+         dataclasses.replace(HEAD_INT8, act_bits=8)),
+    ],
+    ids=["w4g32+int8-head", "w4a8g32-per-group+w8a8-head"],
+)  # fmt: skip
+def test_parallel_regions_give_the_modules_logits(configs):
     """Widths at which the projections split their rows over two threads (q/k/v, gate/up and the head each above the
     one-thread threshold of 2^18 weights) and the attention runs its heads in parallel (from position 63 on)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -232,7 +244,7 @@ def test_parallel_regions_give_the_modules_logits():
     config = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
     model = LlamaForCausalLM(config).eval()
-    compress_(model, QuantizeConfig(bits=4, group_size=32), HEAD_INT8)
+    compress_(model, *configs)
     ids = torch.randint(3, 500, (1, 76), generator=torch.Generator().manual_seed(10))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -243,7 +255,14 @@ def test_parallel_regions_give_the_modules_logits():
             got = torch.stack([decoder.logits(int(t), p)[0].clone() for p, t in enumerate(ids[0])])
     finally:
         torch.set_num_threads(threads)
-    assert (got - expected).abs().max() <= 2e-5 * expected.abs().max() + 1e-5
+    error = (got - expected).abs().amax(-1) / expected.abs().max()
+    if configs[0].act_granularity == "per_group":
+        # Integer activations round: where the step's norm or attention and torch's differ in the last bit, a code can
+        # land one off (with per-group scales the codes are larger, so this happens at a few positions, and a value
+        # row in the cache carries it on). Most positions agree to fp32 rounding, none is off by more than a code.
+        assert error.median() <= 2e-5 and error.max() <= 2e-2, (float(error.median()), float(error.max()))
+    else:
+        assert error.max() <= 2e-5 + 1e-5 / expected.abs().max()
 
 
 def test_decoding_past_a_sliding_window_after_a_prefill_equals_transformers():

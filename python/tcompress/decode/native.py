@@ -87,7 +87,7 @@ class NativeDecoder:
                     pointer(module.scales), dtype_codes[module.scales.dtype],
                     0 if module.zeros is None else pointer(module.zeros), spec.group_size or 0,
                     0 if bias is None else pointer(bias), dtype_codes[bias.dtype] if bias is not None else 0,
-                    module.act_bits or 0, *hadamard)  # fmt: skip
+                    module.act_bits or 0, module.act_granularity == "per_group", *hadamard)  # fmt: skip
 
         if layout.positions is not None and max_len > layout.positions.shape[0]:
             raise UnsupportedDecoder(

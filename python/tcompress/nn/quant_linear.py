@@ -3,8 +3,9 @@
 
 Storage format: :mod:`tcompress.ops.quantize`. Two run-time options: ``online_hadamard`` (the input goes through
 :func:`tcompress.ops.hadamard_transform` first; the weight already holds the matching H, see
-:class:`~tcompress.nn.HadamardLinear`) and ``act_bits`` (the input is quantized per token, symmetric, to 8 or 4 bits
-and multiplied by :func:`tcompress.ops.qlinear_a8`). The buffers (``qweight``, ``scales``, ``zeros`` when asymmetric,
+:class:`~tcompress.nn.HadamardLinear`) and ``act_bits`` (the input is quantized dynamically, symmetric, to 8 or 4 bits
+and multiplied by :func:`tcompress.ops.qlinear_a8`; ``act_granularity="per_group"``: one scale per weight group
+instead of per token). The buffers (``qweight``, ``scales``, ``zeros`` when asymmetric,
 ``bias``) are ordinary state-dict entries, so a model holding QuantLinears saves and loads with safetensors.
 """
 
@@ -147,9 +148,10 @@ class QuantLinear(PreparedOperands, nn.Module):
         *,
         online_hadamard: bool = False,
         act_bits: int | None = None,
+        act_granularity: str = "per_token",
     ):
         super().__init__()
-        check_act_bits(act_bits, "QuantLinear")
+        check_act_bits(act_bits, "QuantLinear", act_granularity)
         if online_hadamard:
             check_hadamard_size(in_features, "QuantLinear")
         if spec.group_size is not None and in_features % spec.group_size:
@@ -163,6 +165,7 @@ class QuantLinear(PreparedOperands, nn.Module):
         self.spec = spec
         self.online_hadamard = bool(online_hadamard)
         self.act_bits = act_bits
+        self.act_granularity = act_granularity
         groups = num_groups(in_features, spec.group_size)
         packed_in = in_features // 2 if spec.bits == 4 else in_features
         self.register_buffer("qweight", torch.zeros(out_features, packed_in, dtype=torch.uint8))
@@ -172,7 +175,9 @@ class QuantLinear(PreparedOperands, nn.Module):
         self.register_load_state_dict_post_hook(_check_loaded_scales)
 
     @classmethod
-    def from_linear(cls, module: nn.Module, config, name: str = "", act_bits: int | None = None) -> QuantLinear:
+    def from_linear(
+        cls, module: nn.Module, config, name: str = "", act_bits: int | None = None, act_granularity: str = "per_token"
+    ) -> QuantLinear:
         """Quantizes an ``nn.Linear`` or transformers ``Conv1D`` (round to nearest) into a new QuantLinear.
 
         A :class:`HadamardLinear` becomes a QuantLinear with ``online_hadamard=True`` (same weight, same transform).
@@ -182,7 +187,8 @@ class QuantLinear(PreparedOperands, nn.Module):
             config: a :class:`QuantSpec`, or any object with ``bits``, ``group_size``, ``symmetric`` (and
                 optionally ``scale_dtype``), e.g. ``tcompress.recipes.QuantizeConfig``.
             name: the module's name, used in error messages.
-            act_bits: None (fp activations), 8 or 4 (dynamic per-token symmetric activation quantization).
+            act_bits: None (fp activations), 8 or 4 (dynamic symmetric activation quantization).
+            act_granularity: with act_bits, one activation scale "per_token" or "per_group" (per weight group).
 
         Raises:
             TypeError: not a linear layer. ValueError: a group size that does not divide in_features, NaN/Inf.
@@ -203,6 +209,7 @@ class QuantLinear(PreparedOperands, nn.Module):
             bias_dtype=bias_dtype,
             online_hadamard=online,
             act_bits=act_bits,
+            act_granularity=act_granularity,
         ).to(w.device)
         new.qweight.copy_(ops.pack_int4(q.codes) if spec.bits == 4 else q.codes)
         new.scales.copy_(q.scales)
@@ -230,7 +237,9 @@ class QuantLinear(PreparedOperands, nn.Module):
         return ops.dequantize_reference(codes, self.scales, self.zeros, self.spec.bits, self.spec.group_size)
 
     def _prepare(self, qweight, scales, zeros, bias) -> ops.PreparedQLinear:
-        return ops.PreparedQLinear(qweight, scales, zeros, self.spec.bits, self.spec.group_size, bias, self.act_bits)
+        return ops.PreparedQLinear(
+            qweight, scales, zeros, self.spec.bits, self.spec.group_size, bias, self.act_bits, self.act_granularity
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.online_hadamard:
@@ -245,10 +254,20 @@ class QuantLinear(PreparedOperands, nn.Module):
             f"scales={self.spec.scale_dtype}, bias={self.bias is not None}"
             + (", online_hadamard=True" if self.online_hadamard else "")
             + (f", act_bits={self.act_bits}" if self.act_bits is not None else "")
+            + (", act_granularity=per_group" if self.act_granularity == "per_group" else "")
         )
 
 
-def check_act_bits(act_bits, label: str) -> None:
-    """Raises ValueError naming ``label`` unless ``act_bits`` is None (fp activations), 8 or 4."""
+def check_act_bits(act_bits, label: str, act_granularity: str = "per_token") -> None:
+    """Raises ValueError naming ``label`` unless ``act_bits`` is None (fp activations), 8 or 4, and
+    ``act_granularity`` is "per_token" or "per_group" (the latter with integer activations only)."""
     if act_bits is not None and (type(act_bits) is not int or act_bits not in ACT_BITS):
         raise ValueError(f"{label}: act_bits must be None (floating-point activations), 8 or 4; got {act_bits!r}")
+    if act_granularity not in ("per_token", "per_group"):
+        raise ValueError(
+            f"{label}: act_granularity must be 'per_token' (one activation scale per row) or 'per_group' (one per "
+            f"row and weight group); got {act_granularity!r}"
+        )
+    if act_granularity == "per_group" and act_bits is None:
+        raise ValueError(f"{label}: act_granularity 'per_group' needs integer activations (act_bits 8 or 4); got "
+                         "act_bits None")  # fmt: skip

@@ -11,9 +11,10 @@ Top level::
     files            {"model.safetensors": {"bytes": int >= 0, "sha256": 64 hex digits}}
 
 Module records (``type``): ``QuantLinear`` (in_features, out_features, bias, bias_dtype, spec {bits, group_size,
-symmetric, scale_dtype}, online_hadamard, act_bits), ``Linear`` / ``HadamardLinear`` (in_features, out_features, bias,
-dtype), ``ScaleFreeRMSNorm`` (dim, eps), ``LowRankLinear`` (in_features, out_features, rank, bias, bias_dtype, factors
-{in_proj, out_proj}: each a ``Linear`` (in_features, out_features, dtype) or a ``QuantLinear`` record).
+symmetric, scale_dtype}, online_hadamard, act_bits, act_granularity (optional, "per_token" when absent)), ``Linear`` /
+``HadamardLinear`` (in_features, out_features, bias, dtype), ``ScaleFreeRMSNorm`` (dim, eps), ``LowRankLinear``
+(in_features, out_features, rank, bias, bias_dtype, factors {in_proj, out_proj}: each a ``Linear`` (in_features,
+out_features, dtype) or a ``QuantLinear`` record).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def _check_quant_linear(c: _Checker, where: str, record: dict) -> None:
     c.bool_(f"{where}.online_hadamard", record.get("online_hadamard", False))
     if record.get("act_bits") not in ACT_BITS or isinstance(record.get("act_bits"), bool):
         c.fail(f"{where}.act_bits", "null, 8 or 4", record.get("act_bits"))
+    granularity = record.get("act_granularity", "per_token")
+    if granularity not in ("per_token", "per_group") or (granularity == "per_group" and record.get("act_bits") is None):
+        c.fail(f"{where}.act_granularity", "'per_token', or 'per_group' with act_bits 8 or 4", granularity)
 
 
 def _check_linear(c: _Checker, where: str, record: dict, with_bias: bool = True) -> None:

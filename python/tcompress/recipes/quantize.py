@@ -32,7 +32,9 @@ class QuantizeConfig(RecipeConfig):
         quantize_head: also quantize the output head (untied from the embedding when the model ties them).
         act_bits: None (floating-point activations), 8 or 4: quantize the inputs of the quantized projections
             dynamically (W8A8, W4A8, W4A4), multiplied by :func:`tcompress.ops.qlinear_a8`.
-        act_granularity: how activation scales are shared; only ``"per_token"`` (one symmetric scale per row).
+        act_granularity: how activation scales are shared: ``"per_token"`` (one symmetric scale per row) or
+            ``"per_group"`` (one per row and weight group, needs act_bits; with ``group_size=32`` llama.cpp's Q8_0
+            activations, the integer decode path at Q4_0's perplexity, see the README's decoding section).
     """
 
     kind = "quantize"
@@ -51,12 +53,7 @@ class QuantizeConfig(RecipeConfig):
 
     def __post_init__(self):
         QuantSpec.of(self)  # validates bits, group_size, scale_dtype with their own messages
-        check_act_bits(self.act_bits, "QuantizeConfig")
-        if self.act_granularity != "per_token":
-            raise ValueError(
-                f"QuantizeConfig: act_granularity must be 'per_token' (the only one implemented); "
-                f"got {self.act_granularity!r}"
-            )
+        check_act_bits(self.act_bits, "QuantizeConfig", self.act_granularity)
         for field in ("include", "exclude"):
             value = getattr(self, field)
             if isinstance(value, str):
@@ -102,10 +99,13 @@ class QuantizeConfig(RecipeConfig):
         for name in names:
             with models.materialized(candidates[name]):
                 check_quantizable(models.projection_weight(candidates[name]), spec, f"module {name!r}")
-                replacements[name] = QuantLinear.from_linear(candidates[name], spec, name=name, act_bits=self.act_bits)
+                replacements[name] = QuantLinear.from_linear(
+                    candidates[name], spec, name=name, act_bits=self.act_bits, act_granularity=self.act_granularity
+                )
         for name, module in replacements.items():
             models.set_module(model, name, module)
         if untie:
             # The embedding keeps its fp weights and the head is now a module of its own: a reload must not re-tie.
             model.config.tie_word_embeddings = False
-        return {"modules": names, "bits": self.bits, "group_size": self.group_size, "act_bits": self.act_bits}
+        return {"modules": names, "bits": self.bits, "group_size": self.group_size, "act_bits": self.act_bits,
+                "act_granularity": self.act_granularity}  # fmt: skip

@@ -47,6 +47,7 @@ def _module_record(module: torch.nn.Module) -> dict | None:
             "spec": module.spec.to_dict(),
             "online_hadamard": module.online_hadamard,
             "act_bits": module.act_bits,
+            "act_granularity": module.act_granularity,
         }
     if isinstance(module, ScaleFreeRMSNorm):
         return {"type": "ScaleFreeRMSNorm", "dim": module.dim, "eps": module.eps}
@@ -100,6 +101,7 @@ def _build_module(name: str, record: dict) -> torch.nn.Module:
                 bias_dtype,
                 online_hadamard=bool(record.get("online_hadamard", False)),
                 act_bits=record.get("act_bits"),
+                act_granularity=record.get("act_granularity", "per_token"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{MANIFEST}: the record of module {name!r} is invalid: {exc}") from None
