@@ -21,6 +21,7 @@ def _ids(model, seed=0):
         ("tiny_gpt2", QuantizeConfig(bits=4, group_size=32, symmetric=False)),
         ("tiny_mistral", QuantizeConfig(bits=8, group_size=None, scale_dtype="bfloat16")),
         ("tiny_llama", QuantizeConfig(bits=4, group_size=None, quantize_head=True)),
+        ("tiny_llama", QuantizeConfig(bits=4, group_size=4, act_bits=8, act_granularity="per_group")),
     ],
 )
 def test_reload_is_bit_identical(family, config, request, tmp_path):
@@ -147,3 +148,22 @@ def test_manifest_without_checksums(saved):
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="records no size and checksum"):
         load_compressed(saved)
+
+
+def test_per_group_activations_survive_a_reload(tiny_llama, tmp_path):
+    compress_(tiny_llama, QuantizeConfig(bits=4, group_size=4, act_bits=8, act_granularity="per_group"))
+    loaded = load_compressed(save_compressed(tiny_llama, tmp_path / "m"))
+    layers = [m for m in loaded.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.act_granularity == "per_group" and m.act_bits == 8 for m in layers)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        (dict(act_granularity="per_row", act_bits=8), "act_granularity must be 'per_token' .* or 'per_group'"),
+        (dict(act_granularity="per_group"), "act_granularity 'per_group' needs integer activations"),
+    ],
+)
+def test_bad_activation_granularity_is_a_clear_error(fields, match):
+    with pytest.raises(ValueError, match=f"QuantizeConfig: {match}"):
+        QuantizeConfig(bits=4, group_size=32, **fields)
