@@ -1,7 +1,8 @@
 """Decode speed, batch 1, greedy, SmolLM2-135M, side by side in one run: ``tcompress.generate`` on the fp32 model and
-on W4 (group 32 and 64) and W8 (per channel) with an int8 head, each on the native decode step and on the model's
-modules, transformers' ``model.generate`` on the same models, and llama.cpp (``llama-cpp-python``, optional) on
-tcompress's own Q4_0 GGUF export of the model.
+on W4 (group 32 and 64) and W8 (per channel) with an int8 head, and on the integer path (W4A8 g32 with int8
+activations per weight group, llama.cpp's Q8_0 activations, with an int8 head; W8A8 with a W8A8 head), each on the
+native decode step and on the model's modules, transformers' ``model.generate`` on the same models, and llama.cpp
+(``llama-cpp-python``, optional) on tcompress's own Q4_0 GGUF export of the model.
 
     python -m pytest bench/bench_generate.py --benchmark-only -s
 
@@ -35,14 +36,17 @@ def smollm2():
         pytest.skip(f"SmolLM2-135M is not available: {exc}")
 
 
-def _quantized(model, bits: int, group_size: int | None):
+def _quantized(model, bits: int, group_size: int | None, act_bits=None, granularity="per_token", head_act_bits=None):
+    """A copy with its projections quantized (integer activations with act_bits 8, one scale per token or per weight
+    group) and an int8 per-channel head (with int8 activations per token when head_act_bits is 8)."""
     import copy
 
     from tcompress.recipes import QuantizeConfig, compress_
 
     q = copy.deepcopy(model)
-    compress_(q, QuantizeConfig(bits=bits, group_size=group_size))
-    compress_(q, QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True))
+    compress_(q, QuantizeConfig(bits=bits, group_size=group_size, act_bits=act_bits, act_granularity=granularity))
+    compress_(q, QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True,
+                                act_bits=head_act_bits))  # fmt: skip
     return q
 
 
@@ -126,6 +130,8 @@ def test_decode_side_by_side(benchmark, record, smollm2, tmp_path):
         "W4 g32 + int8 head": _quantized(model, 4, 32),
         "W4 g64 + int8 head": _quantized(model, 4, 64),
         "W8 + int8 head": _quantized(model, 8, None),
+        "W4A8 g32 per group + int8 head": _quantized(model, 4, 32, 8, "per_group"),
+        "W8A8 + W8A8 head": _quantized(model, 8, None, 8, head_act_bits=8),
     }
     engines = [("tcompress.generate (modules), fp32", model, _tcompress_decode("modules"))]
     for name, m in list(models.items())[1:]:
@@ -213,32 +219,44 @@ def test_decode_at_the_papers_widths(benchmark, record, name):
     )
 
 
-@pytest.mark.parametrize("group_size", [64, 32])
-def test_native_step_against_its_kernels(benchmark, record, smollm2, group_size):
-    """SmolLM2-135M W4 + int8 head: one native decode step against the same 211 ``_C.qlinear`` calls on the model's
-    own buffers made one after another (the in-model GEMV bandwidth against the kernels alone), and the head alone
-    against one block (what an early-exit check through the head costs)."""
+STEP_FORMATS = {
+    "W4 g64 + int8 head": (4, 64, None, "per_token"),
+    "W4 g32 + int8 head": (4, 32, None, "per_token"),
+    "W4A8 g32 per group + int8 head": (4, 32, 8, "per_group"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(STEP_FORMATS))
+def test_native_step_against_its_kernels(benchmark, record, smollm2, fmt):
+    """SmolLM2-135M: one native decode step against the same 211 ``_C.qlinear`` (``_C.qlinear_a8`` with integer
+    activations) calls on the model's own buffers made one after another (the in-model GEMV bandwidth against the
+    kernels alone), and the head alone against one block (what an early-exit check through the head costs)."""
     from tcompress import _native
     from tcompress.decode import NativeDecoder
     from tcompress.nn import QuantLinear
 
     native = _native.cpu_native()
-    model = _quantized(smollm2[0], 4, group_size)
+    model = _quantized(smollm2[0], *STEP_FORMATS[fmt])
     threads = torch.get_num_threads()
     calls, buffers, nbytes = [], [], []
     for mod in (m for m in model.modules() if isinstance(m, QuantLinear)):
         x, y = torch.randn(1, mod.in_features), torch.empty(1, mod.out_features)
         buffers += [x, y]
-        calls.append((x.data_ptr(), native.FLOAT32, 1, mod.in_features, mod.in_features, mod.qweight.data_ptr(),
-                      mod.out_features, mod.spec.bits, mod.scales.data_ptr(), native.FLOAT32, 0,
-                      mod.spec.group_size or 0, 0, 0, y.data_ptr(), mod.out_features, threads))  # fmt: skip
+        weight = (x.data_ptr(), native.FLOAT32, 1, mod.in_features, mod.in_features, mod.qweight.data_ptr(),
+                  mod.out_features, mod.spec.bits, mod.scales.data_ptr(), native.FLOAT32, 0,
+                  mod.spec.group_size or 0)  # fmt: skip
+        tail = (0, 0, y.data_ptr(), mod.out_features, threads)
+        if mod.act_bits is None:
+            calls.append((native.qlinear, (*weight, *tail)))
+        else:
+            calls.append((native.qlinear_a8, (*weight, mod.act_bits, mod.act_granularity == "per_group", *tail)))
         nbytes.append(mod.qweight.numel() + mod.scales.numel() * mod.scales.element_size())
     decoder = NativeDecoder(model, 64)
     blocks = len(model.model.layers)
 
     def kernels():
-        for args in calls:
-            native.qlinear(*args)
+        for entry, args in calls:
+            entry(*args)
 
     def steps():
         for position in range(16):
@@ -246,7 +264,7 @@ def test_native_step_against_its_kernels(benchmark, record, smollm2, group_size)
 
     best = {"kernels": float("inf"), "head": float("inf"), "step": float("inf")}
     for _ in range(7):  # alternating
-        for name, fn, per in (("kernels", kernels, 1), ("head", lambda: native.qlinear(*calls[-1]), 1),
+        for name, fn, per in (("kernels", kernels, 1), ("head", lambda: calls[-1][0](*calls[-1][1]), 1),
                               ("step", steps, 16)):  # fmt: skip
             t0 = time.perf_counter()
             fn()
@@ -255,7 +273,7 @@ def test_native_step_against_its_kernels(benchmark, record, smollm2, group_size)
     block = (best["step"] - best["head"]) / blocks
     record(
         benchmark,
-        model=f"SmolLM2-135M W4 g{group_size} + int8 head",
+        model=f"SmolLM2-135M {fmt}",
         mb_per_token=sum(nbytes) / 1e6,
         step_ms=best["step"] * 1e3,
         kernels_alone_ms=best["kernels"] * 1e3,

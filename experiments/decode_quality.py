@@ -1,6 +1,7 @@
 """What the decode recipe costs in perplexity: SmolLM2-135M on WikiText-2 raw test, fp32 vs W4 (group 32 and 64)
 with the head kept in fp32 or quantized to int8 per channel, W8 per channel with an int8 head, the same with int8
-activations per token (W4A8 g32/g64 with a weight-only or a W8A8 head, W8A8 with a W8A8 head), and, when
+activations per token or per weight group (W4A8 g32/g64 with a weight-only or a W8A8 head, W8A8 with a W8A8
+head), and, when
 ``llama-cpp-python`` is importable, llama.cpp on tcompress's own Q4_0 GGUF export of the fp32 model, on exactly the
 same token windows.
 
@@ -41,12 +42,18 @@ def _variants(model):
     w8 = copy.deepcopy(model)
     compress_(w8, QuantizeConfig(bits=8, group_size=None), HEAD_INT8)
     yield "W8 per channel, int8 head", w8
-    # The integer decode path: int8 activations per token into every quantized projection (and the head).
-    for group in (32, 64):
-        for head_name, head in (("int8 head", HEAD_INT8), ("W8A8 head", HEAD_INT8_A8)):
-            w4a8 = copy.deepcopy(model)
-            compress_(w4a8, QuantizeConfig(bits=4, group_size=group, act_bits=8), head)
-            yield f"W4A8 g{group}, {head_name}", w4a8
+    # The integer decode path: int8 activations into every quantized projection (and the head), one scale per
+    # token or one per token and weight group (llama.cpp's Q8_0 activations at g32).
+    for group, granularity, head_name, head in (
+        (32, "per_token", "int8 head", HEAD_INT8),
+        (32, "per_token", "W8A8 head", HEAD_INT8_A8),
+        (32, "per_group", "int8 head", HEAD_INT8),
+        (32, "per_group", "W8A8 head", HEAD_INT8_A8),
+        (64, "per_group", "W8A8 head", HEAD_INT8_A8),
+    ):
+        w4a8 = copy.deepcopy(model)
+        compress_(w4a8, QuantizeConfig(bits=4, group_size=group, act_bits=8, act_granularity=granularity), head)
+        yield f"W4A8 g{group} {granularity.replace('_', ' ')}, {head_name}", w4a8
     w8a8 = copy.deepcopy(model)
     compress_(w8a8, QuantizeConfig(bits=8, group_size=None, act_bits=8), HEAD_INT8_A8)
     yield "W8A8 per channel, W8A8 head", w8a8
