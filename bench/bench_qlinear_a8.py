@@ -109,3 +109,53 @@ def test_cpu(benchmark, record, k, n, fmt, phase):
         x_vs_w_only=t_wonly / t_kernel,
         x_vs_torch_dyn_i8=t_dyn / t_kernel,
     )
+
+
+# The decode row kernel (M = 1) at SmolLM2-135M's shapes and its head, in the formats of the decode recipes: the
+# native entry points called directly with arguments made beforehand (what the native decode step calls), so the
+# figures are the kernels' alone.
+DECODE_SHAPES = ((576, 576), (576, 1536), (1536, 576), (576, 49152), (4096, 14336))
+DECODE_FORMATS = {"W4 g32": (4, 32), "W4 g64": (4, 64), "W8 per-ch": (8, None)}
+
+
+@pytest.mark.parametrize("fmt", list(DECODE_FORMATS))
+@pytest.mark.parametrize(("k", "n"), DECODE_SHAPES, ids=[f"{k}to{n}" for k, n in DECODE_SHAPES])
+def test_decode_row_kernel(benchmark, record, k, n, fmt):
+    """_C.qlinear_a8 at M = 1 (int8 activations per token and per weight group) against _C.qlinear on the same packed
+    weight with fp32 activations; GB/s of weights (codes and fp32 scales) streamed."""
+    if _native._C is None:
+        pytest.skip("tcompress._C is not built")
+    C, bits, g = _native._C, *DECODE_FORMATS[fmt]
+    q = quantize_reference(_weights(k, n), bits, g, True, torch.float32)
+    qweight = (pack_int4_reference(q.codes) if bits == 4 else q.codes).contiguous()
+    scales, x, y = q.scales.contiguous(), torch.randn(1, k), torch.empty(1, n)
+    threads = torch.get_num_threads()
+    head = (x.data_ptr(), 0, 1, k, k, qweight.data_ptr(), n, bits, scales.data_ptr(), 0, 0, g or 0)
+    tail = (0, 0, y.data_ptr(), n, threads)
+    calls = 20 if k * n > 1e7 else 300
+
+    def many(fn):
+        return lambda: [fn() for _ in range(calls)]
+
+    float_act = many(lambda: C.qlinear(*head, *tail))
+    per_token = many(lambda: C.qlinear_a8(*head, 8, 0, *tail))
+    per_group = many(lambda: C.qlinear_a8(*head, 8, 1, *tail))
+    best = {name: float("inf") for name in ("float", "token", "group")}
+    for _ in range(7):  # alternating
+        for name, fn in (("float", float_act), ("token", per_token), ("group", per_group)):
+            best[name] = min(best[name], best_seconds(fn, repeat=1, warmup=0) / calls)
+    benchmark.group = f"qlinear_a8 decode row kernel {k}->{n}"
+    benchmark.pedantic(per_group, rounds=1, iterations=1)
+    nbytes = qweight.numel() + scales.numel() * 4
+    record(
+        benchmark,
+        shape=f"{k}->{n}",
+        fmt=fmt,
+        isa=_native.get_isa(),
+        fp32_act_us=best["float"] * 1e6,
+        a8_per_token_us=best["token"] * 1e6,
+        a8_per_group_us=best["group"] * 1e6,
+        fp32_act_gb_per_s=nbytes / best["float"] / 1e9,
+        a8_per_group_gb_per_s=nbytes / best["group"] / 1e9,
+        per_group_x_vs_fp32_act=best["float"] / best["group"],
+    )

@@ -106,6 +106,13 @@ def test_generate_command_prints_the_text_and_the_decode_speed(stories260k_dir, 
     assert "(W4 per-channel, int8 head, float32" in out and "tok/s (native runtime)" in out
     assert cli.main([*argv, "--bits", "4", "--group-size", "none", "--runtime", "modules"]) == 0
     assert "tok/s (modules runtime: asked for)" in capsys.readouterr().out
+    integer = ["--bits", "4", "--group-size", "4", "--act-bits", "8", "--act-granularity", "per_group"]
+    assert cli.main([*argv, *integer]) == 0
+    out = capsys.readouterr().out
+    assert "(W4A8 per group g4, int8 head, float32" in out and "tok/s (native runtime)" in out
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--act-bits", "8"])
+    assert exc.value.code == 2 and "--act-bits quantizes the inputs" in capsys.readouterr().err
     folder = tmp_path / "w8"
     quantize = ["quantize", str(stories260k_dir), "--out", str(folder), "--bits", "8", "--group-size", "none"]
     assert cli.main(quantize) == 0

@@ -5,12 +5,14 @@ tcompress info [--json]
 tcompress selfcheck [--rows N]
 tcompress perplexity MODEL [--text wikitext2|tinystories|fallback|FILE] [--tokens N] [--length L] [--dtype D]
 tcompress quantize MODEL --out DIR [--bits 4|8] [--group-size G|none] [--asymmetric] [--scale-dtype D]
-                   [--act-bits 8|4] [--rotate [--online-hadamard] [--rotate-seed S]] [--eval-tokens N] [--dtype D]
+                   [--act-bits 8|4 [--act-granularity per_token|per_group]] [--rotate [--online-hadamard]
+                   [--rotate-seed S]] [--eval-tokens N] [--dtype D]
 tcompress report [MODEL] [--text T] [--calibration T] [--budget quick|standard|full] [--device D]
                  [--device-map auto] [--dtype D] [--no-tf32] [--out DIR] [--only STEP ...] [--skip STEP ...]
                  [--eval-tokens N|all] [--calib-windows N] [--calib-length N] [--geometry-layers N]
                  [--geometry-windows N] [--exit-windows N] [--exit-train-steps N] [--speed-tokens N]
-tcompress generate MODEL [--prompt P] [--max-new-tokens N] [--bits 4|8 [--group-size G|none] [--keep-head]]
+tcompress generate MODEL [--prompt P] [--max-new-tokens N] [--bits 4|8 [--group-size G|none] [--keep-head]
+                   [--act-bits 8|4 [--act-granularity per_token|per_group]]]
                    [--do-sample [--temperature T] [--top-k K] [--top-p P] [--seed S]] [--ignore-eos] [--dtype D]
 tcompress report --render DIR      redraw the plots and report.md of a report folder from its results.json
 tcompress export OUT --format compressed-tensors|gguf [--model M] [--bits 8|4] [--group-size G|none]
@@ -87,6 +89,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         symmetric=not args.asymmetric,
         scale_dtype=args.scale_dtype,
         act_bits=args.act_bits,
+        act_granularity=args.act_granularity,
     )
     configs = [config]
     if args.rotate:
@@ -108,6 +111,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_act_granularity(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--act-granularity",
+        choices=("per_token", "per_group"),
+        default="per_token",
+        help="with --act-bits: one activation scale per token (default) or per token and weight group (with "
+        "--group-size 32: llama.cpp's Q8_0 activations)",
+    )
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -115,18 +128,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .loading import load
     from .recipes import QuantizeConfig, compress_
 
+    if args.bits is None and args.act_bits is not None:
+        raise ValueError("--act-bits quantizes the inputs of the projections --bits quantizes: pass --bits too")
     model, tokenizer = load(args.model, dtype=args.dtype)
     compressed = getattr(model, "tcompress_config", None)
     what = "as loaded"
     if args.bits is not None:
         if compressed:
             raise ValueError(f"{args.model} is already compressed ({compressed}); drop --bits to decode it as it is")
-        configs = [QuantizeConfig(bits=args.bits, group_size=args.group_size)]
+        configs = [QuantizeConfig(bits=args.bits, group_size=args.group_size, act_bits=args.act_bits,
+                                  act_granularity=args.act_granularity)]  # fmt: skip
         if not args.keep_head:
             configs.append(QuantizeConfig(bits=8, group_size=None, include=("no projection",), quantize_head=True))
         compress_(model, *configs)
         group = "per-channel" if args.group_size is None else f"g{args.group_size}"
-        what = f"W{args.bits} {group}" + (", fp head" if args.keep_head else ", int8 head")
+        acts = "" if args.act_bits is None else f"A{args.act_bits} {args.act_granularity.replace('_', ' ')}"
+        what = f"W{args.bits}{acts} {group}" + (", fp head" if args.keep_head else ", int8 head")
     ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -350,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--act-bits", type=int, choices=(8, 4), help="also quantize the projections' inputs per token (W8A8, W4A8 ...)"
     )
+    _add_act_granularity(p)
     p.add_argument("--rotate", action="store_true", help="QuaRot-style Hadamard rotation of the residual stream first")
     p.add_argument(
         "--online-hadamard", action="store_true", help="with --rotate: also rotate the down-projection inputs online"
@@ -372,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=(4, 8), help="quantize the projections to this many bits first")
     p.add_argument("--group-size", type=_group_size, default=32, help="with --bits: columns per scale (default 32)")
     p.add_argument("--keep-head", action="store_true", help="with --bits: leave the head in floating point")
+    p.add_argument(
+        "--act-bits", type=int, choices=(8, 4), help="with --bits: also quantize the projections' inputs (integer path)"
+    )
+    _add_act_granularity(p)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=_positive_int)
