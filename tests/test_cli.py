@@ -113,6 +113,9 @@ def test_generate_command_prints_the_text_and_the_decode_speed(stories260k_dir, 
     with pytest.raises(SystemExit) as exc:
         cli.main([*argv, "--act-bits", "8"])
     assert exc.value.code == 2 and "--act-bits quantizes the inputs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--bits", "4", "--act-granularity", "per_group"])
+    assert exc.value.code == 2 and "--act-granularity per_group sets the scales" in capsys.readouterr().err
     folder = tmp_path / "w8"
     quantize = ["quantize", str(stories260k_dir), "--out", str(folder), "--bits", "8", "--group-size", "none"]
     assert cli.main(quantize) == 0

@@ -102,7 +102,8 @@ struct A8RowAvx2 {
  private:
   // [p[0] x 4, p[1] x 4]: the scales of two groups of 32 columns, lanes 0-3 and 4-7 of a block.
   static __m256 pair(const float* p, __m256i halves) {
-    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    // (A 64-bit integer load: reading floats through a double* would break strict aliasing.)
+    const __m128 two = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), halves);
   }
 

@@ -130,6 +130,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if args.bits is None and args.act_bits is not None:
         raise ValueError("--act-bits quantizes the inputs of the projections --bits quantizes: pass --bits too")
+    if args.act_granularity == "per_group" and args.act_bits is None:
+        raise ValueError("--act-granularity per_group sets the scales of --act-bits: pass --act-bits 8 (or 4) too")
     model, tokenizer = load(args.model, dtype=args.dtype)
     compressed = getattr(model, "tcompress_config", None)
     what = "as loaded"
@@ -365,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asymmetric", action="store_true", help="asymmetric codes with zero points")
     p.add_argument("--scale-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p.add_argument(
-        "--act-bits", type=int, choices=(8, 4), help="also quantize the projections' inputs per token (W8A8, W4A8 ...)"
+        "--act-bits",
+        type=int,
+        choices=(8, 4),
+        help="also quantize the projections' inputs (W8A8, W4A8 ...; per token unless --act-granularity per_group)",
     )
     _add_act_granularity(p)
     p.add_argument("--rotate", action="store_true", help="QuaRot-style Hadamard rotation of the residual stream first")

@@ -144,10 +144,11 @@ void quantize(int threads) {
 
 // qlinear and qlinear_a8 share the weight layout: one set of shapes for both.
 void qlinear(int threads) {
-  for (int64_t K : {2, 8, 66, 130, 576}) {
+  for (int64_t K : {2, 8, 66, 128, 130, 576}) {
     for (int64_t N : {1, 3, 17, 64}) {
       for (int bits : {4, 8}) {
-        for (int64_t group : {int64_t(0), int64_t(2), K / 2}) {
+        // Groups of 32 and 64: the shapes of qlinear_a8's decode row kernel (K a multiple of 64).
+        for (int64_t group : {int64_t(0), int64_t(2), int64_t(32), int64_t(64), K / 2}) {
           if (group && (K % group || group % 2)) continue;
           const int64_t groups = group ? K / group : 1;
           const int64_t packed_k = bits == 4 ? K / 2 : K;
@@ -155,7 +156,7 @@ void qlinear(int threads) {
             const int scale_dtype = (bits + asym + static_cast<int>(K)) % 3;
             Buffer qweight(N * packed_k, 4, 4), scales(N * groups * tc_dtype_size(scale_dtype), 4, 0x3c);
             Buffer zeros(asym ? N * groups : 0, 4, 8);
-            for (int64_t M : {1, 2, 5, 9, 17, 33, 65}) {
+            for (int64_t M : {1, 2, 3, 4, 5, 9, 17, 33, 65}) {
               const int x_dtype = static_cast<int>(M % 3);
               const int64_t x_stride = K + (M % 2 ? 3 : 0), y_stride = N + (M % 2 ? 0 : 5);
               Buffer x(((M - 1) * x_stride + K) * tc_dtype_size(x_dtype), 4, 5);

@@ -29,7 +29,11 @@ extern "C" {
 
 #define TC_QLINEAR_A8_MAX_GROUP 65536
 
-/* y = the formula above. Argument layout as tc_qlinear_cpu, plus act_bits (8 or 4) and act_per_group (0: one
+/* The fp32 sums follow the formula's order except at M <= 4 on the row kernel, which adds 8-column partial sums
+ * per group lane by lane and the lanes at the end: equal up to fp32 summation order; the integers are exact on
+ * every path.
+ *
+ * y = the formula above. Argument layout as tc_qlinear_cpu, plus act_bits (8 or 4) and act_per_group (0: one
  * activation scale per token, 1: one per token and weight group). */
 int tc_qlinear_a8_cpu(const void* x, int x_dtype, int64_t M, int64_t K, int64_t x_row_stride, const uint8_t* qweight,
                       int64_t N, int bits, const void* scales, int scale_dtype, const uint8_t* zeros,

@@ -137,6 +137,7 @@ class QuantLinear(PreparedOperands, nn.Module):
     """
 
     _operand_buffers = ("qweight", "scales", "zeros", "bias")
+    act_granularity = "per_token"  # what a QuantLinear pickled before the attribute existed quantized with
 
     def __init__(
         self,
