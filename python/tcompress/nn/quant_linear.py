@@ -22,6 +22,7 @@ from ._prepared import PreparedOperands
 from .hadamard_linear import HadamardLinear, check_hadamard_size
 
 ACT_BITS = (None, 8, 4)
+ACT_GRANULARITIES = ops.ACT_GRANULARITIES
 
 _SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -264,11 +265,4 @@ def check_act_bits(act_bits, label: str, act_granularity: str = "per_token") -> 
     ``act_granularity`` is "per_token" or "per_group" (the latter with integer activations only)."""
     if act_bits is not None and (type(act_bits) is not int or act_bits not in ACT_BITS):
         raise ValueError(f"{label}: act_bits must be None (floating-point activations), 8 or 4; got {act_bits!r}")
-    if act_granularity not in ("per_token", "per_group"):
-        raise ValueError(
-            f"{label}: act_granularity must be 'per_token' (one activation scale per row) or 'per_group' (one per "
-            f"row and weight group); got {act_granularity!r}"
-        )
-    if act_granularity == "per_group" and act_bits is None:
-        raise ValueError(f"{label}: act_granularity 'per_group' needs integer activations (act_bits 8 or 4); got "
-                         "act_bits None")  # fmt: skip
+    ops.check_act_granularity(label, act_granularity, act_bits)

@@ -6,6 +6,7 @@ test oracle). Modules that call the same weights many times hold them prepared (
 :class:`PreparedLinearBlock`): a call then checks only its input.
 """
 
+from ._qlinear_checks import ACT_GRANULARITIES, check_act_granularity
 from .exit_gate import ExitGate, ExitGateHead, exit_gate, exit_gate_head, exit_gate_reference
 from .hadamard import hadamard_reference, hadamard_transform, hadamard_transform_
 from .int8_activations import quantize_activations_reference
@@ -24,6 +25,8 @@ from .quantize import (
 )
 
 __all__ = [
+    "ACT_GRANULARITIES",
+    "check_act_granularity",
     "ExitGate",
     "exit_gate",
     "exit_gate_reference",

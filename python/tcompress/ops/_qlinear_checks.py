@@ -33,14 +33,17 @@ def check_x(op: str, x: torch.Tensor, k: int, device: torch.device) -> None:
 ACT_GRANULARITIES = ("per_token", "per_group")
 
 
-def check_act_granularity(op: str, act_granularity: str) -> None:
+def check_act_granularity(op: str, act_granularity: str, act_bits: int | None) -> None:
     """Raises unless ``act_granularity`` is "per_token" (one activation scale per row) or "per_group" (one per row
-    and weight group)."""
+    and weight group), the latter with integer activations (``act_bits`` not None)."""
     if not isinstance(act_granularity, str) or act_granularity not in ACT_GRANULARITIES:
         raise ValueError(
             f"{op}: act_granularity must be 'per_token' (one activation scale per row) or 'per_group' (one per row "
             f"and weight group); got {act_granularity!r}"
         )
+    if act_granularity == "per_group" and act_bits is None:
+        raise ValueError(f"{op}: act_granularity 'per_group' needs integer activations (act_bits 8 or 4); got "
+                         "act_bits None")  # fmt: skip
 
 
 def check_act_bits(op: str, act_bits: int, k: int, group_size: int | None) -> None:

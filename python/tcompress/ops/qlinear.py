@@ -289,10 +289,7 @@ def _group_arg(label: str, group_size: int | None) -> int:
 
 def _per_group_arg(label: str, act_bits: int | None, act_granularity: str) -> bool:
     """The schema's act_per_group; "per_group" needs integer activations."""
-    check_act_granularity(label, act_granularity)
-    if act_granularity == "per_group" and act_bits is None:
-        raise ValueError(f"{label}: act_granularity 'per_group' needs integer activations (act_bits 8 or 4); got "
-                         "act_bits None")  # fmt: skip
+    check_act_granularity(label, act_granularity, act_bits)
     return act_granularity == "per_group"
 
 

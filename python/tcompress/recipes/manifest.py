@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nn import QuantSpec
-from ..nn.quant_linear import ACT_BITS
+from ..nn.quant_linear import ACT_BITS, ACT_GRANULARITIES
 from .config import config_from_dict
 
 FORMAT = "tcompress-compressed"
@@ -85,7 +85,7 @@ def _check_quant_linear(c: _Checker, where: str, record: dict) -> None:
     if record.get("act_bits") not in ACT_BITS or isinstance(record.get("act_bits"), bool):
         c.fail(f"{where}.act_bits", "null, 8 or 4", record.get("act_bits"))
     granularity = record.get("act_granularity", "per_token")
-    if granularity not in ("per_token", "per_group") or (granularity == "per_group" and record.get("act_bits") is None):
+    if granularity not in ACT_GRANULARITIES or (granularity == "per_group" and record.get("act_bits") is None):
         c.fail(f"{where}.act_granularity", "'per_token', or 'per_group' with act_bits 8 or 4", granularity)
 
 
